@@ -1,0 +1,399 @@
+"""Checks run on a segmentation CSV before any training starts.
+
+Problems (up to ``MAX_PROBLEMS``) are collected and raised as one ``DataError``, one
+line each naming the CSV data row (1-based, header not counted), the file and the fault.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import itertools
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polyhead.data import raster_io
+from polyhead.errors import ConfigError, DataError
+
+REQUIRED_COLUMNS = ("image", "mask")
+SOFT_COLUMN = "soft_mask"
+MAX_PROBLEMS = 20
+
+# report(role, path, problem): one problem line for the CSV row being checked.
+_Report = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    """One data row of the CSV with its paths resolved."""
+
+    number: int  # 1-based data row, header not counted
+    image: Path
+    mask: Path
+    soft_mask: Path | None = None
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """Facts about one CSV row's files."""
+
+    row: int
+    image: Path
+    height: int
+    width: int
+    bands: int
+    dtype: str
+    mask_dtype: str
+    soft_dtype: str | None = None
+
+
+@dataclass
+class DataSummary:
+    """What ``check_data`` found: image sizes and the class histogram of the hard masks."""
+
+    csv_path: Path
+    n_classes: int
+    ignore_index: int
+    soft_labels: bool
+    images: list[ImageSummary] = field(default_factory=list)
+    class_counts: list[int] = field(default_factory=list)
+    ignored_pixels: int = 0
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def total_pixels(self) -> int:
+        return sum(im.height * im.width for im in self.images)
+
+    def image_table(self) -> Any:
+        """Per-image sizes, band counts and dtypes as a ``rich.table.Table``."""
+        from rich.table import Table
+
+        table = Table(
+            "row", "image", "H x W", "bands", "dtype", "mask dtype", "soft dtype", title="Images"
+        )
+        for im in self.images:
+            size = f"{im.height} x {im.width}"
+            cells = (im.row, im.image, size, im.bands, im.dtype, im.mask_dtype, im.soft_dtype)
+            table.add_row(*(str(c) if c is not None else "-" for c in cells))
+        return table
+
+    def class_table(self) -> Any:
+        """Pixel count and share of every class id (plus ignored pixels)."""
+        from rich.table import Table
+
+        total = max(1, sum(self.class_counts) + self.ignored_pixels)
+        entries = [*map(str, range(len(self.class_counts)))] + [f"ignored ({self.ignore_index})"]
+        table = Table("class", "pixels", "percent", title="Class histogram (hard masks)")
+        for name, count in zip(entries, [*self.class_counts, self.ignored_pixels], strict=True):
+            table.add_row(name, f"{count:,}", f"{100.0 * count / total:.2f}%")
+        return table
+
+    def to_table(self) -> Any:
+        """Everything in one ``rich.table.Table`` (the image and class tables nested)."""
+        from rich.table import Table
+
+        table = Table(title=f"Data check: {self.csv_path}", show_header=False)
+        for name, value in [
+            ("CSV", str(self.csv_path)),
+            ("images", str(self.n_images)),
+            ("total pixels", f"{self.total_pixels:,}"),
+            ("classes", str(self.n_classes)),
+            ("soft labels", "yes" if self.soft_labels else "no"),
+            ("per image", self.image_table()),
+            ("class histogram", self.class_table()),
+        ]:
+            table.add_row(name, value)
+        return table
+
+
+class _Problems:
+    """Collects problem lines up to a limit."""
+
+    def __init__(self, csv_path: Path, limit: int) -> None:
+        self.csv_path = csv_path
+        self.limit = limit
+        self.lines: list[str] = []
+
+    @property
+    def full(self) -> bool:
+        return len(self.lines) >= self.limit
+
+    def add(self, line: str) -> None:
+        if not self.full:
+            self.lines.append(line)
+
+    def add_row(self, row: CsvRow, role: str, path: Path | None, problem: str) -> None:
+        what = f"{role} {path}" if path is not None else role
+        self.add(f"row {row.number} (image {row.image.name}): {what}: {problem}")
+
+    def raise_if_any(self) -> None:
+        if not self.lines:
+            return
+        more = f" (stopped after the first {self.limit})" if self.full else ""
+        head = f"{self.csv_path}: {len(self.lines)} problem(s) found{more}; rows count from 1 after the header:"
+        raise DataError("\n".join([head, *(f"  - {line}" for line in self.lines)]))
+
+
+def _resolve(cell: str, base: Path) -> Path:
+    path = Path(cell).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def read_csv_rows(csv_path: str | Path, soft_labels: bool | None = False) -> list[CsvRow]:
+    """Read an ``image,mask[,soft_mask]`` CSV; relative paths resolve against its folder.
+
+    ``soft_labels=True`` requires the ``soft_mask`` column, ``False`` ignores it and
+    ``None`` uses it when present. Raises ``DataError`` for a missing file, missing
+    columns, no data rows or empty cells.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: CSV file not found")
+    base = csv_path.resolve().parent
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        required = list(REQUIRED_COLUMNS) + ([SOFT_COLUMN] if soft_labels else [])
+        missing = [c for c in required if c not in columns]
+        if missing:
+            hint = " (soft_labels=True needs a soft_mask column)" if SOFT_COLUMN in missing else ""
+            raise DataError(
+                f"{csv_path}: missing column(s) {', '.join(missing)}; header is "
+                f"{','.join(columns) or '(empty)'}, expected image,mask[,soft_mask]{hint}"
+            )
+        use_soft = SOFT_COLUMN in columns if soft_labels is None else soft_labels
+        records = [{(k or "").strip(): v for k, v in rec.items() if k} for rec in reader]
+    if not records:
+        raise DataError(f"{csv_path}: the CSV has a header but no data rows")
+
+    problems = _Problems(csv_path, MAX_PROBLEMS)
+    rows = []
+    names = [*REQUIRED_COLUMNS, SOFT_COLUMN] if use_soft else list(REQUIRED_COLUMNS)
+    for number, rec in enumerate(records, start=1):
+        cells = {name: (rec.get(name) or "").strip() for name in names}
+        empty = [name for name, cell in cells.items() if not cell]
+        if empty:
+            problems.add(f"row {number}: empty {', '.join(empty)} cell(s)")
+            continue
+        paths = [_resolve(cells[name], base) for name in names]
+        rows.append(CsvRow(number, *paths))
+    problems.raise_if_any()
+    return rows
+
+
+def _open_info(role: str, path: Path, report: _Report) -> raster_io.RasterInfo | None:
+    if not path.is_file():
+        report(role, path, "file not found")
+        return None
+    try:
+        info = raster_io.raster_info(path)
+        # Decode one pixel so a file with a valid header but broken data is caught too.
+        raster_io.read_window(path, 0, 0, 1, 1)
+    except DataError as err:
+        report(role, path, f"unreadable ({err.__cause__ or err})")
+        return None
+    return info
+
+
+def _size(info: raster_io.RasterInfo) -> str:
+    return f"H x W = {info.height} x {info.width} px"
+
+
+def _at(pixel: tuple[int, int]) -> str:
+    return f"pixel row {pixel[0]}, col {pixel[1]}"
+
+
+def _first(flags: np.ndarray, row_off: int) -> tuple[int, int]:
+    r, c = np.unravel_index(int(np.argmax(flags)), flags.shape)
+    return row_off + int(r), int(c)
+
+
+def _scan_mask(
+    mask: raster_io.RasterInfo,
+    soft: raster_io.RasterInfo | None,
+    n_classes: int,
+    ignore_index: int,
+    counts: np.ndarray,
+    report: _Report,
+) -> int:
+    """Scan the hard (and soft) mask strip by strip; return the ignored pixel count."""
+    ignored, bad_ids = 0, set()
+    bad_at: tuple[int, int] | None = None
+    non_integer_at = bad_at
+    is_float = np.issubdtype(np.dtype(mask.dtype), np.floating)
+    worst_dev, worst_at, n_off, out_of_range = 0.0, (0, 0), 0, None
+    soft_strips: Iterable[tuple[int, np.ndarray] | None] = itertools.repeat(None)
+    if soft is not None:
+        scale = raster_io.soft_scale(soft.dtype) or 1.0
+        tol = raster_io.soft_tolerance(soft.dtype, n_classes)
+        soft_strips = raster_io.iter_strips(soft.path, soft)
+
+    for (row_off, strip), soft_item in zip(
+        raster_io.iter_strips(mask.path, mask), soft_strips, strict=False
+    ):
+        values = strip[0]
+        if is_float:
+            broken = ~np.isfinite(values) | (values != np.round(values))
+            if broken.any() and non_integer_at is None:
+                non_integer_at = _first(broken, row_off)
+            values = np.where(broken, ignore_index, values)
+        values = values.astype(np.int64)
+        ignore = values == ignore_index
+        valid = (values >= 0) & (values < n_classes) & ~ignore
+        ignored += int(ignore.sum())
+        counts += np.bincount(values[valid], minlength=n_classes)[:n_classes]
+        bad = ~(valid | ignore)
+        if bad.any():
+            bad_ids.update(np.unique(values[bad])[:10].tolist())
+            bad_at = bad_at or _first(bad, row_off)
+        if soft_item is None:
+            continue
+
+        probs = soft_item[1].astype(np.float32) / np.float32(scale)
+        sums = probs.sum(axis=0, dtype=np.float64)
+        dev = np.abs(sums - 1.0)
+        dev[ignore & (sums == 0)] = 0.0  # unlabelled pixels may carry no probabilities
+        dev[np.isnan(dev)] = np.inf
+        n_off += int((dev > tol).sum())
+        if dev.max() > worst_dev:
+            worst_dev, worst_at = float(dev.max()), _first(dev == dev.max(), row_off)
+        lo, hi = float(np.nanmin(probs)), float(np.nanmax(probs))
+        if lo < -tol or hi > 1 + tol:
+            out_of_range = out_of_range or (lo, hi)
+
+    if non_integer_at is not None:
+        report("mask", mask.path, f"non-integer or NaN class ids (first at {_at(non_integer_at)})")
+    if bad_at is not None:
+        ids = ", ".join(str(i) for i in sorted(bad_ids)[:10])
+        report(
+            "mask",
+            mask.path,
+            f"class id(s) {ids} outside 0..{n_classes - 1} (n_classes={n_classes}) and not "
+            f"ignore_index={ignore_index}; first at {_at(bad_at)}",
+        )
+    if soft is not None and n_off:
+        report(
+            "soft mask",
+            soft.path,
+            f"probabilities do not sum to 1 at {n_off} pixel(s): max |sum - 1| = "
+            f"{worst_dev:.4g} at {_at(worst_at)} (tolerance {tol:.4g})",
+        )
+    if soft is not None and out_of_range is not None:
+        lo, hi = out_of_range
+        report("soft mask", soft.path, f"values outside [0, 1] (min {lo:.4g}, max {hi:.4g})")
+    return ignored
+
+
+def _check_row(
+    row: CsvRow,
+    n_classes: int,
+    crop_size: int | None,
+    soft_labels: bool,
+    ignore_index: int,
+    counts: np.ndarray,
+    problems: _Problems,
+) -> tuple[ImageSummary | None, int]:
+    report: _Report = functools.partial(problems.add_row, row)
+    image = _open_info("image", row.image, report)
+    mask = _open_info("mask", row.mask, report)
+    soft = None
+    if soft_labels and row.soft_mask is not None:
+        soft = _open_info("soft mask", row.soft_mask, report)
+    if image is None or mask is None or (soft_labels and soft is None):
+        return None, 0
+
+    crop = crop_size or 0
+    if crop > image.height or crop > image.width:
+        report("image", image.path, f"crop_size {crop} is larger than the image ({_size(image)})")
+    differs = f"differs from the image's {_size(image)}"
+    before = len(problems.lines)
+    if mask.count != 1:
+        report("mask", mask.path, f"has {mask.count} bands, expected 1 (class ids)")
+    if np.dtype(mask.dtype).kind not in "iuf":
+        report("mask", mask.path, f"dtype {mask.dtype} cannot hold class ids")
+    if (mask.height, mask.width) != (image.height, image.width):
+        report("mask", mask.path, f"size {_size(mask)} {differs}")
+    mask_ok, before = len(problems.lines) == before, len(problems.lines)
+    if soft is not None:
+        if soft.count != n_classes:
+            report(
+                "soft mask", soft.path, f"has {soft.count} bands, expected n_classes={n_classes}"
+            )
+        if (soft.height, soft.width) != (image.height, image.width):
+            report("soft mask", soft.path, f"size {_size(soft)} {differs}")
+        if raster_io.soft_scale(soft.dtype) is None:
+            supported = "float probabilities or uint8 scaled 0-255"
+            report("soft mask", soft.path, f"dtype {soft.dtype} not supported (use {supported})")
+    soft_ok = len(problems.lines) == before
+
+    ignored = 0
+    if mask_ok and not problems.full:
+        try:
+            scan_soft = soft if soft_ok else None
+            ignored = _scan_mask(mask, scan_soft, n_classes, ignore_index, counts, report)
+        except DataError as err:
+            report("mask", None, f"unreadable while scanning ({err})")
+            return None, 0
+    soft_dtype = soft.dtype if soft is not None else None
+    info = (image.height, image.width, image.count, image.dtype, mask.dtype, soft_dtype)
+    return ImageSummary(row.number, image.path, *info), ignored
+
+
+def validate_rows(
+    csv_path: str | os.PathLike[str],
+    rows: list[CsvRow],
+    n_classes: int,
+    crop_size: int | None = None,
+    soft_labels: bool = False,
+    ignore_index: int = 255,
+    max_problems: int = MAX_PROBLEMS,
+) -> DataSummary:
+    """Check every row's files; raise one ``DataError`` listing up to ``max_problems`` problems.
+
+    Masks are read in bounded row strips, so memory does not grow with raster size.
+    Returns the summary (sizes, dtypes, class histogram) when nothing is wrong.
+    """
+    if n_classes < 1:
+        raise ConfigError(f"n_classes must be >= 1, got {n_classes}")
+    csv_path = Path(csv_path)
+    problems = _Problems(csv_path, max_problems)
+    counts = np.zeros(n_classes, dtype=np.int64)
+    summary = DataSummary(csv_path, n_classes, ignore_index, soft_labels)
+    if soft_labels and any(r.soft_mask is None for r in rows):
+        raise DataError(f"{csv_path}: soft_labels=True but the CSV has no soft_mask column")
+    for row in rows:
+        if problems.full:
+            break
+        image, ignored = _check_row(
+            row, n_classes, crop_size, soft_labels, ignore_index, counts, problems
+        )
+        if image is not None:
+            summary.images.append(image)
+        summary.ignored_pixels += ignored
+    problems.raise_if_any()
+    summary.class_counts = counts.tolist()
+    return summary
+
+
+def check_data(
+    csv_path: str | os.PathLike[str],
+    n_classes: int,
+    crop_size: int | None = None,
+    soft_labels: bool | None = None,
+    ignore_index: int = 255,
+) -> DataSummary:
+    """Run every data check on one CSV and return its summary.
+
+    ``soft_labels=None`` checks the soft_mask column when the CSV has one.
+    """
+    rows = read_csv_rows(csv_path, soft_labels)
+    use_soft = bool(rows) and all(r.soft_mask is not None for r in rows)
+    return validate_rows(csv_path, rows, n_classes, crop_size, use_soft, ignore_index)
