@@ -65,13 +65,20 @@ class MultiHeadLoss(nn.Module):
         outputs: Mapping[str, torch.Tensor],
         targets: Mapping[str, torch.Tensor],
         epoch: float = 0.0,
+        strict: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return ``(total, {part name: value})``; parts are the heads' names and ``consistency``."""
+        """Return ``(total, {part name: value})``; parts are the heads' names and ``consistency``.
+
+        With ``strict=False`` (validation), heads whose target the batch lacks are left out of
+        the total instead of raising, e.g. a validation set without soft masks.
+        """
         parts: dict[str, torch.Tensor] = {}
         total = outputs[next(iter(outputs))].new_zeros(())
         for name, role in self.head_roles.items():
             key = ROLE_TARGET[role]
             if key not in targets:
+                if not strict:
+                    continue
                 raise KeyError(
                     f"head {name!r} ({role} role) needs targets[{key!r}] but the batch has "
                     f"{sorted(targets)}; for soft heads set soft_labels: true on the dataset"

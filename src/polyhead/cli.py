@@ -1,0 +1,144 @@
+"""``polyhead`` command line: train, predict, check-data, demo.
+
+Heavy imports happen inside each command so ``polyhead --help`` stays quick. This is the only
+module that touches Hydra's config composition; everything it calls is a plain Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from polyhead.errors import PolyheadError
+
+
+def _compose(config_dir: str | None, config_name: str | None, config: str | None, overrides):
+    from omegaconf import OmegaConf
+
+    if config is not None:
+        path = Path(config)
+        config_dir, config_name = str(path.parent), path.stem
+    if config_dir is None or config_name is None:
+        raise PolyheadError("give a config: --config FILE.yaml, or --config-dir DIR --config-name NAME")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from polyhead.train import train
+
+    cfg = _compose(args.config_dir, args.config_name, args.config, args.overrides)
+    result = train(cfg)
+    print(f"best checkpoint: {result.best_checkpoint}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from polyhead.inference.predict import predict_files
+
+    overrides = list(args.set or [])
+    if args.head:
+        overrides.append(f"model.inference_head={args.head}")
+    written = predict_files(
+        args.checkpoint,
+        args.inputs,
+        args.output,
+        overrides=overrides,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        write_probabilities=args.probabilities,
+    )
+    print(f"wrote {len(written)} class maps to {args.output}")
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from polyhead.data import check_data, check_data_from_config
+
+    target = Path(args.target)
+    if target.suffix.lower() in (".yaml", ".yml"):
+        summaries = check_data_from_config(target)
+    else:
+        if args.n_classes is None:
+            raise PolyheadError("check-data on a CSV needs --n-classes")
+        summaries = [check_data(target, args.n_classes, crop_size=args.crop_size)]
+    console = Console()
+    for summary in summaries:
+        console.print(summary.to_table())
+    console.print(f"[green]OK[/green]: {len(summaries)} data set(s) passed every check")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from polyhead.demo.run import run_demo
+
+    run_demo(
+        out_dir=args.out,
+        n_train=args.scenes,
+        size=args.size,
+        epochs=args.epochs,
+        encoder_name=args.encoder,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="polyhead", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train from a Hydra/YAML config")
+    p.add_argument("--config-dir", help="folder holding the config")
+    p.add_argument("--config-name", help="config file name without .yaml")
+    p.add_argument("--config", help="path to a YAML config (instead of dir + name)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. pl_trainer.max_epochs=5")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="write class maps (and probabilities) for images")
+    p.add_argument("checkpoint", help="a checkpoint written by polyhead train")
+    p.add_argument("inputs", nargs="+", help="image files, folders, or CSVs with an image column")
+    p.add_argument("--output", "-o", required=True, help="output folder")
+    p.add_argument("--head", help="inference head: a head name (A, B) or 'average'")
+    p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
+    p.add_argument("--tile-size", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the stored config")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("check-data", help="validate a training CSV or config before training")
+    p.add_argument("target", help="a CSV (image,mask[,soft_mask]) or a training YAML")
+    p.add_argument("--n-classes", type=int)
+    p.add_argument("--crop-size", type=int)
+    p.set_defaults(func=cmd_check_data)
+
+    p = sub.add_parser("demo", help="synthetic data -> dual-head training -> metrics and figure")
+    p.add_argument("--out", default="polyhead-demo", help="output folder")
+    p.add_argument("--scenes", type=int, default=8, help="training scenes")
+    p.add_argument("--size", type=int, default=256, help="scene size in pixels")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--encoder", default="resnet18", help="encoder name (random init)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PolyheadError as err:
+        print(f"polyhead {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Shared Lightning plumbing: optimizer/scheduler from partials, config kept in checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    """AdamW, lr 3e-4, weight decay 1e-4: the default when a config names no optimizer."""
+    return torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-4)
+
+
+class BaseTask(pl.LightningModule):
+    """A LightningModule that gets built objects (never a config) plus optimizer factories.
+
+    Args:
+        optimizer: ``params -> Optimizer`` (e.g. a Hydra ``_partial_: true`` target).
+        scheduler: ``optimizer -> LR scheduler``, or None.
+        scheduler_interval: "epoch" or "step".
+        scheduler_monitor: metric for schedulers such as ReduceLROnPlateau.
+        config: the resolved run configuration, stored in every checkpoint under
+            ``polyhead_config`` so ``polyhead predict CHECKPOINT`` can rebuild the model.
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        scheduler_monitor: str = "loss/val",
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer or default_optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.scheduler_monitor = scheduler_monitor
+        self.run_config = dict(config) if config is not None else None
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = {
+            "scheduler": self.scheduler_factory(optimizer),
+            "interval": self.scheduler_interval,
+            "monitor": self.scheduler_monitor,
+        }
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["polyhead_config"] = self.run_config
+
+    def epoch_progress(self, batch_idx: int) -> float:
+        """Epochs done as a float (for warm-ups), e.g. 1.5 halfway through the second epoch."""
+        n = self.trainer.num_training_batches if self._trainer is not None else float("inf")
+        if not n or n == float("inf"):
+            return float(self.current_epoch)
+        return self.current_epoch + batch_idx / n
