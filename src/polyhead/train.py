@@ -62,7 +62,7 @@ def _build(node: Any, key: str) -> Any:
     except Exception as err:  # hydra wraps the real cause; name the config key at fault
         cause = err.__cause__ or err
         if isinstance(cause, ConfigError | ValueError | FileNotFoundError):
-            raise cause
+            raise cause from None
         raise ConfigError(f"config key {key!r}: {err}") from err
 
 
@@ -77,7 +77,8 @@ def build_callbacks(cfg: Mapping[str, Any], output_dir: Path) -> list[pl.Callbac
                 dirpath=str(output_dir / "checkpoints"), monitor="loss/val", save_last=True
             )
         )
-    if not any(isinstance(cb, pl.callbacks.ProgressBar) for cb in callbacks):
+    wants_bar = cfg["pl_trainer"].get("enable_progress_bar", True)
+    if wants_bar and not any(isinstance(cb, pl.callbacks.ProgressBar) for cb in callbacks):
         callbacks.append(pl.callbacks.RichProgressBar())
     return callbacks
 
