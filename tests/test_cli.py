@@ -40,7 +40,8 @@ def test_demo_small_writes_checkpoint_figure_and_table(tmp_path, capsys):
     assert Path(result["checkpoint"]).is_file() and result["figure"].stat().st_size > 10_000
     assert set(result["metrics"]) == {"A", "B", "average"}
     out = capsys.readouterr().out
-    assert "mIoU" in out and "ECE" in out
+    assert "mIoU" in out and "ECE" in out and "KL to soft mask" in out
+    assert result["metrics"]["B"]["soft_KL"] > 0
 
 
 def test_train_with_ddp_on_two_cpu_processes(synthetic_rgb6, tmp_path):

@@ -9,6 +9,7 @@ options), ``callbacks`` (list), ``optimizer`` (``_partial_: true``), ``scheduler
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +120,10 @@ def train(cfg: Mapping[str, Any] | DictConfig | str | Path) -> TrainResult:
         trainer_kwargs["logger"] = _build(trainer_kwargs["logger"], "pl_trainer.logger")
     trainer = pl.Trainer(callbacks=build_callbacks(cfg, output_dir), **trainer_kwargs)
     val_loader = val_ds.make_loader() if val_ds is not None else None
-    trainer.fit(task, train_ds.make_loader(), val_loader)
+    with warnings.catch_warnings():
+        # raised inside Lightning's own pytree helper on torch >= 2.10; not actionable here
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        trainer.fit(task, train_ds.make_loader(), val_loader)
     ckpt = trainer.checkpoint_callback
     best = Path(ckpt.best_model_path) if ckpt is not None and ckpt.best_model_path else None
     last = Path(ckpt.last_model_path) if ckpt is not None and ckpt.last_model_path else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,15 @@ def demo_config(
 
 def metrics_table(results: dict[str, dict[str, torch.Tensor]], title: str) -> Table:
     table = Table(title=title)
-    for col in ("head", "mIoU", "pixel accuracy", "ECE (15 bins)"):
+    cols = ["head", "mIoU", "pixel accuracy", "ECE (15 bins)"]
+    soft = all("soft_KL" in m for m in results.values())
+    if soft:
+        cols.append("KL to soft mask")
+    for col in cols:
         table.add_column(col, justify="right" if col != "head" else "left")
     for head, m in results.items():
-        table.add_row(head, f"{m['mIoU']:.3f}", f"{m['pixel_accuracy']:.3f}", f"{m['ECE']:.3f}")
+        row = [head, f"{m['mIoU']:.3f}", f"{m['pixel_accuracy']:.3f}", f"{m['ECE']:.3f}"]
+        table.add_row(*row, *([f"{m['soft_KL']:.3f}"] if soft else []))
     return table
 
 
@@ -101,6 +107,8 @@ def run_demo(
     """Generate data, train the dual head, evaluate heads A/B/average, write a figure."""
     console = console or Console()
     out_dir = Path(out_dir)
+    # Lightning's start-up notices (accelerators found, logger tips) are noise here
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     start = time.perf_counter()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = generate_synthetic_dataset(out_dir / "data", n_train=n_train, n_val=n_val, size=size)
