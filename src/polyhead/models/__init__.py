@@ -1,18 +1,23 @@
-"""Models: shared encoders with several named heads."""
+"""Models: shared encoders with several named heads, or one head as a whole model."""
 
+from polyhead.models.blocks import ViTEncoder, register_vit_encoder
 from polyhead.models.decoders import DECODERS, build_decoder
 from polyhead.models.dual_head import UPerNetDualHead
 from polyhead.models.encoder import build_encoder, load_encoder_weights
 from polyhead.models.heads import HeadSpec, SegmentationHeadBlock
 from polyhead.models.multihead import MultiHeadSegmentationModel
+from polyhead.models.single import SegmentationModel
 
 __all__ = [
     "DECODERS",
     "HeadSpec",
     "MultiHeadSegmentationModel",
     "SegmentationHeadBlock",
+    "SegmentationModel",
     "UPerNetDualHead",
+    "ViTEncoder",
     "build_decoder",
     "build_encoder",
     "load_encoder_weights",
+    "register_vit_encoder",
 ]

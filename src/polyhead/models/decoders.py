@@ -19,6 +19,14 @@ from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
 from torch import nn
 
 from polyhead.errors import ConfigError
+from polyhead.models.blocks import (
+    AttentionUNetDecoder,
+    FCNDecoder,
+    PanopticFPNDecoder,
+    SETRPUPDecoder,
+    UpsampleHead,
+    level_stride,
+)
 
 DecoderBuilder = Callable[..., tuple[nn.Module, nn.Module]]
 
@@ -148,6 +156,61 @@ def _pspnet(
     return decoder, head
 
 
+def _fcn(
+    channels,
+    depth,
+    stride,
+    classes,
+    decoder_variant: str = "8s",
+    decoder_channels: int | None = 256,
+    decoder_dropout: float = 0.1,
+):
+    decoder = FCNDecoder(channels, classes, decoder_variant, decoder_channels, decoder_dropout)
+    return decoder, UpsampleHead(level_stride(decoder.levels[-1], stride))
+
+
+def _fcn_variant(variant: str) -> DecoderBuilder:
+    def build(channels, depth, stride, classes, **options):
+        return _fcn(channels, depth, stride, classes, decoder_variant=variant, **options)
+
+    return build
+
+
+def _attention_unet(
+    channels, depth, stride, classes, decoder_channels: Sequence[int] = (256, 128, 64, 32, 16)
+):
+    decoder_channels = tuple(decoder_channels)[:depth]
+    decoder = AttentionUNetDecoder(channels, decoder_channels)
+    return decoder, SegmentationHead(decoder_channels[-1], classes, kernel_size=3)
+
+
+def _setr(
+    channels, depth, stride, classes, decoder_channels: int = 256, decoder_out_stride: int = 4
+):
+    in_stride = level_stride(depth, stride)
+    decoder = SETRPUPDecoder(channels[-1], in_stride, decoder_channels, decoder_out_stride)
+    head = SegmentationHead(decoder_channels, classes, kernel_size=1, upsampling=decoder_out_stride)
+    return decoder, head
+
+
+def _panoptic_fpn(
+    channels,
+    depth,
+    stride,
+    classes,
+    decoder_pyramid_channels: int = 256,
+    decoder_segmentation_channels: int = 128,
+):
+    if stride < 2**depth:
+        raise ConfigError(
+            f"panoptic_fpn head merges encoder levels at strides 4-{2**depth} and needs an "
+            f"undilated encoder (encoder_output_stride {stride} < {2**depth})"
+        )
+    decoder = PanopticFPNDecoder(channels, decoder_pyramid_channels, decoder_segmentation_channels)
+    head = SegmentationHead(decoder.out_channels, classes, kernel_size=1, upsampling=4)
+    return decoder, head
+
+
 DECODERS: dict[str, DecoderBuilder] = {
     "upernet": _upernet,
     "fpn": _fpn,
@@ -155,6 +218,13 @@ DECODERS: dict[str, DecoderBuilder] = {
     "deeplabv3plus": _deeplabv3plus,
     "segformer": _segformer,
     "pspnet": _pspnet,
+    "fcn": _fcn,
+    "fcn32s": _fcn_variant("32s"),
+    "fcn16s": _fcn_variant("16s"),
+    "fcn8s": _fcn_variant("8s"),
+    "attentionunet": _attention_unet,
+    "setr": _setr,
+    "panopticfpn": _panoptic_fpn,
 }
 
 

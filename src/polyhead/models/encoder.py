@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from polyhead.errors import ConfigError, WeightsError
+from polyhead.models.blocks.vit_encoder import register_vit_encoder
 
 _WEIGHT_HOSTS = (("huggingface.co", 443), ("download.pytorch.org", 443))
 
@@ -133,7 +134,12 @@ def build_encoder(
     encoder_weights: str | os.PathLike | bool | None = None,
     output_stride: int = 32,
 ) -> nn.Module:
-    """Build an SMP encoder (``tu-*`` names use timm) exposing ``out_channels``/``output_stride``."""
+    """Build an SMP encoder exposing ``out_channels``/``output_stride``.
+
+    Names: SMP's own, ``tu-<timm name>`` (timm universal) and ``vit-<timm name>`` (plain
+    ViTs, which SMP cannot wrap, through polyhead's feature-pyramid wrapper).
+    """
+    register_vit_encoder(encoder_name)
     local_file = None
     named = None
     if isinstance(encoder_weights, os.PathLike) or (

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from polyhead.errors import ConfigError
@@ -14,6 +15,16 @@ from polyhead.models.encoder import build_encoder
 from polyhead.models.heads import HeadSpec, SegmentationHeadBlock
 
 AVERAGE = "average"
+
+
+def _pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Pad the bottom/right of ``x`` to multiples of ``stride`` (reflect; replicate if too small)."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % stride, -w % stride
+    if not (ph or pw):
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 class MultiHeadSegmentationModel(nn.Module):
@@ -32,6 +43,9 @@ class MultiHeadSegmentationModel(nn.Module):
         encoder_output_stride: 32, or 16/8 for dilated encoders (DeepLabV3+ heads).
         inference_head: head used by :meth:`predict` when none is given: a head name or
             ``"average"`` (mean logits of the hard and soft heads).
+        pad_to_stride: pad inputs whose height or width is not a multiple of the encoder's
+            output stride (reflect padding at the bottom/right) and crop the logits back,
+            instead of raising.
     """
 
     def __init__(
@@ -44,6 +58,7 @@ class MultiHeadSegmentationModel(nn.Module):
         classes: int = 1,
         encoder_output_stride: int = 32,
         inference_head: str | None = None,
+        pad_to_stride: bool = False,
     ) -> None:
         super().__init__()
         if not heads:
@@ -66,6 +81,7 @@ class MultiHeadSegmentationModel(nn.Module):
         )
         self.encoder_name = encoder_name
         self.classes = classes
+        self.pad_to_stride = bool(pad_to_stride)
         self.inference_head = inference_head or next(iter(self.heads))
 
     @property
@@ -106,10 +122,16 @@ class MultiHeadSegmentationModel(nn.Module):
 
     def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the encoder once and every head on its features."""
-        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        h, w = x.shape[-2:]
+        if self.pad_to_stride:
+            x = _pad_to_multiple(x, self.encoder.output_stride)
+        elif not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self.check_input_shape(x)
         features = self.encoder(x)
-        return {name: head(features) for name, head in self.heads.items()}
+        outputs = {name: head(features) for name, head in self.heads.items()}
+        if self.pad_to_stride:
+            outputs = {name: out[..., :h, :w] for name, out in outputs.items()}
+        return outputs
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_heads(x)
