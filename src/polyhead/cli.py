@@ -1,4 +1,4 @@
-"""``polyhead`` command line: train, predict, check-data, demo.
+"""polyhead command line: train, predict, check-data, aggregate, compare, export, demo.
 
 Heavy imports happen inside each command so ``polyhead --help`` stays quick. This is the only
 module that touches Hydra's config composition; everything it calls is a plain Python API.
@@ -79,6 +79,9 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.which == "classifier":  # the digits comparison, as `polyhead compare --demo`
+        out = args.out if args.out != "polyhead-demo" else "polyhead-demo-classifier"
+        return main(["compare", "--demo", "--out", out])
     from polyhead.demo.run import run_demo
 
     run_demo(
@@ -121,7 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-size", type=int)
     p.set_defaults(func=cmd_check_data)
 
+    from polyhead.aggregation.cli import add_aggregate_parser
+    from polyhead.classification.cli import add_parsers as add_classifier_parsers
+
+    add_aggregate_parser(sub)
+    add_classifier_parsers(sub)
+
     p = sub.add_parser("demo", help="synthetic data -> dual-head training -> metrics and figure")
+    p.add_argument("which", nargs="?", choices=["segmentation", "classifier"],
+                   default="segmentation",
+                   help="segmentation (default): the dual head; classifier: polyhead compare --demo")
     p.add_argument("--out", default="polyhead-demo", help="output folder")
     p.add_argument("--scenes", type=int, default=8, help="training scenes")
     p.add_argument("--size", type=int, default=256, help="scene size in pixels")

@@ -115,7 +115,7 @@ def save_prediction_figure(
 
     columns: list[tuple[str, str, list[np.ndarray]]] = [("image", "rgb", images)]
     if hards is not None:
-        columns.append(("hard mask (vote)", "labels", hards))
+        columns.append(("hard mask", "labels", hards))
     if softs is not None:
         columns.append(("soft mask (mix)", "soft", softs))
     columns += [(name, "labels", rows) for name, rows in preds.items() if rows is not None]

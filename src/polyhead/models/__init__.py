@@ -1,6 +1,7 @@
 """Models: shared encoders with several named heads, or one head as a whole model."""
 
 from polyhead.models.blocks import ViTEncoder, register_vit_encoder
+from polyhead.models.classifier import MultiHeadClassifier
 from polyhead.models.decoders import DECODERS, build_decoder
 from polyhead.models.dual_head import UPerNetDualHead
 from polyhead.models.encoder import build_encoder, load_encoder_weights
@@ -11,6 +12,7 @@ from polyhead.models.single import SegmentationModel
 __all__ = [
     "DECODERS",
     "HeadSpec",
+    "MultiHeadClassifier",
     "MultiHeadSegmentationModel",
     "SegmentationHeadBlock",
     "SegmentationModel",

@@ -1,0 +1,210 @@
+"""Output side of aggregation: a staging folder moved into place only on success.
+
+Everything is written under a hidden sibling folder of ``out_dir``
+(``.<name>.partial-<random>``). `Staging.commit` moves the files into ``out_dir``
+(a single rename when ``out_dir`` does not exist yet); any exception before that
+deletes the staging folder, so a failed run leaves no new file in ``out_dir``.
+Existing files in ``out_dir`` with the same names are replaced on commit; other
+files there are left alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+
+class Staging:
+    """Context manager handing out paths inside a temp folder next to ``out_dir``."""
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.out_dir = Path(out_dir).resolve()
+        self.root = self.out_dir.parent / f".{self.out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+        self.committed = False
+
+    def __enter__(self) -> Staging:
+        self.root.mkdir(parents=True)
+        return self
+
+    def path(self, relative: str | os.PathLike[str]) -> Path:
+        """Where to write the file that will end up at ``out_dir / relative``."""
+        target = self.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def commit(self) -> None:
+        """Move every staged file into ``out_dir``."""
+        if not self.out_dir.exists():
+            os.replace(self.root, self.out_dir)
+        else:
+            for src in sorted(p for p in self.root.rglob("*") if p.is_file()):
+                dst = self.out_dir / src.relative_to(self.root)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+            shutil.rmtree(self.root, ignore_errors=True)
+        self.committed = True
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.committed:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _rounded(array: np.ndarray, digits: int = 8) -> Any:
+    return np.round(np.asarray(array, dtype=np.float64), digits).tolist()
+
+
+def confusion_document(
+    *,
+    method: str,
+    annotators: Sequence[str],
+    confusion: np.ndarray,
+    priors: np.ndarray,
+    log_likelihood: Sequence[float],
+    n_iter: int,
+    converged: bool,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``confusion.json`` content (``confusion[a][true][given]``, rows sum to 1)."""
+    doc: dict[str, Any] = {
+        "method": method,
+        "n_classes": int(confusion.shape[-1]),
+        "annotators": list(annotators),
+        "confusion_convention": "confusion[annotator][true_class][given_label]; rows sum to 1",
+        "confusion": {a: _rounded(c) for a, c in zip(annotators, confusion, strict=True)},
+        "mean_class_accuracy": {
+            a: float(np.round(np.trace(c) / c.shape[0], 8))
+            for a, c in zip(annotators, confusion, strict=True)
+        },
+        "priors": _rounded(priors),
+        "log_likelihood": [float(x) for x in log_likelihood],
+        "n_iter": int(n_iter),
+        "converged": bool(converged),
+    }
+    doc.update(extra or {})
+    return doc
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` as indented JSON."""
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a CSV with a header line."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def plot_confusions(path: Path, confusion: np.ndarray, annotators: Sequence[str]) -> None:
+    """One heat-map panel per annotator (rows: true class, columns: given label).
+
+    Up to 8 annotators get full panels (axes, ticks, cell values when K <= 12); more
+    are drawn as a mosaic in a single axes, which stays quick for dozens of them.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n, k = len(annotators), confusion.shape[-1]
+    cols = min(n, 4 if n <= 8 else 6)
+    rows = -(-n // cols)
+    if n > 8:
+        cell = k + 1
+        mosaic = np.full((rows * cell + 1, cols * cell + 1), np.nan)
+        fig = Figure(figsize=(1.0 + 0.25 * cols * cell, 1.0 + 0.28 * rows * cell))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        for i, (name, mat) in enumerate(zip(annotators, confusion, strict=True)):
+            r0, c0 = 1 + (i // cols) * cell, 1 + (i % cols) * cell
+            mosaic[r0 : r0 + k, c0 : c0 + k] = mat
+            ax.text(c0 - 0.5, r0 - 0.7, f"{name} ({np.trace(mat) / k:.2f})", fontsize=6)
+        ax.imshow(mosaic, vmin=0.0, vmax=1.0, cmap="Blues")
+        ax.set_axis_off()
+        ax.set_title("confusion per annotator (rows: true class, columns: given label)", fontsize=8)
+        fig.savefig(path, dpi=100)
+        return
+    side = 1.2 + 0.45 * k
+    fig = Figure(figsize=(side * cols, side * rows + 0.4))
+    FigureCanvasAgg(fig)
+    for i, (name, mat) in enumerate(zip(annotators, confusion, strict=True)):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(mat, vmin=0.0, vmax=1.0, cmap="Blues")
+        ax.set_title(f"{name} (acc {np.trace(mat) / k:.2f})", fontsize=9)
+        ax.set_xlabel("given label", fontsize=8)
+        ax.set_ylabel("true class", fontsize=8)
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
+        ax.tick_params(labelsize=7)
+        if k <= 12:
+            for (r, c), v in np.ndenumerate(mat):
+                color = "white" if v > 0.5 else "black"
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color=color)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_trace(path: Path, trace: Sequence[float]) -> None:
+    """Mean log-likelihood per labelled pixel/item against the EM iteration."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 3.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(range(1, len(trace) + 1), list(trace), marker="o", markersize=3)
+    ax.set_xlabel("EM iteration")
+    ax.set_ylabel("mean log-likelihood")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def relative_to(path: Path, start: Path) -> str:
+    """``path`` relative to ``start`` (POSIX separators), absolute when impossible."""
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), start)).as_posix()
+    except ValueError:
+        return Path(path).resolve().as_posix()
+
+
+@dataclass
+class AggregationResult:
+    """What `aggregate_masks` / `aggregate_labels` wrote and estimated."""
+
+    out_dir: Path
+    method: str
+    annotators: list[str]
+    confusion: np.ndarray
+    """``[A, K, K]``, ``confusion[a, true, given]``."""
+    priors: np.ndarray
+    """``[K]`` (or ``[n_images, K]`` with per-image priors)."""
+    log_likelihood: list[float]
+    n_iter: int
+    converged: bool
+    n_patterns: int
+    """Distinct label patterns (masks) or items (labels) the EM ran on."""
+    n_labelled: int
+    n_unlabelled: int
+    confusion_json: Path
+    outputs: list[Path] = field(default_factory=list)
+    """Soft masks (masks) or the labels CSV (labels)."""
+    hard_masks: list[Path] = field(default_factory=list)
+    train_csv: Path | None = None
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0

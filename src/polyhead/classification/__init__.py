@@ -1,0 +1,30 @@
+"""Multi-head classification tools: the single-vs-multi-head comparison, ONNX export and the
+digits demo data (``polyhead compare`` / ``polyhead export``).
+
+The model, data set and task live in :mod:`polyhead.models.classifier`,
+:mod:`polyhead.data.classification` and :mod:`polyhead.tasks.classification`. Names here are
+imported on first use, so ``polyhead --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "run_compare": "polyhead.classification.compare",
+    "Comparison": "polyhead.classification.compare",
+    "export_model": "polyhead.classification.export",
+    "export_checkpoint": "polyhead.classification.export",
+    "compare_onnx": "polyhead.classification.export",
+    "write_digits": "polyhead.classification.digits",
+    "demo_config": "polyhead.classification.digits",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'polyhead.classification' has no attribute {name!r}")
