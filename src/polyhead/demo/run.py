@@ -13,6 +13,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from polyhead.aggregation import aggregate_masks
 from polyhead.checkpoint import load_model
 from polyhead.data import RandomCropSegmentationDataset
 from polyhead.demo.figures import save_prediction_figure
@@ -40,8 +41,16 @@ def demo_config(
     encoder_name: str,
     crop_size: int = 128,
     samples_per_epoch: int = 128,
+    train_csv: Path | None = None,
+    val_csv: Path | None = None,
 ) -> dict[str, Any]:
-    """The demo's training config: the same ``_target_`` tree a YAML file would hold."""
+    """The demo's training config: the same ``_target_`` tree a YAML file would hold.
+
+    ``train_csv``/``val_csv`` default to the generator's CSVs (majority-vote hard masks,
+    vote-fraction soft masks); the demo passes Dawid-Skene ones.
+    """
+    train_csv = train_csv or data.train_csv
+    val_csv = val_csv or data.val_csv
     mean, std = band_statistics(data)
     n_classes = len(data.class_names)
     normalize = {"_target_": "albumentations.Normalize", "mean": mean, "std": std,
@@ -60,7 +69,7 @@ def demo_config(
                       "weight_decay": 1e-4},
         "scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
                       "_partial_": True, "T_max": epochs},
-        "train_dataset": {**dataset, "input_csv_path": str(data.train_csv),
+        "train_dataset": {**dataset, "input_csv_path": str(train_csv),
                           "samples_per_epoch": samples_per_epoch,
                           "augmentation_list": [
                               {"_target_": "albumentations.HorizontalFlip", "p": 0.5},
@@ -68,7 +77,7 @@ def demo_config(
                               normalize],
                           "data_loader": {"batch_size": 8, "shuffle": True, "num_workers": 0,
                                           "drop_last": True}},
-        "val_dataset": {**dataset, "input_csv_path": str(data.val_csv), "grid_mode": True,
+        "val_dataset": {**dataset, "input_csv_path": str(val_csv), "grid_mode": True,
                         "augmentation_list": [normalize],
                         "data_loader": {"batch_size": 8, "num_workers": 0}},
         "callbacks": [
@@ -79,6 +88,29 @@ def demo_config(
         "pl_trainer": {"max_epochs": epochs, "accelerator": "cpu", "devices": 1,
                        "log_every_n_steps": 4, "enable_model_summary": False},
     }
+
+
+def dawid_skene_csvs(data: SyntheticDataset, console: Console) -> tuple[Path, Path]:
+    """Aggregate the annotators' masks with Dawid-Skene; split its CSV into train and val."""
+    out = data.out_dir / "dawid_skene"
+    result = aggregate_masks(data.annotator_csv, out, len(data.class_names), progress=False)
+    estimated = {a: float(np.diag(result.confusion[i]).mean())
+                 for i, a in enumerate(result.annotators)}
+    console.print(f"[bold]Dawid-Skene[/bold]: {result.n_iter} EM iterations; estimated "
+                  "mean per-class accuracy of each annotator "
+                  + ", ".join(f"{a} {v:.2f}" for a, v in estimated.items()))
+    header, *rows = (out / "train.csv").read_text().splitlines()
+    val_stems = set(data.val_scenes)
+    split = {"train": [], "val": []}
+    for row in rows:
+        stem = Path(row.split(",")[0]).stem
+        split["val" if stem in val_stems else "train"].append(row)
+    paths = []
+    for name, lines in split.items():
+        path = out / f"{name}_split.csv"
+        path.write_text("\n".join([header, *lines]) + "\n")
+        paths.append(path)
+    return paths[0], paths[1]
 
 
 def metrics_table(results: dict[str, dict[str, torch.Tensor]], title: str) -> Table:
@@ -104,7 +136,8 @@ def run_demo(
     encoder_name: str = "resnet18",
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Generate data, train the dual head, evaluate heads A/B/average, write a figure."""
+    """Generate data, aggregate its annotators (Dawid-Skene), train the dual head, evaluate
+    heads A/B/average, write a figure."""
     console = console or Console()
     out_dir = Path(out_dir)
     # Lightning's start-up notices (accelerators found, logger tips) are noise here
@@ -116,12 +149,14 @@ def run_demo(
                   f"{size}x{size} px, {data.bands} bands, classes {list(data.class_names)}, "
                   "annotator accuracy vs truth "
                   + ", ".join(f"{k} {v:.2f}" for k, v in data.measured_accuracy.items()))
-    cfg = demo_config(data, out_dir, epochs, encoder_name, crop_size=min(128, size))
+    train_csv, val_csv = dawid_skene_csvs(data, console)
+    cfg = demo_config(data, out_dir, epochs, encoder_name, crop_size=min(128, size),
+                      train_csv=train_csv, val_csv=val_csv)
     result = train(cfg)
     checkpoint = result.best_checkpoint or result.last_checkpoint
     model, _ = load_model(checkpoint)
     val = RandomCropSegmentationDataset(
-        data.val_csv, crop_size=min(128, size), n_classes=len(data.class_names),
+        val_csv, crop_size=min(128, size), n_classes=len(data.class_names),
         soft_labels=True, grid_mode=True, augmentation_list=cfg["val_dataset"]["augmentation_list"],
     )
     results = evaluate_heads(model, val, len(data.class_names))
