@@ -114,3 +114,15 @@ def test_seed_config_runs_with_only_paths_changed(synthetic_rgb6, tmp_path, caps
                   "pytorch_lightning.callbacks.ModelCheckpoint -> lightning.pytorch.callbacks"):
         assert out.count(alias) == 1, alias
     assert list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+def test_predict_cli_with_tta_and_uncertainty(trained, synthetic, tmp_path):
+    _, result = trained
+    scene = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
+    rc = main(["predict", str(result.best_checkpoint), str(scene), "-o", str(tmp_path),
+               "--head", "B", "--tta", "flips", "--uncertainty", "--tile-size", "64"])
+    assert rc == 0
+    with rasterio.open(tmp_path / f"{scene.stem}_uncertainty.tif") as unc:
+        values = unc.read(1)
+    assert values.min() >= 0 and values.max() <= 1 and values.std() > 0
+    assert (tmp_path / f"{scene.stem}_classes.tif").is_file()

@@ -54,6 +54,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         write_probabilities=args.probabilities,
+        tta=args.tta,
+        crf=args.crf,
+        write_uncertainty=args.uncertainty,
     )
     print(f"wrote {len(written)} class maps to {args.output}")
     return 0
@@ -115,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--tta", metavar="SPEC",
+                   help="test-time augmentation, e.g. 'flips' or 'flips+scales=0.75,1,1.25'")
+    p.add_argument("--crf", action="store_true",
+                   help="refine probabilities with a dense CRF (whole image, <= 4096^2 px)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write <stem>_uncertainty.tif (normalised predictive entropy)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the stored config")
     p.set_defaults(func=cmd_predict)
 

@@ -14,7 +14,9 @@ from torch import nn
 
 from polyhead.checkpoint import load_model
 from polyhead.errors import DataError
+from polyhead.inference.crf import check_crf_size, predict_raster_crf
 from polyhead.inference.sliding_window import predict_raster
+from polyhead.inference.tta import TTAModel, tta_from_config
 from polyhead.models.multihead import MultiHeadSegmentationModel
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -75,29 +77,52 @@ def predict_files(
     device: str = "cpu",
     write_probabilities: bool = False,
     progress: bool = True,
+    tta: str | None = None,
+    crf: bool = False,
+    write_uncertainty: bool = False,
 ) -> list[Path]:
-    """Write ``<stem>_classes.tif`` (and ``<stem>_proba.tif``) per image; returns class maps."""
+    """Write ``<stem>_classes.tif`` (and ``<stem>_proba.tif``) per image; returns class maps.
+
+    ``tta``: a test-time augmentation spec for `build_tta` (e.g. ``"flips"`` or
+    ``"flips+scales=0.75,1,1.25"``); probabilities are averaged over the augmentations.
+    ``crf``: refine each image's blended probabilities with a dense CRF
+    (`dense_crf`, default parameters, guided by the raw bands). The CRF works on the
+    whole image in memory, so every input must have at most 4096 x 4096 pixels
+    (checked before anything is predicted; `ConfigError` suggests tiling).
+    ``write_uncertainty``: also write ``<stem>_uncertainty.tif`` (float32 predictive
+    entropy normalised by log K, of the final probabilities).
+    """
     images = expand_inputs(inputs)  # fail on bad input before loading anything heavy
+    tta_kwargs = tta_from_config(tta)
+    if crf:
+        for image in images:
+            check_crf_size(image)
     model, cfg = load_model(checkpoint, overrides)
     if isinstance(model, MultiHeadSegmentationModel):
         model = SelectedHead(model)
+    if tta_kwargs is not None:
+        model = TTAModel(model, **tta_kwargs)
     normalize = inference_normalization(cfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for image in images:
-        result = predict_raster(
-            model,
-            image,
-            output_dir / f"{image.stem}_classes.tif",
+        common: dict[str, Any] = dict(
             tile_size=tile_size,
             overlap=overlap,
             batch_size=batch_size,
             device=device,
             write_probabilities=write_probabilities,
             probabilities_path=output_dir / f"{image.stem}_proba.tif",
+            write_uncertainty=write_uncertainty,
+            uncertainty_path=output_dir / f"{image.stem}_uncertainty.tif",
             normalize=normalize,
             progress=progress,
         )
+        out_path = output_dir / f"{image.stem}_classes.tif"
+        if crf:
+            result = predict_raster_crf(model, image, out_path, **common)
+        else:
+            result = predict_raster(model, image, out_path, **common)
         written.append(Path(result.class_map_path))
     return written

@@ -33,6 +33,7 @@ from rich.progress import (
 
 from polyhead.errors import ConfigError, DataError
 from polyhead.inference.tiling import blend_window, check_config, n_tiles, tile_starts
+from polyhead.inference.uncertainty import predictive_entropy
 from polyhead.inference.writers import AtomicGeoTiff, geotiff_profile
 
 Normalize = Callable[..., Any]
@@ -49,6 +50,7 @@ class PredictionResult:
     n_classes: int
     n_tiles: int
     seconds: float
+    uncertainty_path: Path | None = None
 
 
 def _apply_normalize(normalize: Normalize | None, tile: np.ndarray) -> np.ndarray:
@@ -236,6 +238,8 @@ def predict_raster(
     bands: Sequence[int] | None = None,
     pad_mode: str = "reflect",
     output_key: str | int | None = None,
+    write_uncertainty: bool = False,
+    uncertainty_path: str | Path | None = None,
 ) -> PredictionResult:
     """Predict a class map (uint8 GeoTIFF) for a raster of any size, streaming by strips.
 
@@ -247,7 +251,10 @@ def predict_raster(
     smaller than a tile are padded with ``pad_mode`` (numpy). Output CRS/transform
     are copied from the input. With ``write_probabilities`` a K-band GeoTIFF of
     blended probabilities (``float32`` or ``uint8`` scaled 0-255) is written to
-    ``probabilities_path`` (default ``<out stem>_proba.tif``). Outputs are written
+    ``probabilities_path`` (default ``<out stem>_proba.tif``). With ``write_uncertainty``
+    a float32 band of predictive entropy normalised by log K (0 = certain, 1 = uniform;
+    see `polyhead.inference.uncertainty`) is written to ``uncertainty_path`` (default
+    ``<out stem>_uncertainty.tif``). Outputs are written
     to temp files and renamed at the end; on failure nothing is left behind.
     """
     check_config(tile_size, overlap, batch_size, blend)
@@ -263,12 +270,17 @@ def predict_raster(
             if probabilities_path
             else out_path.with_name(f"{out_path.stem}_proba.tif")
         )
+    unc_path = None
+    if write_uncertainty:
+        unc_path = (
+            Path(uncertainty_path)
+            if uncertainty_path
+            else out_path.with_name(f"{out_path.stem}_uncertainty.tif")
+        )
     if not image_path.is_file():
         raise DataError(f"input raster not found: {image_path}")
-    if out_path.resolve() == image_path.resolve() or (
-        proba_path is not None
-        and proba_path.resolve() in (image_path.resolve(), out_path.resolve())
-    ):
+    paths = [p.resolve() for p in (image_path, out_path, proba_path, unc_path) if p is not None]
+    if len(set(paths)) != len(paths):
         raise ConfigError(f"output paths must differ from each other and the input {image_path}")
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -334,7 +346,18 @@ def predict_raster(
                             )
                         )
                     )
+                if unc_path is not None:
+                    writers.append(
+                        stack.enter_context(
+                            AtomicGeoTiff(
+                                unc_path,
+                                geotiff_profile(height, width, 1, "float32", crs, transform),
+                            )
+                        )
+                    )
             writers[0].write(proba.argmax(axis=0)[None].astype(np.uint8), y)
+            if unc_path is not None:
+                writers[-1].write(predictive_entropy(proba)[None], y)
             if proba_path is not None:
                 if probabilities_dtype == "uint8":
                     proba = np.clip(np.rint(proba * 255.0), 0, 255)
@@ -348,4 +371,5 @@ def predict_raster(
         n_classes=n_classes,
         n_tiles=total,
         seconds=time.perf_counter() - start,
+        uncertainty_path=unc_path,
     )
