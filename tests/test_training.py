@@ -120,7 +120,8 @@ def test_predict_cli_with_tta_and_uncertainty(trained, synthetic, tmp_path):
     _, result = trained
     scene = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
     rc = main(["predict", str(result.best_checkpoint), str(scene), "-o", str(tmp_path),
-               "--head", "B", "--tta", "flips", "--uncertainty", "--tile-size", "64"])
+               "--head", "B", "--tta", "flips", "--uncertainty", "--tile-size", "64",
+               "--overlap", "16"])
     assert rc == 0
     with rasterio.open(tmp_path / f"{scene.stem}_uncertainty.tif") as unc:
         values = unc.read(1)
