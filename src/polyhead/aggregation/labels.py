@@ -30,11 +30,8 @@ from polyhead.aggregation.inputs import LABEL_COLUMNS, iter_csv
 from polyhead.aggregation.outputs import (
     AggregationResult,
     Staging,
-    confusion_document,
-    plot_confusions,
-    plot_trace,
     write_csv,
-    write_json,
+    write_report,
 )
 from polyhead.errors import ConfigError, DataError
 
@@ -179,20 +176,7 @@ def aggregate_labels(
                 zip(annotators, (int(x) for x in np.bincount(anns, minlength=a)), strict=True)
             ),
         }
-        doc = confusion_document(
-            method=method,
-            annotators=annotators,
-            confusion=conf,
-            priors=priors,
-            log_likelihood=trace,
-            n_iter=n_iter,
-            converged=converged,
-            extra=extra,
-        )
-        write_json(stage.path("confusion.json"), doc)
-        plot_confusions(stage.path("confusion_matrices.png"), conf, annotators)
-        if trace:
-            plot_trace(stage.path("loglik.png"), trace)
+        write_report(stage, method, annotators, conf, priors, trace, n_iter, converged, extra)
         stage.commit()
     return AggregationResult(
         out_dir=out_dir,

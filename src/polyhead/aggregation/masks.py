@@ -56,12 +56,9 @@ from polyhead.aggregation.inputs import ImageEntry, MaskReader, read_mask_csv
 from polyhead.aggregation.outputs import (
     AggregationResult,
     Staging,
-    confusion_document,
-    plot_confusions,
-    plot_trace,
     relative_to,
     write_csv,
-    write_json,
+    write_report,
 )
 from polyhead.aggregation.patterns import CountAccumulator, PatternCodec, merge_counts
 from polyhead.data import raster_io
@@ -317,20 +314,7 @@ def aggregate_masks(
             priors_out = priors_global / priors_global.sum()
         else:
             priors_out = priors
-        doc = confusion_document(
-            method=method,
-            annotators=annotators,
-            confusion=conf,
-            priors=priors_out,
-            log_likelihood=trace,
-            n_iter=n_iter,
-            converged=converged,
-            extra=extra,
-        )
-        write_json(stage.path("confusion.json"), doc)
-        plot_confusions(stage.path("confusion_matrices.png"), conf, annotators)
-        if trace:
-            plot_trace(stage.path("loglik.png"), trace)
+        write_report(stage, method, annotators, conf, priors_out, trace, n_iter, converged, extra)
         stage.commit()
     return AggregationResult(
         out_dir=out_dir,

@@ -208,3 +208,31 @@ class AggregationResult:
     train_csv: Path | None = None
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def write_report(
+    stage: Any,
+    method: str,
+    annotators: list[str],
+    confusion: np.ndarray,
+    priors: np.ndarray,
+    trace: list[float],
+    n_iter: int,
+    converged: bool,
+    extra: dict[str, Any],
+) -> None:
+    """Write ``confusion.json``, the confusion-matrix PNG and the log-likelihood trace."""
+    doc = confusion_document(
+        method=method,
+        annotators=annotators,
+        confusion=confusion,
+        priors=priors,
+        log_likelihood=trace,
+        n_iter=n_iter,
+        converged=converged,
+        extra=extra,
+    )
+    write_json(stage.path("confusion.json"), doc)
+    plot_confusions(stage.path("confusion_matrices.png"), confusion, annotators)
+    if trace:
+        plot_trace(stage.path("loglik.png"), trace)
