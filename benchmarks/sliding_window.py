@@ -4,20 +4,30 @@ Writes N x N, 4-band uint8 GeoTIFFs (tiled 512 x 512, uncompressed) and runs, ea
 fresh subprocess so that peak memory is that run's own (VmHWM from /proc/self/status;
 ``ru_maxrss`` would carry the parent's peak across fork + exec):
 
-  - ``read``:  read the raster strip by strip (512 rows), nothing else: the I/O floor;
+  - ``read``:  read the windows `predict_raster` reads (bands of ``--block-size``
+    columns, one window per batch of 4 tiles), nothing else: the I/O floor;
   - ``tiny``:  `predict_raster` with a tiny conv model (3x3 conv 4->16, ReLU, 1x1 16->4),
     so the pipeline itself (reading, blending, writing) dominates;
+  - ``tiny1``: the same in one band as wide as the raster (no tile run twice; memory
+    grows with the width), for the cost of the band-border tiles (``--one-band-sizes``);
   - ``real``:  `predict_raster` with ``UPerNetDualHead(resnet18, decoder_channels=64)``,
     random init, head A (sizes in ``--real-sizes``; slow on CPU).
 
-Tiles 512, overlap 64, Gaussian blending, batch 4, class map only. Then the TTA cost
+Tiles 512, overlap 64, Gaussian blending, batch 4, class map only; ``tiles run`` counts
+the band-border tiles once per band (``+x%`` over the global grid). GDAL's block cache
+is whatever `predict_raster` sets (64 MiB) unless ``--gdal-cachemax``. Then the TTA cost
 ratio, interleaved round after round on one raster in one process: plain, flips x4, and
 flips x4 at scales (1, 0.75, 1.25) (12 passes), for the tiny and the real model.
 
     uv run python benchmarks/sliding_window.py                     # 2k, 8k, 16k; ~10 min
     uv run python benchmarks/sliding_window.py --sizes 2048 --tta-rounds 1
-    uv run python benchmarks/sliding_window.py --sizes 2048 8192 16384 --real-sizes \
-        --tta-rounds 0 --gdal-cachemax 64     # memory without GDAL's block cache growing
+    uv run python benchmarks/sliding_window.py --tta-rounds 0 --one-band-sizes 8192
+    uv run python benchmarks/sliding_window.py --tta-rounds 0 --real-sizes \
+        --malloc-mmap-threshold 1048576   # peak memory without glibc heap fragmentation
+
+Peak memory also moves by some 10-60 MiB from run to run and size to size with glibc's
+dynamic mmap threshold (freed large buffers raise it, later ones then fragment the heap);
+with a fixed threshold the figures are steady.
 """
 
 from __future__ import annotations
@@ -78,30 +88,51 @@ def _model(name: str):
                            classes=4, decoder_channels=64, inference_head="A")
 
 
-def child(kind: str, path: Path, threads: int) -> None:
+def read_like_predict(src, block_size: int) -> int:
+    """Read the input windows `predict_raster` reads, in its order; returns tiles covered."""
+    from polyhead.inference.tiling import band_cores, tile_starts, tiles_touching
+
+    ys, xs = tile_starts(src.height, TILE, OVERLAP), tile_starts(src.width, TILE, OVERLAP)
+    th, tw = min(TILE, src.height), min(TILE, src.width)
+    tiles = 0
+    for c0, c1 in band_cores(src.width, block_size, TILE):
+        bxs = tiles_touching(xs, tw, c0, c1)
+        for y0 in ys:
+            for b0 in range(0, len(bxs), BATCH):
+                bx = bxs[b0 : b0 + BATCH]
+                src.read(window=Window(bx[0], y0, bx[-1] + tw - bx[0], th), out_dtype="float32")
+                tiles += len(bx)
+    return tiles
+
+
+def child(kind: str, path: Path, threads: int, block_size: int) -> None:
     """One measurement in this fresh process; prints a JSON line."""
     import torch
 
     torch.set_num_threads(threads)
-    from polyhead.inference import predict_raster
+    from polyhead.inference import n_tiles, predict_raster
+    from polyhead.inference.sliding_window import _gdal_cache_env
 
-    model = None if kind == "read" else _model(kind).eval()
+    model = None if kind == "read" else _model(kind.rstrip("1")).eval()
     base = _hwm_mib()
     start = time.perf_counter()
     with rasterio.open(path) as src:
         size = src.width
-        if kind == "read":
-            for row in range(0, size, TILE):
-                src.read(window=Window(0, row, size, min(TILE, size - row)), out_dtype="float32")
-        else:
-            out = path.with_name(f"{path.stem}_{kind}_classes.tif")
-            predict_raster(model, path, out, tile_size=TILE, overlap=OVERLAP, batch_size=BATCH,
-                           progress=False)
-            out.unlink()
+    if kind == "read":
+        with _gdal_cache_env(), rasterio.open(path) as src:  # the same cache bound
+            tiles = read_like_predict(src, block_size)
+    else:
+        out = path.with_name(f"{path.stem}_{kind}_classes.tif")
+        res = predict_raster(model, path, out, tile_size=TILE, overlap=OVERLAP,
+                             batch_size=BATCH, progress=False,
+                             block_size=size if kind == "tiny1" else block_size)
+        tiles = res.n_tiles_run
+        out.unlink()
     seconds = time.perf_counter() - start
     print(json.dumps({"kind": kind, "size": size, "seconds": seconds,
                       "mpix_s": size * size / 1e6 / seconds, "peak_mib": _hwm_mib(),
-                      "base_mib": base}))
+                      "base_mib": base, "tiles": tiles,
+                      "grid_tiles": n_tiles(size, size, TILE, OVERLAP)}))
 
 
 def child_tta(kind: str, path: Path, threads: int, rounds: int) -> None:
@@ -123,10 +154,12 @@ def child_tta(kind: str, path: Path, threads: int, rounds: int) -> None:
     print(json.dumps({"kind": kind, "times": times}))
 
 
-def _run(args: list[str], cachemax: int | None = None) -> dict:
+def _run(args: list[str], cachemax: int | None = None, mmap_threshold: int | None = None) -> dict:
     env = dict(os.environ)
     if cachemax is not None:
         env["GDAL_CACHEMAX"] = str(cachemax)  # MB
+    if mmap_threshold is not None:  # a fixed threshold turns off glibc's dynamic one
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
                          check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -136,13 +169,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192, 16384])
     parser.add_argument("--real-sizes", type=int, nargs="*", default=[2048])
+    parser.add_argument("--one-band-sizes", type=int, nargs="*", default=[],
+                        help="sizes also run as one band as wide as the raster (tiny1)")
+    parser.add_argument("--block-size", type=int, default=4096,
+                        help="predict_raster's block_size (band width, pixels)")
     parser.add_argument("--tta-size", type=int, nargs=2, default=[1024, 768],
                         metavar=("TINY", "REAL"), help="raster size of the TTA runs per model")
     parser.add_argument("--tta-rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: the 2-core test machine is shared)")
     parser.add_argument("--gdal-cachemax", type=int, default=None,
-                        help="GDAL block cache (MB) in the children; default: GDAL's (5%% of RAM)")
+                        help="GDAL block cache (MB) in the children; default: predict_raster's")
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
+                        help="fixed glibc mmap threshold in the children: takes heap "
+                             "fragmentation out of the peak-memory figures (slower)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -151,27 +191,34 @@ def main() -> None:
         if kind.startswith("tta-"):
             child_tta(kind[4:], path, args.threads, int(args.child[2]))
         else:
-            child(kind, path, args.threads)
+            child(kind, path, args.threads, args.block_size)
         return
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        print(f"tile {TILE}, overlap {OVERLAP}, batch {BATCH}, gaussian blend, "
-              f"torch threads {args.threads}, class map only, GDAL_CACHEMAX "
-              f"{args.gdal_cachemax or os.environ.get('GDAL_CACHEMAX', 'default')}")
+        cache = args.gdal_cachemax or os.environ.get("GDAL_CACHEMAX")
+        print(f"tile {TILE}, overlap {OVERLAP}, batch {BATCH}, gaussian blend, block_size "
+              f"{args.block_size}, torch threads {args.threads}, class map only, GDAL_CACHEMAX "
+              f"{cache or 'predict_raster default (64 MiB)'}"
+              + (f", MALLOC_MMAP_THRESHOLD_ {args.malloc_mmap_threshold}"
+                 if args.malloc_mmap_threshold else ""))
         print(f"{'size':>6} {'model':>5} {'seconds':>8} {'MP/s':>7} {'peak MiB':>9} "
-              f"{'base MiB':>9} {'growth MiB':>10}")
+              f"{'base MiB':>9} {'growth MiB':>10} {'tiles run':>15}")
         for size in sorted(set(args.sizes) | set(args.real_sizes)):
             path = Path(tmp) / f"scene_{size}.tif"
             start = time.perf_counter()
             write_raster(path, size)
             print(f"# wrote {size}x{size}x4 uint8 in {time.perf_counter() - start:.1f} s")
             kinds = ["read"] + (["tiny"] if size in args.sizes else [])
+            kinds += ["tiny1"] if size in args.one_band_sizes else []
             kinds += ["real"] if size in args.real_sizes else []
             for kind in kinds:
-                r = _run(["--threads", str(args.threads), "--child", kind, str(path)],
-                         args.gdal_cachemax)
+                r = _run(["--threads", str(args.threads), "--block-size", str(args.block_size),
+                          "--child", kind, str(path)], args.gdal_cachemax,
+                         args.malloc_mmap_threshold)
+                extra = 100 * (r["tiles"] / r["grid_tiles"] - 1)
                 print(f"{size:>6} {kind:>5} {r['seconds']:>8.1f} {r['mpix_s']:>7.2f} "
                       f"{r['peak_mib']:>9.0f} {r['base_mib']:>9.0f} "
-                      f"{r['peak_mib'] - r['base_mib']:>10.0f}", flush=True)
+                      f"{r['peak_mib'] - r['base_mib']:>10.0f} "
+                      f"{r['tiles']:>6} ({extra:+4.1f}%)", flush=True)
             path.unlink()
         if args.tta_rounds < 1:
             return

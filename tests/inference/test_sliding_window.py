@@ -13,7 +13,15 @@ from rasterio.transform import Affine
 from torch import nn
 
 from polyhead.errors import ConfigError, DataError
-from polyhead.inference import blend_window, predict_array, predict_raster, tile_starts
+from polyhead.inference import (
+    blend_window,
+    n_tiles,
+    predict_array,
+    predict_raster,
+    tile_starts,
+)
+from polyhead.inference.sliding_window import GDAL_CACHE_BYTES
+from polyhead.inference.tiling import band_cores, n_tiles_run, tiles_touching
 
 C, K, T, OV = 3, 4, 32, 8
 TRANSFORM = Affine(10.0, 0.0, 400000.0, 0.0, -10.0, 5100000.0)
@@ -323,3 +331,102 @@ def test_peak_memory_does_not_grow_with_height(tmp_path: Path) -> None:
     assert peaks[1] < 1.5 * peaks[0], peaks
     # a whole [K, H, W] float32 array for the tall raster would be far larger
     assert peaks[1] < K * 960 * 64 * 4 / 2, peaks
+
+
+def test_band_layout() -> None:
+    assert band_cores(133, 40, 32) == [(0, 40), (40, 80), (80, 133)]  # 13 px joins the last
+    assert band_cores(133, 64, 32) == [(0, 64), (64, 133)]
+    assert band_cores(96, 64, 32) == [(0, 64), (64, 96)]
+    assert band_cores(133, 1, 32) == [(0, 32), (32, 64), (64, 96), (96, 133)]  # >= a tile
+    assert band_cores(20, 4096, 32) == [(0, 20)]
+    assert tiles_touching([0, 24, 48, 68], 32, 40, 80) == [24, 48, 68]
+    assert tiles_touching([0, 24, 48, 68], 32, 0, 24) == [0]
+    assert n_tiles_run(100, 133, 32, 8, 4096) == n_tiles(100, 133, 32, 8) == 4 * 6
+    assert n_tiles_run(100, 133, 32, 8, 64) == 4 * (3 + 4)  # tile 48 and 56 run twice
+    with pytest.raises(ConfigError, match="block_size"):
+        band_cores(100, 0, 32)
+
+
+class _Counting(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.tiles = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.tiles += x.shape[0]
+        return self.inner(x)
+
+
+def test_bands_match_one_band_and_predict_array(tmp_path: Path) -> None:
+    image = _image(101, 133, seed=3)  # odd sizes; 4 x 6 tiles, last ones shifted
+    src = _write(tmp_path / "in.tif", image)
+    ref = predict_array(_conv3(2), image, tile_size=T, overlap=OV, batch_size=3)
+    outs = {}
+    for block in (4096, 64, 40):  # 1, 2 and 3 bands
+        model = _Counting(_conv3(2))
+        res = predict_raster(
+            model,
+            src,
+            tmp_path / f"b{block}.tif",
+            tile_size=T,
+            overlap=OV,
+            batch_size=3,
+            write_probabilities=True,
+            write_uncertainty=True,
+            progress=False,
+            block_size=block,
+        )
+        assert res.n_tiles == 24 and res.n_tiles_run == model.tiles
+        assert res.n_tiles_run == n_tiles_run(101, 133, T, OV, block)
+        outs[block] = [_read(p) for p in (res.class_map_path, res.probabilities_path)]
+        outs[block].append(_read(res.uncertainty_path))
+    assert outs[4096][0].shape == (1, 101, 133) and outs[40][1].shape == (K, 101, 133)
+    np.testing.assert_allclose(outs[4096][1], ref, atol=1e-6)
+    for block in (64, 40):
+        np.testing.assert_array_equal(outs[block][0], outs[4096][0])
+        np.testing.assert_allclose(outs[block][1], outs[4096][1], atol=1e-6)
+        np.testing.assert_allclose(outs[block][2], outs[4096][2], atol=1e-6)
+        np.testing.assert_allclose(outs[block][1], ref, atol=1e-6)
+
+
+def test_peak_memory_does_not_grow_with_width(tmp_path: Path) -> None:
+    peaks = []
+    for w in (96, 960):
+        src = _write(tmp_path / f"w{w}.tif", _image(64, w))
+        tracemalloc.start()
+        predict_raster(
+            _pointwise(),
+            src,
+            tmp_path / f"p{w}.tif",
+            tile_size=T,
+            overlap=OV,
+            write_probabilities=True,
+            progress=False,
+            block_size=64,
+        )
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # full-width strips of K float32 probabilities would add at least K * T * 864 * 4 bytes
+    assert peaks[1] - peaks[0] < K * T * (960 - 96) * 4 / 4, peaks
+
+
+def test_gdal_cache_capped_while_predicting(tmp_path: Path, monkeypatch) -> None:
+    from rasterio.env import get_gdal_config
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.seen = _pointwise(), []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen.append(get_gdal_config("GDAL_CACHEMAX"))
+            return self.inner(x)
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    src, model = _write(tmp_path / "in.tif", _image(40, 40)), Probe()
+    predict_raster(model, src, tmp_path / "o.tif", tile_size=T, overlap=OV, progress=False)
+    assert model.seen and {int(v) for v in model.seen} == {GDAL_CACHE_BYTES}
+    model.seen.clear()
+    with rasterio.Env(GDAL_CACHEMAX=32 * 2**20):  # the user's setting wins
+        predict_raster(model, src, tmp_path / "o.tif", tile_size=T, overlap=OV, progress=False)
+    assert model.seen and {int(v) for v in model.seen} == {32 * 2**20}

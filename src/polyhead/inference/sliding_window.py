@@ -1,18 +1,22 @@
-"""Sliding-window inference over arrays and large rasters, streamed strip by strip.
+"""Sliding-window inference over arrays and large rasters, in bounded memory.
 
 Tiles of ``tile_size`` overlap by ``overlap`` pixels; the last tile of each axis is
 shifted to end at the border. Softmax probabilities of overlapping tiles are
 blended with a weight window and normalised by the summed weights. Rasters are
-processed one strip (row of tiles) at a time and finished rows are written out
-immediately, so memory scales with ``width * tile_size * K``, not with height.
+streamed in vertical bands of ``block_size`` columns, each one strip (row of tiles)
+at a time, carrying only the tile rows still open; finished windows are written out
+immediately, so memory scales with ``block_size * tile_size * K``, not with the
+raster's width or height. Tiles on a band border are run by both bands, so every
+pixel is blended from exactly the tiles of the global grid that cover it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, closing, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
+from rasterio.env import getenv, hasenv
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from rich.progress import (
@@ -32,12 +37,27 @@ from rich.progress import (
 )
 
 from polyhead.errors import ConfigError, DataError
-from polyhead.inference.tiling import blend_window, check_config, n_tiles, tile_starts
+from polyhead.inference.tiling import (
+    Normalize,
+    band_cores,
+    band_layout,
+    blend_window,
+    check_config,
+    n_tiles,
+    n_tiles_run,
+    normalize_tile,
+    tile_starts,
+    weighted_softmax,
+    zeroed_view,
+)
 from polyhead.inference.uncertainty import predictive_entropy
 from polyhead.inference.writers import AtomicGeoTiff, geotiff_profile
 
-Normalize = Callable[..., Any]
-ReadRows = Callable[[int, int], np.ndarray]
+ReadWindow = Callable[[int, int, int, int], np.ndarray]
+
+# GDAL's block cache defaults to 5% of RAM, far more than streaming needs. Same bound as
+# `polyhead.data.raster_io.GDAL_CACHE_BYTES` (not imported: it pulls in the training stack).
+GDAL_CACHE_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -51,21 +71,12 @@ class PredictionResult:
     n_tiles: int
     seconds: float
     uncertainty_path: Path | None = None
-
-
-def _apply_normalize(normalize: Normalize | None, tile: np.ndarray) -> np.ndarray:
-    """Apply ``normalize`` to a float32 HWC tile (albumentations transforms get image=)."""
-    if normalize is None:
-        return tile
-    if type(normalize).__module__.startswith("albumentations"):
-        out = normalize(image=tile)["image"]
-    else:
-        out = normalize(tile)
-    return np.asarray(out, dtype=np.float32)
+    n_tiles_run: int = 0  # tiles run, counting those at band borders once per band
 
 
 @contextmanager
 def _eval_mode(model: Any, device: torch.device) -> Iterator[None]:
+    """Move an ``nn.Module`` to ``device`` in eval mode; restore train mode afterwards."""
     was_training = isinstance(model, torch.nn.Module) and model.training
     if isinstance(model, torch.nn.Module):
         model.to(device).eval()
@@ -76,31 +87,9 @@ def _eval_mode(model: Any, device: torch.device) -> Iterator[None]:
             model.train()
 
 
-def _run_model(
+def _iter_prob_blocks(
     model: Any,
-    batch: np.ndarray,
-    device: torch.device,
-    window: torch.Tensor,
-    output_key: str | int | None,
-) -> np.ndarray:
-    """Weighted softmax probabilities ``[B, K, T, T]`` (float32, on CPU)."""
-    with torch.inference_mode():
-        out = model(torch.from_numpy(batch).to(device))
-        if output_key is not None:
-            out = out[output_key]
-        if isinstance(out, Mapping) or not isinstance(out, torch.Tensor):
-            raise ConfigError("model must return a logits tensor; pass output_key to pick a head")
-        if out.ndim != 4 or out.shape[0] != batch.shape[0] or out.shape[2:] != batch.shape[2:]:
-            raise ConfigError(
-                f"model output must be [B, K, h, w] = [{batch.shape[0]}, K, "
-                f"{batch.shape[2]}, {batch.shape[3]}], got {list(out.shape)}"
-            )
-        return (torch.softmax(out.float(), dim=1) * window).cpu().numpy()
-
-
-def _iter_prob_rows(
-    model: Any,
-    read_rows: ReadRows,
+    read: ReadWindow,
     height: int,
     width: int,
     *,
@@ -112,59 +101,72 @@ def _iter_prob_rows(
     blend: str,
     pad_mode: str,
     output_key: str | int | None,
+    block_size: int,
     on_tiles: Callable[[int], None] | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(first_row, probabilities [K, n, width])`` blocks of finished rows, in order.
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(row, col, probabilities [K, n, w])`` windows of finished output pixels.
 
-    ``read_rows(row, n)`` returns the input rows ``[C, n, width]`` as float32.
+    Bands (see `band_cores`) are done left to right, each top to bottom; a band runs
+    every tile of the global grid that touches its columns, so each of its pixels gets
+    the same contributions, summed in the same order, as with one full-width band.
+    ``read(row, col, h, w)`` returns the input window ``[C, h, w]`` as float32.
     """
     dev = torch.device(device)
-    ys, xs = tile_starts(height, tile_size, overlap), tile_starts(width, tile_size, overlap)
+    ys = tile_starts(height, tile_size, overlap)
     th, tw = min(tile_size, height), min(tile_size, width)
     w_full = blend_window(tile_size, overlap, blend)
     w_tile, window = w_full[:th, :tw], torch.from_numpy(w_full).to(dev)
-    acc: np.ndarray | None = None  # [K, th, width] for rows acc_y0 .. acc_y0 + th
-    wsum = np.zeros((th, width), np.float32)
-    acc_y0 = 0
+    pad = ((0, tile_size - th), (0, tile_size - tw), (0, 0))
+    bands = band_layout(width, tile_size, overlap, block_size)
+    # one pair of flat buffers for all bands: fresh arrays per band fragment the heap
+    wsum_buf = np.empty(th * max(b[-1] + tw - b[0] for _, _, b in bands), np.float32)
+    acc_buf: np.ndarray | None = None
     with _eval_mode(model, dev):
-        for y0 in ys:
-            if y0 > acc_y0:  # rows before this strip get no more contributions
-                n = y0 - acc_y0
-                assert acc is not None
-                yield acc_y0, acc[:, :n] / wsum[None, :n]
-                acc[:, :-n], wsum[:-n] = acc[:, n:], wsum[n:]
-                acc[:, -n:], wsum[-n:] = 0.0, 0.0
-                acc_y0 = y0
-            strip = np.moveaxis(np.asarray(read_rows(y0, th), np.float32), 0, -1)  # [th, W, C]
-            for b0 in range(0, len(xs), batch_size):
-                bx = xs[b0 : b0 + batch_size]
-                tiles = [_apply_normalize(normalize, strip[:, x0 : x0 + tw]) for x0 in bx]
-                pad = ((0, tile_size - th), (0, tile_size - tw), (0, 0))
-                batch = np.stack(
-                    [
-                        np.pad(t, pad, mode=pad_mode) if th < tile_size or tw < tile_size else t
-                        for t in tiles
+        for c0, c1, bxs in bands:
+            a0, span = bxs[0], bxs[-1] + tw - bxs[0]  # accumulators span columns a0 .. a0 + span
+            core = slice(c0 - a0, c1 - a0)
+            wsum = zeroed_view(wsum_buf, (th, span))
+            acc = None  # [K, th, span] for rows acc_y0 .. acc_y0 + th
+            if acc_buf is not None:
+                acc = zeroed_view(acc_buf, (acc_buf.size // wsum_buf.size, th, span))
+            acc_y0 = 0
+            for y0 in [*ys, height]:
+                if y0 > acc_y0:  # rows before y0 get no more contributions
+                    n = y0 - acc_y0
+                    assert acc is not None
+                    done = acc[:, :n, core]
+                    done /= wsum[None, :n, core]  # in place: these rows are dropped below
+                    yield acc_y0, c0, done
+                    if y0 == height:
+                        break
+                    acc[:, :-n], wsum[:-n] = acc[:, n:], wsum[n:]
+                    acc[:, -n:], wsum[-n:] = 0.0, 0.0
+                    acc_y0 = y0
+                for b0 in range(0, len(bxs), batch_size):
+                    bx = bxs[b0 : b0 + batch_size]
+                    x_lo = bx[0]
+                    chunk = np.moveaxis(
+                        np.asarray(read(y0, x_lo, th, bx[-1] + tw - x_lo), np.float32), 0, -1
+                    )  # [th, span, C]: one read per batch of tiles
+                    tiles = [
+                        normalize_tile(normalize, chunk[:, x0 - x_lo : x0 - x_lo + tw]) for x0 in bx
                     ]
-                )
-                probs = _run_model(
-                    model,
-                    np.ascontiguousarray(batch.transpose(0, 3, 1, 2)),
-                    dev,
-                    window,
-                    output_key,
-                )
-                if acc is None:
-                    acc = np.zeros((probs.shape[1], th, width), np.float32)
-                for x0, p in zip(bx, probs, strict=True):
-                    acc[:, :, x0 : x0 + tw] += p[:, :th, :tw]
-                    wsum[:, x0 : x0 + tw] += w_tile
-                if on_tiles is not None:
-                    on_tiles(len(bx))
-    assert acc is not None
-    yield acc_y0, acc[:, : height - acc_y0] / wsum[None, : height - acc_y0]
+                    if th < tile_size or tw < tile_size:
+                        tiles = [np.pad(t, pad, mode=pad_mode) for t in tiles]
+                    batch = np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2))
+                    probs = weighted_softmax(model, batch, dev, window, output_key)
+                    if acc is None:
+                        acc_buf = np.empty(probs.shape[1] * wsum_buf.size, np.float32)
+                        acc = zeroed_view(acc_buf, (probs.shape[1], th, span))
+                    for x0, p in zip(bx, probs, strict=True):
+                        acc[:, :, x0 - a0 : x0 - a0 + tw] += p[:, :th, :tw]
+                        wsum[:, x0 - a0 : x0 - a0 + tw] += w_tile
+                    if on_tiles is not None:
+                        on_tiles(len(bx))
 
 
 def _progress(enabled: bool, total: int, label: str) -> tuple[Progress, Callable[[int], None]]:
+    """A rich progress bar (disabled unless ``enabled``) and its advance-by-n callback."""
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -192,18 +194,17 @@ def predict_array(
 ) -> np.ndarray:
     """Blended sliding-window probabilities ``[K, H, W]`` (float32) for ``image [C, H, W]``.
 
-    Same core as `predict_raster`; see there for the arguments.
+    Same core as `predict_raster` (one band of the full width); see there for the arguments.
     """
     check_config(tile_size, overlap, batch_size, blend)
     image = np.asarray(image)
     if image.ndim != 3 or min(image.shape) < 1:
         raise DataError(f"image must be a non-empty [C, H, W] array, got shape {image.shape}")
     _, height, width = image.shape
-    total = n_tiles(height, width, tile_size, overlap)
-    bar, advance = _progress(progress, total, "predicting")
-    rows = _iter_prob_rows(
+    bar, advance = _progress(progress, n_tiles(height, width, tile_size, overlap), "predicting")
+    blocks = _iter_prob_blocks(
         model,
-        lambda y, n: image[:, y : y + n],
+        lambda y, x, h, w: image[:, y : y + h, x : x + w],
         height,
         width,
         tile_size=tile_size,
@@ -214,11 +215,40 @@ def predict_array(
         blend=blend,
         pad_mode=pad_mode,
         output_key=output_key,
+        block_size=width,
         on_tiles=advance,
     )
-    with bar, closing(rows):
-        blocks = [block for _, block in rows]
-    return np.concatenate(blocks, axis=1)
+    out: np.ndarray | None = None
+    with bar, closing(blocks):
+        for y, x, proba in blocks:
+            if out is None:
+                out = np.empty((proba.shape[0], height, width), np.float32)
+            out[:, y : y + proba.shape[1], x : x + proba.shape[2]] = proba
+    assert out is not None
+    return out
+
+
+class _WindowedGeoTiff(AtomicGeoTiff):
+    """`AtomicGeoTiff` that also writes at a column offset."""
+
+    def write_at(self, data: np.ndarray, row: int, col: int) -> None:
+        """Write ``data`` ``[count, h, w]`` at rows ``row ..`` and columns ``col ..``."""
+        window = Window(col, row, data.shape[2], data.shape[1])
+        self._dst.write(data.astype(self.profile["dtype"], copy=False), window=window)
+
+
+def _gdal_cache_env() -> AbstractContextManager[Any]:
+    """A `rasterio.Env` capping GDAL's cache unless GDAL_CACHEMAX is set (env var or Env)."""
+    if "GDAL_CACHEMAX" in os.environ or (hasenv() and "GDAL_CACHEMAX" in getenv()):
+        return nullcontext()
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+
+
+def _out_path(path: str | Path | None, out_path: Path, suffix: str, wanted: bool) -> Path | None:
+    """``path``, or ``<out stem>_<suffix>.tif`` by default; None unless ``wanted``."""
+    if not wanted:
+        return None
+    return Path(path) if path else out_path.with_name(f"{out_path.stem}_{suffix}.tif")
 
 
 def predict_raster(
@@ -240,8 +270,9 @@ def predict_raster(
     output_key: str | int | None = None,
     write_uncertainty: bool = False,
     uncertainty_path: str | Path | None = None,
+    block_size: int = 4096,
 ) -> PredictionResult:
-    """Predict a class map (uint8 GeoTIFF) for a raster of any size, streaming by strips.
+    """Predict a class map (uint8 GeoTIFF) for a raster of any size in bounded memory.
 
     ``model`` maps float32 ``[B, C, tile, tile]`` to logits ``[B, K, tile, tile]``
     (an ``nn.Module`` is moved to ``device`` and run in eval mode under
@@ -256,6 +287,13 @@ def predict_raster(
     see `polyhead.inference.uncertainty`) is written to ``uncertainty_path`` (default
     ``<out stem>_uncertainty.tif``). Outputs are written
     to temp files and renamed at the end; on failure nothing is left behind.
+
+    The raster is streamed in vertical bands ``block_size`` pixels wide (at least one
+    tile; multiples of 256 align with the output blocks), each top to bottom, so memory
+    is about ``K * tile * (block_size + 2 * tile) * 4`` bytes whatever the raster size.
+    Tiles straddling a band border are run by both bands (``n_tiles_run`` counts them),
+    which keeps the output equal to blending the global tile grid in one piece.
+    GDAL's block cache is capped at 64 MiB meanwhile unless GDAL_CACHEMAX is set.
     """
     check_config(tile_size, overlap, batch_size, blend)
     if probabilities_dtype not in ("float32", "uint8"):
@@ -263,113 +301,84 @@ def predict_raster(
             f"probabilities_dtype must be 'float32' or 'uint8', got {probabilities_dtype!r}"
         )
     image_path, out_path = Path(image_path), Path(out_path)
-    proba_path = None
-    if write_probabilities:
-        proba_path = (
-            Path(probabilities_path)
-            if probabilities_path
-            else out_path.with_name(f"{out_path.stem}_proba.tif")
-        )
-    unc_path = None
-    if write_uncertainty:
-        unc_path = (
-            Path(uncertainty_path)
-            if uncertainty_path
-            else out_path.with_name(f"{out_path.stem}_uncertainty.tif")
-        )
+    proba_path = _out_path(probabilities_path, out_path, "proba", write_probabilities)
+    unc_path = _out_path(uncertainty_path, out_path, "uncertainty", write_uncertainty)
     if not image_path.is_file():
         raise DataError(f"input raster not found: {image_path}")
     paths = [p.resolve() for p in (image_path, out_path, proba_path, unc_path) if p is not None]
     if len(set(paths)) != len(paths):
         raise ConfigError(f"output paths must differ from each other and the input {image_path}")
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        src = rasterio.open(image_path)
-    with src, ExitStack() as stack:
+    with ExitStack() as stack:
+        stack.enter_context(_gdal_cache_env())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = stack.enter_context(rasterio.open(image_path))
         height, width = src.height, src.width
+        band_cores(width, block_size, tile_size)  # validates block_size
         indexes = list(bands) if bands is not None else list(range(1, src.count + 1))
         if not indexes or min(indexes) < 1 or max(indexes) > src.count:
             raise ConfigError(f"bands must be 1-based indexes in 1..{src.count}, got {bands}")
         crs = src.crs
         transform = None if src.transform.is_identity and crs is None else src.transform
 
-        def read_rows(y: int, n: int) -> np.ndarray:
-            return src.read(indexes, window=Window(0, y, width, n), out_dtype=np.float32)
+        def read(y: int, x: int, h: int, w: int) -> np.ndarray:
+            return src.read(indexes, window=Window(x, y, w, h), out_dtype=np.float32)
 
-        total = n_tiles(height, width, tile_size, overlap)
+        total = n_tiles_run(height, width, tile_size, overlap, block_size)
         bar, advance = _progress(progress, total, image_path.name)
         stack.enter_context(bar)
-        writers: list[AtomicGeoTiff] = []
-        n_classes = 0
-        rows = stack.enter_context(
-            closing(
-                _iter_prob_rows(
-                    model,
-                    read_rows,
-                    height,
-                    width,
-                    tile_size=tile_size,
-                    overlap=overlap,
-                    batch_size=batch_size,
-                    device=device,
-                    normalize=normalize,
-                    blend=blend,
-                    pad_mode=pad_mode,
-                    output_key=output_key,
-                    on_tiles=advance,
-                )
-            )
+        blocks = _iter_prob_blocks(
+            model,
+            read,
+            height,
+            width,
+            tile_size=tile_size,
+            overlap=overlap,
+            batch_size=batch_size,
+            device=device,
+            normalize=normalize,
+            blend=blend,
+            pad_mode=pad_mode,
+            output_key=output_key,
+            block_size=block_size,
+            on_tiles=advance,
         )
-        for y, proba in rows:
-            if not writers:  # K is known once the first rows are done
+        stack.enter_context(closing(blocks))
+        writers: dict[str, _WindowedGeoTiff] = {}
+        n_classes = 0
+        for y, x, proba in blocks:
+            if not writers:  # K is known once the first block is done
                 n_classes = proba.shape[0]
                 if n_classes > 256:
                     raise ConfigError(
                         f"a uint8 class map holds at most 256 classes, got {n_classes}"
                     )
-                writers.append(
-                    stack.enter_context(
-                        AtomicGeoTiff(
-                            out_path, geotiff_profile(height, width, 1, "uint8", crs, transform)
-                        )
-                    )
-                )
-                if proba_path is not None:
-                    writers.append(
-                        stack.enter_context(
-                            AtomicGeoTiff(
-                                proba_path,
-                                geotiff_profile(
-                                    height, width, n_classes, probabilities_dtype, crs, transform
-                                ),
-                            )
-                        )
-                    )
-                if unc_path is not None:
-                    writers.append(
-                        stack.enter_context(
-                            AtomicGeoTiff(
-                                unc_path,
-                                geotiff_profile(height, width, 1, "float32", crs, transform),
-                            )
-                        )
-                    )
-            writers[0].write(proba.argmax(axis=0)[None].astype(np.uint8), y)
-            if unc_path is not None:
-                writers[-1].write(predictive_entropy(proba)[None], y)
-            if proba_path is not None:
+                outputs = {
+                    "classes": (out_path, 1, "uint8"),
+                    "proba": (proba_path, n_classes, probabilities_dtype),
+                    "uncertainty": (unc_path, 1, "float32"),
+                }
+                for key, (path, count, dtype) in outputs.items():
+                    if path is not None:
+                        profile = geotiff_profile(height, width, count, dtype, crs, transform)
+                        writers[key] = stack.enter_context(_WindowedGeoTiff(path, profile))
+            writers["classes"].write_at(proba.argmax(axis=0)[None].astype(np.uint8), y, x)
+            if "uncertainty" in writers:
+                writers["uncertainty"].write_at(predictive_entropy(proba)[None], y, x)
+            if "proba" in writers:
                 if probabilities_dtype == "uint8":
                     proba = np.clip(np.rint(proba * 255.0), 0, 255)
-                writers[1].write(proba, y)
-        for writer in reversed(writers):
+                writers["proba"].write_at(proba, y, x)
+        for writer in reversed(writers.values()):
             writer.commit()
     return PredictionResult(
         class_map_path=out_path,
         probabilities_path=proba_path,
         shape=(height, width),
         n_classes=n_classes,
-        n_tiles=total,
+        n_tiles=n_tiles(height, width, tile_size, overlap),
         seconds=time.perf_counter() - start,
         uncertainty_path=unc_path,
+        n_tiles_run=total,
     )

@@ -1,12 +1,18 @@
-"""Tile layout and blending weights for sliding-window inference."""
+"""Tile and band layout, blending weights, tile normalisation and weighted softmax."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import numpy as np
+import torch
 
 from polyhead.errors import ConfigError
 
 BLENDS = ("gaussian", "linear", "none")
+
+Normalize = Callable[..., Any]
 
 
 def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
@@ -57,3 +63,80 @@ def check_config(tile_size: int, overlap: int, batch_size: int, blend: str) -> N
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if blend not in BLENDS:
         raise ConfigError(f"blend must be one of {BLENDS}, got {blend!r}")
+
+
+def band_cores(width: int, block_size: int, tile_size: int) -> list[tuple[int, int]]:
+    """Output column ranges ``[c0, c1)`` of the vertical bands a raster is streamed in.
+
+    Bands are ``block_size`` wide (at least ``tile_size``); a remainder narrower than a
+    tile joins the last band, which is then up to ``block_size + tile_size - 1`` wide.
+    """
+    if block_size < 1:
+        raise ConfigError(f"block_size must be >= 1, got {block_size}")
+    block = max(block_size, tile_size)
+    edges = list(range(0, width, block))
+    if len(edges) > 1 and width - edges[-1] < tile_size:
+        edges.pop()
+    return list(zip(edges, [*edges[1:], width], strict=True))
+
+
+def tiles_touching(starts: list[int], size: int, c0: int, c1: int) -> list[int]:
+    """The ``starts`` whose tiles of ``size`` pixels intersect ``[c0, c1)``."""
+    return [s for s in starts if s < c1 and s + size > c0]
+
+
+def band_layout(
+    width: int, tile_size: int, overlap: int, block_size: int
+) -> list[tuple[int, int, list[int]]]:
+    """``(c0, c1, tile x starts)`` per band: its output columns and the tiles touching them."""
+    xs, tw = tile_starts(width, tile_size, overlap), min(tile_size, width)
+    return [
+        (c0, c1, tiles_touching(xs, tw, c0, c1))
+        for c0, c1 in band_cores(width, block_size, tile_size)
+    ]
+
+
+def n_tiles_run(height: int, width: int, tile_size: int, overlap: int, block_size: int) -> int:
+    """Tiles run when streaming by bands of ``block_size`` (border tiles count per band)."""
+    per_row = sum(len(xs) for _, _, xs in band_layout(width, tile_size, overlap, block_size))
+    return len(tile_starts(height, tile_size, overlap)) * per_row
+
+
+def normalize_tile(normalize: Normalize | None, tile: np.ndarray) -> np.ndarray:
+    """Apply ``normalize`` to a float32 HWC tile (albumentations transforms get image=)."""
+    if normalize is None:
+        return tile
+    if type(normalize).__module__.startswith("albumentations"):
+        out = normalize(image=tile)["image"]
+    else:
+        out = normalize(tile)
+    return np.asarray(out, dtype=np.float32)
+
+
+def zeroed_view(buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The start of the flat ``buf`` as a zeroed C-contiguous array of ``shape``."""
+    out = buf[: int(np.prod(shape))].reshape(shape)
+    out[...] = 0
+    return out
+
+
+def weighted_softmax(
+    model: Any,
+    batch: np.ndarray,
+    device: torch.device,
+    window: torch.Tensor,
+    output_key: str | int | None,
+) -> np.ndarray:
+    """Softmax of ``model(batch)`` times the blend ``window``: ``[B, K, T, T]`` float32 on CPU."""
+    with torch.inference_mode():
+        out = model(torch.from_numpy(batch).to(device))
+        if output_key is not None:
+            out = out[output_key]
+        if isinstance(out, Mapping) or not isinstance(out, torch.Tensor):
+            raise ConfigError("model must return a logits tensor; pass output_key to pick a head")
+        if out.ndim != 4 or out.shape[0] != batch.shape[0] or out.shape[2:] != batch.shape[2:]:
+            raise ConfigError(
+                f"model output must be [B, K, h, w] = [{batch.shape[0]}, K, "
+                f"{batch.shape[2]}, {batch.shape[3]}], got {list(out.shape)}"
+            )
+        return (torch.softmax(out.float(), dim=1) * window).cpu().numpy()
