@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from polyhead.data import extra_targets as extra
 from polyhead.data import raster_io
 from polyhead.data.transforms import SOFT_TARGET, build_augmentations, mask_is_transposed
 from polyhead.data.validation import (
@@ -99,6 +100,10 @@ class RandomCropSegmentationDataset(Dataset):
     Items are ``{"image": float32 [C, c, c], "targets": {"hard": int64 [c, c],
     "soft": float32 [K, c, c]}, "index": int}`` plus, in grid mode, ``"window"``:
     int64 ``[image_row, row_off, col_off, h, w]`` with the unpadded tile size.
+
+    ``extra_targets`` (``{key: CSV column}``) adds rasters read with the same window and
+    augmented as extra masks (padding 0), as float32 ``targets[key]`` ``[bands, c, c]``; see
+    `polyhead.data.extra_targets` for how stored values are scaled.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class RandomCropSegmentationDataset(Dataset):
         grid_mode: bool = False,
         ignore_index: int = 255,
         validate: bool = True,
+        extra_targets: Mapping[str, str] | None = None,
     ) -> None:
         self.crop_size = _positive_int(crop_size, "crop_size")
         self.n_classes = _positive_int(n_classes, "n_classes")
@@ -152,6 +158,12 @@ class RandomCropSegmentationDataset(Dataset):
             if sum(positions) == 0:
                 raise DataError(f"{self.csv_path}: crop_size {c} is larger than every image")
             self._weights = torch.tensor(positions, dtype=torch.float64)
+        self.extra = None
+        if extra_targets:
+            self.extra = extra.ExtraTargets(
+                self.csv_path, self.rows, self.image_sizes, extra_targets
+            )
+            extra.register(self.transform, self.extra.keys)
         self._handles = raster_io.HandleCache()
 
     def _size_of(self, row: CsvRow) -> tuple[int, int]:
@@ -214,19 +226,27 @@ class RandomCropSegmentationDataset(Dataset):
         else:
             image, row_off, col_off, h, w = self._random_window()
         pixels, hard, soft = self._read(image, row_off, col_off, h, w)
+        more: dict[str, np.ndarray] = {}
+        if self.extra is not None:
+            try:
+                more = self.extra.read(image, row_off, col_off, h, w, self._handles)
+            except DataError as err:
+                raise self._row_error(self.rows[image], err) from err
 
         c = self.crop_size
         pixels = _pad(pixels, c, 0)
         hard = _pad(hard, c, self.ignore_index)
         if soft is not None:
             soft = _pad(soft, c, 0.0)
+        more = extra.pad(more, c)
 
         if self.transform is None:
             image_t = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
             hard_t = torch.from_numpy(hard)
             soft_t = torch.from_numpy(soft) if soft is not None else None
+            more_t = extra.to_tensors(more)
         else:
-            image_t, hard_t, soft_t = self._augment(pixels, hard, soft, index)
+            image_t, hard_t, soft_t, more_t = self._augment(pixels, hard, soft, index, more)
 
         item: dict[str, Any] = {
             "image": image_t,
@@ -235,13 +255,19 @@ class RandomCropSegmentationDataset(Dataset):
         }
         if soft_t is not None:
             item["targets"]["soft"] = soft_t
+        item["targets"].update(more_t)
         if self.grid_mode:
             item["window"] = torch.tensor([image, row_off, col_off, h, w], dtype=torch.int64)
         return item
 
     def _augment(
-        self, pixels: np.ndarray, hard: np.ndarray, soft: np.ndarray | None, index: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        self,
+        pixels: np.ndarray,
+        hard: np.ndarray,
+        soft: np.ndarray | None,
+        index: int,
+        more: dict[str, np.ndarray],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
         assert self.transform is not None
         # albumentations 2 keeps its own RNG: seed it from torch so torch.manual_seed and
         # Lightning's per-worker seeding make augmentations reproducible. Grid mode seeds
@@ -259,6 +285,7 @@ class RandomCropSegmentationDataset(Dataset):
         }
         if soft is not None:
             inputs[SOFT_TARGET] = np.ascontiguousarray(soft.transpose(1, 2, 0))
+        inputs.update(extra.as_inputs(more))
         out = self.transform(**inputs)
 
         # With or without ToTensorV2 in the pipeline, produce the same tensors.
@@ -271,12 +298,9 @@ class RandomCropSegmentationDataset(Dataset):
         hard_t = _tensor(out["mask"]).long()
         soft_t = None
         if soft is not None:
-            soft_out = out[SOFT_TARGET]
-            soft_t = _tensor(soft_out)
-            if not (isinstance(soft_out, torch.Tensor) and self._soft_transposed):
-                soft_t = soft_t.permute(2, 0, 1)
-            soft_t = soft_t.float()
-        return image_t.contiguous(), hard_t.contiguous(), soft_t
+            soft_t = extra.mask_to_chw(out[SOFT_TARGET], self._soft_transposed)
+        more_t = extra.from_outputs(out, list(more), self._soft_transposed)
+        return image_t.contiguous(), hard_t.contiguous(), soft_t, more_t
 
     def make_loader(self, **overrides: Any) -> DataLoader:
         """Build a DataLoader from ``loader_options`` (``overrides`` win).

@@ -1,0 +1,266 @@
+"""Distillation losses: KL to the teacher's mean, optional CE, and uncertainty regression.
+
+`DistillationLoss` is polyhead's default. `ThreadRecipeLoss` reproduces the forum thread's
+recipe (sigmoid uncertainty head, element-mean MSE on per-class std, element-mean KL, float16
+targets) with switches to remove one ingredient at a time, for the ablation in
+``docs/uncertainty-distillation.md``.
+
+Both take ``(seg_logits [B, K, H, W], unc_out [B, C, H, W], targets)`` where ``targets``
+holds ``soft`` (teacher mean probabilities), ``uncertainty`` (``[B, 3 + K, H, W]``, bands as
+`polyhead.distill.teacher.UNCERTAINTY_BANDS` then per-class std) and optionally ``hard``;
+they return ``(total, {part: value})`` and map the head's output back to uncertainty with
+``to_uncertainty``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polyhead.distill.teacher import UNCERTAINTY_TARGETS, uncertainty_channels
+from polyhead.errors import ConfigError
+from polyhead.losses.soft_label import SoftLabelLoss, masked_pixel_mean, valid_soft_pixels
+
+TRANSFORMS = ("sqrt", "log", "identity")
+ACTIVATIONS = ("none", "sigmoid")
+
+
+def forward_transform(u: torch.Tensor, transform: str, log_eps: float = 1e-3) -> torch.Tensor:
+    """Uncertainty -> regression space: ``sqrt(u)``, ``log(u + eps)`` or ``u``."""
+    u = u.float().clamp_min(0.0)
+    if transform == "sqrt":
+        return u.sqrt()
+    if transform == "log":
+        return torch.log(u + log_eps)
+    if transform == "identity":
+        return u
+    raise ConfigError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+
+
+def to_uncertainty(
+    z: torch.Tensor, transform: str = "sqrt", activation: str = "none", log_eps: float = 1e-3
+) -> torch.Tensor:
+    """Head output -> uncertainty (>= 0): optional sigmoid, then the inverse transform."""
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    z = torch.sigmoid(z.float()) if activation == "sigmoid" else z.float()
+    if transform == "sqrt":
+        return z.clamp_min(0.0).square()
+    if transform == "log":
+        return (torch.exp(z) - log_eps).clamp_min(0.0)
+    if transform == "identity":
+        return z.clamp_min(0.0)
+    raise ConfigError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+
+
+def _check_target(name: str) -> str:
+    if name not in UNCERTAINTY_TARGETS:
+        raise ConfigError(f"uncertainty_target {name!r} unknown; valid: {list(UNCERTAINTY_TARGETS)}")
+    return name
+
+
+def select_target(targets: Mapping[str, torch.Tensor], name: str, n_classes: int) -> torch.Tensor:
+    """The ``name`` channels of ``targets["uncertainty"]``."""
+    if "uncertainty" not in targets:
+        raise ConfigError(
+            "the batch has no 'uncertainty' target: read cached targets with "
+            "extra_targets={uncertainty: uncertainty}, or give the task a live teacher"
+        )
+    return targets["uncertainty"][:, uncertainty_channels(name, n_classes)]
+
+
+def _check_channels(out: torch.Tensor, target: torch.Tensor, name: str) -> None:
+    if out.shape[1] != target.shape[1]:
+        raise ConfigError(
+            f"the uncertainty head has {out.shape[1]} output channel(s); target {name!r} has "
+            f"{target.shape[1]} (set the head's classes accordingly)"
+        )
+
+
+class UncertaintyRegressionLoss(nn.Module):
+    """Regress an uncertainty map in a transformed space, without an output activation.
+
+    The head predicts ``z ~ T(u)`` with ``T`` = ``sqrt`` (default), ``log(u + log_eps)`` or
+    ``identity``; `to_uncertainty` maps back (clamped >= 0). The per-element loss (``mse`` or
+    ``smooth_l1``) is averaged over channels and over labelled pixels. With ``normalize`` it is
+    divided by the batch variance of ``T(u)`` over those pixels (detached, floored at
+    ``min_variance``), so its size does not vanish when the targets are tiny.
+    """
+
+    def __init__(
+        self,
+        transform: str = "sqrt",
+        loss: str = "mse",
+        normalize: bool = True,
+        log_eps: float = 1e-3,
+        min_variance: float = 1e-6,
+        beta: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if transform not in TRANSFORMS:
+            raise ConfigError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+        if loss not in ("mse", "smooth_l1"):
+            raise ConfigError(f"loss must be 'mse' or 'smooth_l1', got {loss!r}")
+        self.transform, self.loss, self.normalize = transform, loss, bool(normalize)
+        self.log_eps, self.min_variance, self.beta = float(log_eps), float(min_variance), beta
+        self.activation = "none"
+
+    def to_uncertainty(self, z: torch.Tensor) -> torch.Tensor:
+        """Head output -> uncertainty (inverse transform, >= 0)."""
+        return to_uncertainty(z, self.transform, "none", self.log_eps)
+
+    def forward(
+        self, z: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        t = forward_transform(target, self.transform, self.log_eps)
+        z = z.float()
+        if self.loss == "mse":
+            per = (z - t).square()
+        else:
+            per = F.smooth_l1_loss(z, t, reduction="none", beta=self.beta)
+        if valid is None:
+            valid = torch.ones_like(per[:, 0], dtype=torch.bool)
+        value = masked_pixel_mean(per.mean(dim=1), valid)
+        if self.normalize:
+            sel = t.detach().movedim(1, -1)[valid]
+            var = sel.var(unbiased=False) if sel.numel() > 1 else t.new_zeros(())
+            value = value / var.clamp_min(self.min_variance)
+        return value
+
+
+class DistillationLoss(nn.Module):
+    """``kl_weight * KL(teacher || student) + ce_weight * CE + uncertainty_weight * U``.
+
+    The KL is per pixel (summed over classes, averaged over labelled pixels, times T^2:
+    `polyhead.losses.SoftLabelLoss`), i.e. torch's ``batchmean`` divided by H x W, not the
+    element mean that shrinks it by K. CE (only computed when ``ce_weight > 0``) uses the hard
+    mask with ``ignore_index``. ``U`` is ``uncertainty`` (default
+    `UncertaintyRegressionLoss`) on the ``uncertainty_target`` channels: ``entropy`` (the
+    ensemble's predictive entropy, default), ``std_winning``, ``mutual_information`` or
+    ``std_per_class`` (the uncertainty head then needs K channels).
+    """
+
+    def __init__(
+        self,
+        kl_weight: float = 1.0,
+        temperature: float = 1.0,
+        ce_weight: float = 0.0,
+        uncertainty_weight: float = 1.0,
+        uncertainty: UncertaintyRegressionLoss | None = None,
+        uncertainty_target: str = "entropy",
+        ignore_index: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.kl_weight, self.ce_weight = float(kl_weight), float(ce_weight)
+        self.uncertainty_weight = float(uncertainty_weight)
+        self.kl = SoftLabelLoss(mode="kl", temperature=temperature)
+        self.uncertainty = uncertainty if uncertainty is not None else UncertaintyRegressionLoss()
+        self.uncertainty_target = _check_target(uncertainty_target)
+        self.ignore_index = ignore_index
+
+    @property
+    def transform(self) -> str:
+        return self.uncertainty.transform
+
+    @property
+    def activation(self) -> str:
+        return "none"
+
+    def to_uncertainty(self, z: torch.Tensor) -> torch.Tensor:
+        """Head output -> uncertainty."""
+        return self.uncertainty.to_uncertainty(z)
+
+    def forward(
+        self, seg_logits: torch.Tensor, unc_out: torch.Tensor, targets: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        soft = targets["soft"].float()
+        valid = valid_soft_pixels(soft)
+        parts = {"kl": self.kl(seg_logits, soft, valid)}
+        if self.ce_weight > 0:
+            ignore = self.ignore_index if self.ignore_index is not None else 255
+            parts["ce"] = F.cross_entropy(seg_logits.float(), targets["hard"], ignore_index=ignore)
+        target = select_target(targets, self.uncertainty_target, soft.shape[1])
+        _check_channels(unc_out, target, self.uncertainty_target)
+        parts["uncertainty"] = self.uncertainty(unc_out, target, valid)
+        total = self.kl_weight * parts["kl"] + self.uncertainty_weight * parts["uncertainty"]
+        if "ce" in parts:
+            total = total + self.ce_weight * parts["ce"]
+        return total, parts
+
+
+class ThreadRecipeLoss(nn.Module):
+    """The forum thread's recipe, faithful by default; each switch removes one ingredient.
+
+    Thread: ``0.1 * CE + KLDivLoss(reduction="mean")(log_softmax(seg), probs) +
+    MSELoss(reduction="mean")(sigmoid(unc), per-class std)`` with the teacher's probabilities
+    and std cast to float16. Switches: ``sigmoid=False`` (raw head output), ``kl="per_pixel"``
+    (polyhead's KL scaling instead of the element mean), ``transform="sqrt"`` (regress
+    ``sqrt(std)``), ``half_targets=False``, ``uncertainty_target`` (the thread regresses
+    ``std_per_class``). The thread's CE ignored class 0 (its data set's void label); here
+    CE ignores ``ignore_index`` (the data's).
+    """
+
+    def __init__(
+        self,
+        ce_weight: float = 0.1,
+        kl_weight: float = 1.0,
+        uncertainty_weight: float = 1.0,
+        sigmoid: bool = True,
+        kl: str = "element_mean",
+        transform: str = "identity",
+        half_targets: bool = True,
+        uncertainty_target: str = "std_per_class",
+        ignore_index: int | None = None,
+    ) -> None:
+        super().__init__()
+        if kl not in ("element_mean", "per_pixel"):
+            raise ConfigError(f"kl must be 'element_mean' or 'per_pixel', got {kl!r}")
+        if transform not in TRANSFORMS:
+            raise ConfigError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+        self.ce_weight, self.kl_weight = float(ce_weight), float(kl_weight)
+        self.uncertainty_weight = float(uncertainty_weight)
+        self.sigmoid, self.kl, self.transform = bool(sigmoid), kl, transform
+        self.half_targets = bool(half_targets)
+        self.uncertainty_target = _check_target(uncertainty_target)
+        self.ignore_index = ignore_index
+        self.distillation_criterion = nn.KLDivLoss(reduction="mean")
+        self.uncertainty_criterion = nn.MSELoss(reduction="mean")
+        self.per_pixel_kl = SoftLabelLoss(mode="kl")
+
+    @property
+    def activation(self) -> str:
+        return "sigmoid" if self.sigmoid else "none"
+
+    def to_uncertainty(self, z: torch.Tensor) -> torch.Tensor:
+        """Head output -> uncertainty (sigmoid if on, then the inverse transform)."""
+        return to_uncertainty(z, self.transform, self.activation)
+
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+        # the thread computes the loss against .to(float16) targets; keep that rounding
+        return t.half().float() if self.half_targets else t.float()
+
+    def forward(
+        self, seg_logits: torch.Tensor, unc_out: torch.Tensor, targets: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        probs = self._cast(targets["soft"])
+        if self.kl == "element_mean":
+            kl = self.distillation_criterion(torch.log_softmax(seg_logits.float(), dim=1), probs)
+        else:
+            kl = self.per_pixel_kl(seg_logits, probs)
+        parts = {"kl": kl}
+        if self.ce_weight > 0:
+            ignore = self.ignore_index if self.ignore_index is not None else 255
+            parts["ce"] = F.cross_entropy(seg_logits.float(), targets["hard"], ignore_index=ignore)
+        target = select_target(targets, self.uncertainty_target, probs.shape[1])
+        _check_channels(unc_out, target, self.uncertainty_target)
+        pred = torch.sigmoid(unc_out.float()) if self.sigmoid else unc_out.float()
+        target = forward_transform(self._cast(target), self.transform)
+        parts["uncertainty"] = self.uncertainty_criterion(pred, target)
+        total = self.kl_weight * kl + self.uncertainty_weight * parts["uncertainty"]
+        if "ce" in parts:
+            total = total + self.ce_weight * parts["ce"]
+        return total, parts

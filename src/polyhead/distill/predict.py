@@ -1,0 +1,147 @@
+"""Predict with a distilled student: class map plus uncertainty map, as GeoTIFFs (and a PNG).
+
+The student's checkpoint config carries a ``distillation`` entry (written by
+`polyhead.tasks.distillation.DistillationTask`) naming its heads and how the uncertainty head's
+output maps back to uncertainty; `student_spec` reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from polyhead.data import raster_io
+from polyhead.data.extra_targets import value_transform
+from polyhead.distill.tiled import apply_normalize, run_tiled
+from polyhead.errors import ConfigError
+from polyhead.inference.writers import AtomicGeoTiff, geotiff_profile
+
+
+def student_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``distillation`` entry of a student's run config (ConfigError if absent)."""
+    spec = cfg.get("distillation")
+    if not spec:
+        raise ConfigError(
+            "this checkpoint was not trained with DistillationTask (no 'distillation' entry "
+            "in its config); it has no uncertainty head to read"
+        )
+    return dict(spec)
+
+
+def predict_student(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    spec: Mapping[str, Any],
+    normalize: Any = None,
+    tile_size: int = 512,
+    overlap: int = 64,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``[K, H, W]`` and uncertainty ``[H, W]`` for a raw image ``[C, H, W]``.
+
+    Both are blended over tiles: the probabilities as softmax, the uncertainty after mapping
+    the head's output back (a per-class head is read at the student's arg-max class per tile).
+    """
+    from polyhead.tasks.distillation import student_uncertainty
+
+    model = model.to(device).eval()
+    seg, unc = spec["seg_head"], spec["uncertainty_head"]
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        out = model.forward_heads(x)
+        u = student_uncertainty(out[seg], out[unc], spec)
+        return torch.cat([out[seg].float().softmax(dim=1), u], dim=1)
+
+    maps = run_tiled(fn, apply_normalize(normalize, image), tile_size, overlap, batch_size, device)
+    return maps[:-1], maps[-1]
+
+
+@dataclass
+class StudentPrediction:
+    """Paths written for one image by `predict_student_files`."""
+
+    class_map: Path
+    uncertainty: Path
+    figure: Path | None
+
+
+def _write(path: Path, data: np.ndarray, dtype: str, src: Path) -> None:
+    """Write ``data`` with ``src``'s georeferencing (none for npy/PNG/JPEG sources)."""
+    crs = transform = None
+    if src.suffix.lower() not in (*raster_io.NPY_SUFFIXES, *raster_io.PIL_SUFFIXES):
+        import rasterio
+
+        with rasterio.open(src) as ds:
+            crs = ds.crs
+            transform = None if ds.transform.is_identity and crs is None else ds.transform
+    profile = geotiff_profile(data.shape[1], data.shape[2], data.shape[0], dtype, crs, transform)
+    with AtomicGeoTiff(path, profile) as writer:
+        writer.write(data, 0)
+        writer.commit()
+
+
+def read_uncertainty_band(path: str | Path, band: int = 0) -> np.ndarray:
+    """One band (0-based) of an uncertainty raster written by ``distill-targets``, as floats."""
+    path = Path(path)
+    info = raster_io.raster_info(path)
+    raw = raster_io.read_window(path, 0, 0, info.height, info.width)[band].astype(np.float32)
+    scale, offset = value_transform(path, info.dtype, info.count)
+    return raw * scale[band] + offset[band]
+
+
+def predict_student_files(
+    checkpoint: str | Path,
+    images: Sequence[str | Path],
+    output_dir: str | Path,
+    tile_size: int = 512,
+    overlap: int = 64,
+    batch_size: int = 4,
+    device: str = "cpu",
+    figure: bool = True,
+    reference_uncertainty: Mapping[str, str | Path] | None = None,
+    reference_band: int = 1,
+) -> list[StudentPrediction]:
+    """Write ``<stem>_classes.tif`` (uint8), ``<stem>_uncertainty.tif`` (float32) and, with
+    ``figure``, ``<stem>_uncertainty.png`` (image, prediction, student uncertainty and, when
+    known, the ensemble's) for each image.
+
+    ``reference_uncertainty`` maps an image stem to a teacher uncertainty raster (e.g.
+    ``teacher/<stem>_uncertainty.tif`` from ``distill-targets``); ``reference_band`` is the
+    0-based band shown (default 1: entropy; 0 is std_winning).
+    """
+    from polyhead.checkpoint import load_model
+    from polyhead.distill.figures import save_uncertainty_figure
+    from polyhead.inference.predict import inference_normalization
+
+    model, cfg = load_model(checkpoint)
+    spec = student_spec(cfg)
+    normalize = inference_normalization(cfg)
+    out_dir = Path(output_dir)
+    results = []
+    for image_path in map(Path, images):
+        info = raster_io.raster_info(image_path)
+        image = raster_io.read_window(image_path, 0, 0, info.height, info.width)
+        probs, unc = predict_student(model, image, spec, normalize, tile_size, overlap,
+                                     batch_size, device)
+        classes = probs.argmax(axis=0).astype(np.uint8)
+        class_path = out_dir / f"{image_path.stem}_classes.tif"
+        unc_path = out_dir / f"{image_path.stem}_uncertainty.tif"
+        _write(class_path, classes[None], "uint8", image_path)
+        _write(unc_path, unc[None].astype(np.float32), "float32", image_path)
+        fig_path = None
+        if figure:
+            ref = None
+            if reference_uncertainty and image_path.stem in reference_uncertainty:
+                ref = read_uncertainty_band(reference_uncertainty[image_path.stem],
+                                            reference_band)
+            fig_path = save_uncertainty_figure(
+                out_dir / f"{image_path.stem}_uncertainty.png", image, classes, unc, ref
+            )
+        results.append(StudentPrediction(class_path, unc_path, fig_path))
+    return results

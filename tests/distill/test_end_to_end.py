@@ -1,0 +1,117 @@
+"""Fast end-to-end: 2 briefly trained teachers -> distill-targets CLI -> student -> agreement,
+predict (uncertainty map + figure), and one live-teacher step."""
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from polyhead.distill.cli import add_parsers
+from polyhead.distill.configs import student_config, teacher_config
+from polyhead.distill.evaluate import evaluate_student
+from polyhead.distill.predict import predict_student_files
+from polyhead.train import build_task, train
+
+TEACHER_ENCODER = "tu-mobilenetv3_small_050"  # ~0.3 M parameters: quick on a busy CPU
+FAST = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
+        "enable_model_summary": False, "log_every_n_steps": 1, "logger": False}
+
+
+def _train_teacher(data, out: Path, decoder: str, seed: int, steps: int = 40) -> Path:
+    """A polyhead checkpoint trained with a plain loop (Lightning's start-up is not under test)."""
+    cfg = teacher_config(data, out, decoder, seed, crop_size=32, samples_per_epoch=8 * steps)
+    cfg["model"]["encoder_name"] = TEACHER_ENCODER
+    torch.manual_seed(seed)
+    model = instantiate(cfg["model"], _convert_="all")
+    loader = instantiate(cfg["train_dataset"], _convert_="all").make_loader()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for batch in loader:
+        loss = F.cross_entropy(model(batch["image"])["A"], batch["targets"]["hard"],
+                               ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "teacher.ckpt"
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"polyhead_config": cfg, "state_dict": state}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(synthetic, tmp_path_factory):
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("distill")
+    ckpts = [_train_teacher(synthetic, root / f"t{i}", dec, i)
+             for i, dec in enumerate(("unet", "unet"))]
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    for split, csv_path in (("train", synthetic.train_csv), ("val", synthetic.val_csv)):
+        args = parser.parse_args(["distill-targets", "--teacher", *map(str, ckpts), "--csv",
+                                  str(csv_path), "--out", str(root / split), "--tile-size", "32",
+                                  "--overlap", "16"])
+        assert args.func(args) == 0
+    cfg = student_config(synthetic, root / "train" / "distill.csv", root / "val" / "distill.csv",
+                         root / "student", epochs=3, encoder_name=TEACHER_ENCODER,
+                         decoder="unet", decoder_options={"decoder_channels": [32, 16, 16, 8, 8]},
+                         crop_size=32, samples_per_epoch=128, lr=3e-3)
+    cfg["pl_trainer"] = {**FAST, "max_epochs": 3}
+    result = train(cfg)
+    return root, ckpts, cfg, result
+
+
+def test_cli_writes_cached_targets(pipeline):
+    root, *_ = pipeline
+    header = (root / "train" / "distill.csv").read_text().splitlines()[0]
+    assert header == "image,mask,soft_mask,uncertainty"
+    assert len(list((root / "train" / "teacher").glob("*_uncertainty.tif"))) == 3
+
+
+def test_student_logs_every_term_and_learns_the_uncertainty(pipeline):
+    root, _, _, result = pipeline
+    m = result.metrics
+    for key in ("loss/train", "loss/train/kl", "loss/train/uncertainty", "loss/val/uncertainty",
+                "val/mIoU", "val/uncertainty/pearson", "val/uncertainty/spearman",
+                "val/uncertainty/mean_pred", "val/uncertainty/mean_target"):
+        assert key in m, key
+    res = evaluate_student(result.last_checkpoint, root / "val" / "distill.csv", tile_size=32,
+                           overlap=16)
+    assert res["pearson"] > 0.3 and res["spearman"] > 0.3, res
+    assert res["mean_pred"] > 0.3 * res["mean_target"], res
+
+
+def test_predict_writes_uncertainty_next_to_class_map(pipeline, synthetic, tmp_path):
+    root, _, _, result = pipeline
+    scene = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
+    ref = {scene.stem: root / "val" / "teacher" / f"{scene.stem}_uncertainty.tif"}
+    [out] = predict_student_files(result.last_checkpoint, [scene], tmp_path, tile_size=32,
+                                  overlap=16, reference_uncertainty=ref)
+    with rasterio.open(out.uncertainty) as unc, rasterio.open(scene) as src:
+        assert unc.dtypes[0] == "float32" and unc.transform == src.transform
+        assert np.all(unc.read() >= 0)
+    assert out.class_map.is_file() and out.figure.stat().st_size > 1000
+
+
+def test_live_teacher_mode_runs_a_step(pipeline, synthetic):
+    root, ckpts, cfg, _ = pipeline
+    live = {**cfg, "task": {**cfg["task"], "teacher": [str(p) for p in ckpts]}}
+    live["train_dataset"] = {k: v for k, v in cfg["train_dataset"].items()
+                             if k != "extra_targets"}
+    live["train_dataset"]["input_csv_path"] = str(synthetic.train_csv)
+    task = build_task(live, ignore_index=255)
+    batch = next(iter(instantiate(live["train_dataset"], _convert_="all").make_loader()))
+    assert "uncertainty" not in batch["targets"]
+    loss, parts, _, targets = task.compute_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and set(parts) == {"kl", "uncertainty"}
+    assert targets["uncertainty"].shape[1] == 3 + 4
+    assert all(p.grad is not None for p in task.model.heads["unc"].parameters())
+    assert "teacher" not in "".join(task.state_dict())
