@@ -135,9 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from polyhead.aggregation.cli import add_aggregate_parser
     from polyhead.classification.cli import add_parsers as add_classifier_parsers
+    from polyhead.distill.cli import add_parsers as add_distill_parsers
 
     add_aggregate_parser(sub)
     add_classifier_parsers(sub)
+    add_distill_parsers(sub)
 
     p = sub.add_parser("demo", help="synthetic data -> dual-head training -> metrics and figure")
     p.add_argument("which", nargs="?", choices=["segmentation", "classifier"],
