@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -93,8 +94,9 @@ def run(args: argparse.Namespace) -> str:
     for name, loss in variants.items():
         t = time.perf_counter()
         slug = re.sub(r"[^a-z0-9]+", "_", name.lower().replace("+", "plus")).strip("_")
-        cfg = student_config(data, targets["train"], targets["val"],
-                             work / f"student_{args.optimizer}_{slug}",
+        student_dir = work / f"student_{args.optimizer}_{slug}"
+        shutil.rmtree(student_dir, ignore_errors=True)  # no stale checkpoints of earlier runs
+        cfg = student_config(data, targets["train"], targets["val"], student_dir,
                              loss=loss, epochs=args.epochs, crop_size=args.crop,
                              encoder_name=args.student_encoder, decoder=args.student_decoder,
                              samples_per_epoch=args.samples, lr=args.lr)
@@ -137,8 +139,10 @@ def _table(rows, args, timings) -> str:
         f"(4 bands, 4 classes); M={len(args.teachers)} teachers (resnet18 + "
         f"{'/'.join(args.teachers)}, seeds 0-{len(args.teachers) - 1}, {args.teacher_epochs} "
         f"epochs x {args.samples} crops of {args.crop} px); students {args.student_encoder} + "
-        f"2 {args.student_decoder} heads, {args.epochs} epochs x {args.samples} crops of {args.crop} px, batch 8, AdamW lr "
-        f"{args.lr}, seed 0, random init; evaluated on the 'evaluated on' band of the "
+        f"2 {args.student_decoder} heads, {args.epochs} epochs x {args.samples} crops of "
+        f"{args.crop} px, batch 8, "
+        f"{'AdamW' if args.optimizer == 'adamw' else 'SGD (momentum 0.9)'} lr {args.lr} (cosine)"
+        f"{f', gradient-norm clipping {args.clip}' if args.clip else ''}, seed 0, random init; evaluated on the 'evaluated on' band of the "
         f"ensemble's uncertainty (per-class heads read at the student's arg-max class and "
         f"compared with std_winning), whole val scenes tiled at the crop size with half "
         f"overlap; torch threads "
