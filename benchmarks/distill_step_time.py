@@ -5,10 +5,12 @@ Cached: each batch reads the teacher's probabilities and uncertainty maps from d
 M-member ensemble runs on it every step (``DistillationTask(teacher=...)``). One step = loading
 the batch + teacher targets + student forward/backward + optimizer step. The two modes run
 interleaved, round after round, so machine load hits both alike; medians and their ratio are
-reported. Teachers are random-init (time does not depend on their weights): resnet18 with
-upernet/fpn/unet heads, as in ``distill_synthetic.py``.
+reported. Teachers are random-init (time does not depend on their weights).
 
-    uv run python benchmarks/distill_step_time.py --members 3 --crop 64 --batch 8 --rounds 15
+    uv run python benchmarks/distill_step_time.py --rounds 12       # distill_synthetic's setup
+    uv run python benchmarks/distill_step_time.py --rounds 12 --append \
+        --student-encoder tu-mobilenetv3_large_100 --student-decoder deeplabv3plus \
+        --teachers upernet fpn unet                                  # the thread's student
 """
 
 from __future__ import annotations
@@ -32,14 +34,12 @@ from polyhead.tasks.distillation import DistillationTask
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _teacher(members: int, bands: int, classes: int, normalize) -> EnsembleTeacher:
+def _teacher(decoders: list[str], bands: int, classes: int, normalize) -> EnsembleTeacher:
     torch.manual_seed(0)
-    decoders = list(TEACHER_DECODERS)
     nets = [
-        MultiHeadSegmentationModel(
-            {"A": {"decoder": decoders[i % 3], **TEACHER_DECODERS[decoders[i % 3]]}},
-            encoder_name="resnet18", in_channels=bands, classes=classes)
-        for i in range(members)
+        MultiHeadSegmentationModel({"A": {"decoder": d, **TEACHER_DECODERS[d]}},
+                                   encoder_name="resnet18", in_channels=bands, classes=classes)
+        for d in decoders
     ]
     return EnsembleTeacher([SelectedHead(n.eval()) for n in nets], normalize=normalize)
 
@@ -47,7 +47,11 @@ def _teacher(members: int, bands: int, classes: int, normalize) -> EnsembleTeach
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/polyhead-distill-steptime")
-    ap.add_argument("--members", type=int, default=3)
+    ap.add_argument("--teachers", nargs="+", default=["unet", "unet", "unet"],
+                    help="teacher decoders (resnet18 encoders)")
+    ap.add_argument("--student-encoder", default="resnet18")
+    ap.add_argument("--student-decoder", default="unet")
+    ap.add_argument("--append", action="store_true", help="append to --out")
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=15)
@@ -60,9 +64,10 @@ def main() -> None:
     data = generate_synthetic_dataset(work / "data", n_train=4, n_val=1, size=128, seed=0)
     classes = len(data.class_names)
     cfg = student_config(data, work / "targets" / "distill.csv", work / "targets" / "distill.csv",
-                         work / "student", crop_size=args.crop, batch_size=args.batch)
+                         work / "student", crop_size=args.crop, batch_size=args.batch,
+                         encoder_name=args.student_encoder, decoder=args.student_decoder)
     normalize = instantiate(cfg["train_dataset"]["augmentation_list"][-1])
-    teacher = _teacher(args.members, data.bands, classes, lambda x: normalize(image=x)["image"])
+    teacher = _teacher(args.teachers, data.bands, classes, lambda x: normalize(image=x)["image"])
     t = time.perf_counter()
     write_distillation_targets(teacher, data.train_csv, work / "targets", tile_size=128,
                                overlap=0)
@@ -103,19 +108,22 @@ def main() -> None:
         "|---|---|---|---|",
         *(f"| {m} | {med[m]:.3f} | {min(v):.3f} | {max(v):.3f} |" for m, v in times.items()),
         "",
-        f"live / cached step-time ratio (M={args.members}): **{ratio:.2f}x**",
+        f"live / cached step-time ratio (M={len(args.teachers)}): **{ratio:.2f}x**",
         "",
-        f"Settings: student tu-mobilenetv3_large_100 + 2 DeepLabV3+ heads (64 ch); teachers "
-        f"resnet18 + upernet/fpn/unet (small decoders), M={args.members}; crops "
+        f"Settings: student {args.student_encoder} + 2 {args.student_decoder} heads; teachers "
+        f"resnet18 + {'/'.join(args.teachers)}, M={len(args.teachers)}; crops "
         f"{args.crop} px, batch {args.batch}, CPU, torch threads {torch.get_num_threads()}, "
         f"{args.rounds} interleaved rounds after {args.warmup} warm-up rounds. Writing the "
         f"cached targets for the 4 training scenes (128 px) took {cache_s:.1f} s "
         f"({cache_s / med['cached']:.0f} cached steps).",
     ])
     print(table)
-    Path(args.out).parent.mkdir(exist_ok=True)
-    Path(args.out).write_text("# Distillation step time: cached targets vs live ensemble\n\n"
-                              + table + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(exist_ok=True)
+    if args.append and out.is_file():
+        out.write_text(out.read_text() + "\n" + table + "\n")
+    else:
+        out.write_text("# Distillation step time: cached targets vs live ensemble\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

@@ -60,10 +60,10 @@ def pipeline(synthetic, tmp_path_factory):
                                   "--overlap", "16"])
         assert args.func(args) == 0
     cfg = student_config(synthetic, root / "train" / "distill.csv", root / "val" / "distill.csv",
-                         root / "student", epochs=3, encoder_name=TEACHER_ENCODER,
+                         root / "student", epochs=4, encoder_name=TEACHER_ENCODER,
                          decoder="unet", decoder_options={"decoder_channels": [32, 16, 16, 8, 8]},
                          crop_size=32, samples_per_epoch=128, lr=3e-3)
-    cfg["pl_trainer"] = {**FAST, "max_epochs": 3}
+    cfg["pl_trainer"] = {**FAST, "max_epochs": 4}
     result = train(cfg)
     return root, ckpts, cfg, result
 

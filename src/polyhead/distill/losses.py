@@ -14,6 +14,7 @@ they return ``(total, {part: value})`` and map the head's output back to uncerta
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -248,7 +249,9 @@ class ThreadRecipeLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         probs = self._cast(targets["soft"])
         if self.kl == "element_mean":
-            kl = self.distillation_criterion(torch.log_softmax(seg_logits.float(), dim=1), probs)
+            with warnings.catch_warnings():  # torch warns that "mean" is not "batchmean": the point
+                warnings.simplefilter("ignore", UserWarning)
+                kl = self.distillation_criterion(torch.log_softmax(seg_logits.float(), dim=1), probs)
         else:
             kl = self.per_pixel_kl(seg_logits, probs)
         parts = {"kl": kl}
