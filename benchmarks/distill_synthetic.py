@@ -7,8 +7,10 @@ uncertainty map vs the ensemble's, mean predicted vs target uncertainty, student
 mIoU. ``--ablation`` (with ``--reuse`` of the main run's ``--work``) instead runs the thread
 recipe with one ingredient removed at a time, and polyhead's recipe on the thread's targets.
 Prints a markdown table, writes it to ``benchmarks/results/distill_synthetic.md`` (or
-``distill_ablation.md``) and saves a figure (image, prediction, student and ensemble
-uncertainty) per main recipe.
+``distill_ablation.md``), saves a figure (image, prediction, student and ensemble
+uncertainty) per main recipe and the validation agreement per epoch of every student
+(``<table stem>_curves.png``: Pearson, mean and spatial spread of the predicted map relative
+to the target's).
 
     uv run python benchmarks/distill_synthetic.py --work /tmp/d            # main run
     uv run python benchmarks/distill_synthetic.py --work /tmp/d --reuse --ablation
@@ -33,7 +35,7 @@ from polyhead.demo.synthetic import generate_synthetic_dataset
 from polyhead.distill.cli import build_teacher
 from polyhead.distill.configs import student_config, teacher_config
 from polyhead.distill.evaluate import evaluate_student
-from polyhead.distill.figures import save_uncertainty_figure
+from polyhead.distill.figures import save_agreement_curves, save_uncertainty_figure
 from polyhead.distill.targets import write_distillation_targets
 from polyhead.train import train
 
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> str:
     variants = ABLATIONS if args.ablation else VARIANTS
     if args.only:
         variants = {k: v for k, v in variants.items() if k in args.only}
-    rows = []
+    rows, curves = [], {}
     for name, loss in variants.items():
         t = time.perf_counter()
         slug = re.sub(r"[^a-z0-9]+", "_", name.lower().replace("+", "plus")).strip("_")
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> str:
             cfg["optimizer"] = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": args.lr,
                                 "momentum": 0.9, "weight_decay": 1e-4}
         ckpt = _checkpoint(train(cfg))
+        curves[name] = student_dir / "run" / "metrics.csv"
         res = evaluate_student(ckpt, targets["val"], tile_size=args.crop,
                                overlap=args.crop // 2, keep_maps=True)
         image, pred, unc, ref = res.pop("maps")[0]
@@ -118,20 +121,22 @@ def run(args: argparse.Namespace) -> str:
         print(name, {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()},
               flush=True)
     timings["total"] = time.perf_counter() - t0
+    save_agreement_curves(args.curves, curves, title=f"student optimizer {args.optimizer}")
     return _table(rows, args, timings)
 
 
 def _table(rows, args, timings) -> str:
     lines = [
         "| recipe | evaluated on | Pearson | Spearman | mean pred. unc. | mean target unc. | pred/target | "
-        "student mIoU | ensemble mIoU | train+eval s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "spread pred/target | student mIoU | ensemble mIoU | train+eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:
         ratio = r["mean_pred"] / r["mean_target"] if r["mean_target"] else float("nan")
         lines.append(
             f"| {name} | {r['target']} | {r['pearson']:.3f} | {r['spearman']:.3f} | {r['mean_pred']:.4f} | "
-            f"{r['mean_target']:.4f} | {ratio:.2f} | {r['student_mIoU']:.3f} | "
+            f"{r['mean_target']:.4f} | {ratio:.2f} | {r['std_pred'] / r['std_target']:.2f} | "
+            f"{r['student_mIoU']:.3f} | "
             f"{r['ensemble_mIoU']:.3f} | {r['seconds']:.0f} |"
         )
     settings = (
@@ -186,6 +191,7 @@ def main() -> None:
     stem = "distill_ablation" if args.ablation else "distill_synthetic"
     suffix = "_sgd" if args.optimizer == "sgd" else ""
     out = Path(args.out or RESULTS / f"{stem}{suffix}.md")
+    args.curves = out.with_name(f"{out.stem}_curves.png")
     table = run(args)
     print(table)
     title = "ablation of the thread's recipe" if args.ablation else "polyhead vs the thread"

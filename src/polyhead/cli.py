@@ -38,9 +38,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_student(args: argparse.Namespace) -> int:
+    """``polyhead predict`` on a distilled student: class, uncertainty and figure per image."""
+    from polyhead.distill.predict import predict_student_files, teacher_uncertainty_paths
+    from polyhead.inference.predict import expand_inputs
+
+    for flag, value in (("--tta", args.tta), ("--crf", args.crf), ("--head", args.head)):
+        if value:
+            raise PolyheadError(f"{flag} does not apply to a distilled student checkpoint "
+                                "(one class-map head; uncertainty from its own head); drop it")
+    images = expand_inputs(args.inputs)
+    refs = None
+    if args.teacher_targets:
+        refs = teacher_uncertainty_paths(args.teacher_targets)
+        unmatched = [p.name for p in images if p.stem not in refs]
+        if unmatched:
+            more = f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else ""
+            print(f"polyhead predict: warning: no teacher reference in {args.teacher_targets} "
+                  f"for {', '.join(unmatched[:10])}{more}; their figures have 3 panels",
+                  file=sys.stderr)
+    written = predict_student_files(
+        args.checkpoint, images, args.output, tile_size=args.tile_size, overlap=args.overlap,
+        batch_size=args.batch_size, device=args.device, reference_uncertainty=refs,
+        write_probabilities=args.probabilities, overrides=list(args.set or []),
+    )
+    print(f"wrote {len(written)} class maps, uncertainty maps and figures to {args.output}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    from polyhead.distill.predict import checkpoint_student_spec
     from polyhead.inference.predict import predict_files
 
+    if checkpoint_student_spec(args.checkpoint) is not None:
+        return _predict_student(args)
+    if args.teacher_targets:
+        raise PolyheadError("--teacher-targets needs a distilled student checkpoint (one trained "
+                            f"with DistillationTask); {args.checkpoint} is not one")
     overrides = list(args.set or [])
     if args.head:
         overrides.append(f"model.inference_head={args.head}")
@@ -123,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", action="store_true",
                    help="refine probabilities with a dense CRF (whole image, <= 4096^2 px)")
     p.add_argument("--uncertainty", action="store_true",
-                   help="also write <stem>_uncertainty.tif (normalised predictive entropy)")
+                   help="also write <stem>_uncertainty.tif (normalised predictive entropy); "
+                   "implied for a distilled student (its uncertainty head)")
+    p.add_argument("--teacher-targets", metavar="CSV",
+                   help="student only: a distill.csv from distill-targets (or its folder); the "
+                   "<stem>_uncertainty.png figure then also shows the ensemble's uncertainty")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the stored config")
     p.set_defaults(func=cmd_predict)
 

@@ -73,3 +73,5 @@ def test_agreement_metric_matches_numpy():
     assert float(r["pearson"]) == pytest.approx(pearson(x, y), abs=1e-5)
     assert float(r["spearman"]) == pytest.approx(spearman(x, y), abs=1e-5)
     assert float(r["mean_pred"]) == pytest.approx(x.mean(), abs=1e-6)
+    assert float(r["std_pred"]) == pytest.approx(x.std(), abs=1e-6)
+    assert float(r["std_target"]) == pytest.approx(y.std(), abs=1e-6)

@@ -11,7 +11,12 @@ import torch
 
 from polyhead.data import raster_io
 from polyhead.distill.metrics import UncertaintyAgreement
-from polyhead.distill.predict import predict_student, read_uncertainty_band, student_spec
+from polyhead.distill.predict import (
+    predict_student,
+    read_uncertainty_band,
+    student_spec,
+    target_band,
+)
 from polyhead.distill.teacher import UNCERTAINTY_BANDS
 from polyhead.errors import DataError
 from polyhead.metrics import SegmentationMetrics
@@ -56,7 +61,7 @@ def evaluate_student(
     spec = student_spec(cfg)
     normalize = inference_normalization(cfg)
     target = spec.get("uncertainty_target", "entropy")
-    band = UNCERTAINTY_BANDS.index(target) if target in UNCERTAINTY_BANDS else 0
+    band = target_band(target)
     n_classes = int(cfg["model"]["classes"])
     student_m = SegmentationMetrics(n_classes, ignore_index)
     teacher_m = SegmentationMetrics(n_classes, ignore_index)

@@ -82,3 +82,62 @@ def save_uncertainty_figure(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+#: panels of `save_agreement_curves`: (title, numerator key, denominator key or None)
+_CURVES = (
+    ("Pearson (student vs ensemble map)", "val/uncertainty/pearson", None),
+    ("mean predicted / mean target", "val/uncertainty/mean_pred", "val/uncertainty/mean_target"),
+    ("spatial std predicted / target", "val/uncertainty/std_pred", "val/uncertainty/std_target"),
+)
+
+
+def read_epoch_metrics(metrics_csv: str | Path) -> dict[str, np.ndarray]:
+    """Per-epoch validation columns of a Lightning ``CSVLogger`` ``metrics.csv`` (rows without
+    the column dropped), with the matching ``epoch`` values under ``"<key>@epoch"``."""
+    import csv
+
+    with open(metrics_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise DataError(f"{metrics_csv}: no rows")
+    out: dict[str, np.ndarray] = {}
+    for key in rows[0]:
+        kept = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+        if kept and key != "epoch":
+            epochs, values = zip(*kept, strict=True)
+            out[key], out[f"{key}@epoch"] = np.array(values), np.array(epochs)
+    return out
+
+
+def save_agreement_curves(
+    path: str | Path, runs: dict[str, str | Path], title: str | None = None
+) -> Path:
+    """PNG of the validation uncertainty agreement per epoch for several students: Pearson,
+    mean and spatial spread of the predicted map relative to the target's (a head collapsing
+    to a constant shows as the spread ratio falling to 0). ``runs`` maps a label to a
+    ``metrics.csv`` written by `polyhead.tasks.distillation.DistillationTask`."""
+    fig = Figure(figsize=(13, 3.8), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(_CURVES))
+    for label, metrics_csv in runs.items():
+        m = read_epoch_metrics(metrics_csv)
+        for ax, (_, num, den) in zip(axes, _CURVES, strict=True):
+            if num not in m or (den is not None and den not in m):
+                raise DataError(f"{metrics_csv}: no column {num if num not in m else den!r}")
+            y = m[num] / m[den] if den is not None else m[num]
+            ax.plot(m[f"{num}@epoch"] + 1, y, marker="o", ms=3, label=label)
+    for ax, (name, _, den) in zip(axes, _CURVES, strict=True):
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if den is not None:
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

@@ -1,4 +1,5 @@
-"""Agreement between a predicted and a target uncertainty map: Pearson, Spearman, means."""
+"""Agreement between a predicted and a target uncertainty map: Pearson, Spearman, means and
+spatial spreads (a head collapsed to a constant has ``std_pred`` near 0)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,8 @@ class UncertaintyAgreement(Metric):
             "spearman": torch.tensor(rho, dtype=torch.float32),
             "mean_pred": mx.float(),
             "mean_target": my.float(),
+            "std_pred": vx.sqrt().float(),
+            "std_target": vy.sqrt().float(),
         }
 
     def reset(self) -> None:

@@ -7,6 +7,7 @@ output maps back to uncertainty; `student_spec` reads it.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,13 @@ import torch
 
 from polyhead.data import raster_io
 from polyhead.data.extra_targets import value_transform
+from polyhead.distill.teacher import UNCERTAINTY_BANDS
 from polyhead.distill.tiled import apply_normalize, run_tiled
-from polyhead.errors import ConfigError
+from polyhead.errors import ConfigError, DataError
 from polyhead.inference.writers import AtomicGeoTiff, geotiff_profile
+
+#: file a ``polyhead distill-targets`` run writes in its ``--out`` folder
+DISTILL_CSV = "distill.csv"
 
 
 def student_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -31,6 +36,56 @@ def student_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "in its config); it has no uncertainty head to read"
         )
     return dict(spec)
+
+
+def checkpoint_student_spec(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The ``distillation`` entry of a checkpoint's stored config; None for a non-student.
+
+    Cheap: the tensors are memory-mapped, not read (a legacy, non-zip file is read whole).
+    """
+    from polyhead.checkpoint import checkpoint_config, read_checkpoint
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # mmap needs the zip format of torch >= 1.6
+        ckpt = read_checkpoint(path)
+    spec = checkpoint_config(ckpt, path=path).get("distillation")
+    return dict(spec) if spec else None
+
+
+def target_band(target: str) -> int:
+    """0-based band of a ``distill-targets`` uncertainty raster that matches a student's
+    ``uncertainty_target`` (``std_per_class`` is shown as ``std_winning``)."""
+    if target == "std_per_class":
+        target = "std_winning"
+    if target not in UNCERTAINTY_BANDS:
+        raise ConfigError(f"uncertainty target {target!r} unknown; valid: "
+                          f"{[*UNCERTAINTY_BANDS, 'std_per_class']}")
+    return UNCERTAINTY_BANDS.index(target)
+
+
+def teacher_uncertainty_paths(path: str | Path) -> dict[str, Path]:
+    """Image stem -> teacher uncertainty raster, from a ``distill.csv`` written by
+    ``polyhead distill-targets`` (or the folder holding one); DataError names a bad path."""
+    csv_path = Path(path)
+    if csv_path.is_dir():
+        csv_path = csv_path / DISTILL_CSV
+    if not csv_path.is_file():
+        raise DataError(f"teacher targets not found: {csv_path} (give the distill.csv written "
+                        "by `polyhead distill-targets`, or its folder)")
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not {"image", "uncertainty"} <= set(reader.fieldnames or ()):
+            raise DataError(f"{csv_path}: not a distill.csv (needs columns image and "
+                            f"uncertainty; has {reader.fieldnames})")
+        refs = {Path(r["image"]).stem: csv_path.parent / r["uncertainty"] for r in reader}
+    missing = [str(p) for p in refs.values() if not p.is_file()]
+    if missing:
+        raise DataError(f"{csv_path}: uncertainty raster(s) not found: {', '.join(missing[:5])}")
+    return refs
 
 
 def predict_student(
@@ -69,6 +124,7 @@ class StudentPrediction:
     class_map: Path
     uncertainty: Path
     figure: Path | None
+    probabilities: Path | None = None
 
 
 def _write(path: Path, data: np.ndarray, dtype: str, src: Path) -> None:
@@ -105,43 +161,53 @@ def predict_student_files(
     device: str = "cpu",
     figure: bool = True,
     reference_uncertainty: Mapping[str, str | Path] | None = None,
-    reference_band: int = 1,
+    reference_band: int | None = None,
+    write_probabilities: bool = False,
+    overrides: Sequence[str] = (),
 ) -> list[StudentPrediction]:
     """Write ``<stem>_classes.tif`` (uint8), ``<stem>_uncertainty.tif`` (float32) and, with
     ``figure``, ``<stem>_uncertainty.png`` (image, prediction, student uncertainty and, when
-    known, the ensemble's) for each image.
+    known, the ensemble's) for each image; with ``write_probabilities`` also
+    ``<stem>_proba.tif`` (float32, K bands, as ``polyhead predict``).
 
+    ``images``: files, folders or CSVs with an ``image`` column (`expand_inputs`).
     ``reference_uncertainty`` maps an image stem to a teacher uncertainty raster (e.g.
-    ``teacher/<stem>_uncertainty.tif`` from ``distill-targets``); ``reference_band`` is the
-    0-based band shown (default 1: entropy; 0 is std_winning).
+    `teacher_uncertainty_paths` of a ``distill.csv``); ``reference_band`` is the 0-based band
+    shown (default: the student's own ``uncertainty_target``, `target_band`).
     """
     from polyhead.checkpoint import load_model
     from polyhead.distill.figures import save_uncertainty_figure
-    from polyhead.inference.predict import inference_normalization
+    from polyhead.inference.predict import expand_inputs, inference_normalization
 
-    model, cfg = load_model(checkpoint)
+    paths = expand_inputs(images)  # fail on bad input before loading anything heavy
+    model, cfg = load_model(checkpoint, overrides)
     spec = student_spec(cfg)
+    if reference_band is None:
+        reference_band = target_band(spec.get("uncertainty_target", "entropy"))
     normalize = inference_normalization(cfg)
     out_dir = Path(output_dir)
     results = []
-    for image_path in map(Path, images):
+    for image_path in paths:
         info = raster_io.raster_info(image_path)
         image = raster_io.read_window(image_path, 0, 0, info.height, info.width)
         probs, unc = predict_student(model, image, spec, normalize, tile_size, overlap,
                                      batch_size, device)
         classes = probs.argmax(axis=0).astype(np.uint8)
-        class_path = out_dir / f"{image_path.stem}_classes.tif"
-        unc_path = out_dir / f"{image_path.stem}_uncertainty.tif"
+        stem = image_path.stem
+        class_path = out_dir / f"{stem}_classes.tif"
+        unc_path = out_dir / f"{stem}_uncertainty.tif"
         _write(class_path, classes[None], "uint8", image_path)
         _write(unc_path, unc[None].astype(np.float32), "float32", image_path)
+        proba_path = None
+        if write_probabilities:
+            proba_path = out_dir / f"{stem}_proba.tif"
+            _write(proba_path, probs.astype(np.float32), "float32", image_path)
         fig_path = None
         if figure:
             ref = None
-            if reference_uncertainty and image_path.stem in reference_uncertainty:
-                ref = read_uncertainty_band(reference_uncertainty[image_path.stem],
-                                            reference_band)
-            fig_path = save_uncertainty_figure(
-                out_dir / f"{image_path.stem}_uncertainty.png", image, classes, unc, ref
-            )
-        results.append(StudentPrediction(class_path, unc_path, fig_path))
+            if reference_uncertainty and stem in reference_uncertainty:
+                ref = read_uncertainty_band(reference_uncertainty[stem], reference_band)
+            fig_path = save_uncertainty_figure(out_dir / f"{stem}_uncertainty.png", image,
+                                               classes, unc, ref)
+        results.append(StudentPrediction(class_path, unc_path, fig_path, proba_path))
     return results

@@ -1,0 +1,118 @@
+"""`polyhead predict` on a distilled student: class map, uncertainty GeoTIFF and figure."""
+
+import logging
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+
+from polyhead.checkpoint import load_model
+from polyhead.cli import main
+from polyhead.distill.configs import student_config
+from polyhead.distill.predict import (
+    predict_student,
+    student_spec,
+    target_band,
+    teacher_uncertainty_paths,
+)
+from polyhead.errors import ConfigError
+from polyhead.inference.predict import inference_normalization
+from polyhead.train import train
+
+from .test_end_to_end import FAST, TEACHER_ENCODER, _train_teacher
+
+TILES = ["--tile-size", "32", "--overlap", "16"]
+
+
+@pytest.fixture(scope="module")
+def student(synthetic, tmp_path_factory):
+    """(student checkpoint, teacher checkpoint, distill.csv): briefly trained, 32 px tiles."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("predict_student")
+    teachers = [_train_teacher(synthetic, root / f"t{i}", "unet", i, steps=3) for i in range(2)]
+    assert main(["distill-targets", "--teacher", *map(str, teachers), "--csv",
+                 str(synthetic.train_csv), "--out", str(root / "targets"), *TILES]) == 0
+    distill_csv = root / "targets" / "distill.csv"
+    cfg = student_config(synthetic, distill_csv, distill_csv, root / "student", epochs=1,
+                         encoder_name=TEACHER_ENCODER, decoder="unet",
+                         decoder_options={"decoder_channels": [16, 8, 8, 8, 8]}, crop_size=32,
+                         samples_per_epoch=16, lr=3e-3)
+    cfg["pl_trainer"] = {**FAST, "max_epochs": 1}
+    return train(cfg).last_checkpoint, teachers[0], distill_csv
+
+
+def test_predict_student_writes_maps_and_figure(student, synthetic, tmp_path, capsys):
+    ckpt, _, distill_csv = student
+    matched = synthetic.out_dir / "scenes" / f"{synthetic.train_scenes[0]}.tif"
+    unmatched = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
+    out = tmp_path / "out"
+    argv = ["predict", str(ckpt), str(matched), str(unmatched), "-o", str(out),
+            "--teacher-targets", str(distill_csv), "--probabilities", *TILES]
+    assert main(argv) == 0
+    std = capsys.readouterr()
+    assert "wrote 2 class maps" in std.out and str(out) in std.out
+    [warning] = [line for line in std.err.splitlines() if "warning" in line]
+    assert unmatched.name in warning and matched.name not in warning
+
+    model, cfg = load_model(ckpt)
+    spec = student_spec(cfg)
+    with rasterio.open(matched) as src:
+        image = src.read()
+        probs, unc = predict_student(model, image, spec, inference_normalization(cfg), 32, 16)
+        for suffix, dtype, count in (("classes", "uint8", 1), ("uncertainty", "float32", 1),
+                                     ("proba", "float32", probs.shape[0])):
+            with rasterio.open(out / f"{matched.stem}_{suffix}.tif") as ds:
+                assert (ds.dtypes[0], ds.count, ds.shape) == (dtype, count, src.shape)
+                assert ds.crs == src.crs and ds.transform == src.transform
+                written = ds.read()
+            if suffix == "classes":
+                np.testing.assert_array_equal(written[0], probs.argmax(0))
+            elif suffix == "uncertainty":
+                np.testing.assert_allclose(written[0], unc, rtol=1e-5, atol=1e-6)
+
+    widths = {}
+    for scene in (matched, unmatched):
+        with Image.open(out / f"{scene.stem}_uncertainty.png") as png:
+            assert png.format == "PNG" and png.height >= 300
+            widths[scene] = png.width
+    assert widths[matched] > widths[unmatched]  # 4 panels with the ensemble's, else 3
+
+
+@pytest.mark.parametrize("option", [["--tta", "flips"], ["--crf"], ["--head", "seg"]])
+def test_student_rejects_options_that_do_not_apply(student, synthetic, tmp_path, capsys,
+                                                   option):
+    scene = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
+    out = tmp_path / "out"
+    assert main(["predict", str(student[0]), str(scene), "-o", str(out), *option]) == 2
+    assert f"{option[0]} does not apply to a distilled student" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_teacher_targets_errors(student, synthetic, tmp_path, capsys):
+    ckpt, teacher, distill_csv = student
+    scene = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
+    out = tmp_path / "out"
+    base = ["predict", str(ckpt), str(scene), "-o", str(out), "--teacher-targets"]
+    missing = tmp_path / "nowhere" / "distill.csv"
+    assert main([*base, str(missing)]) == 2
+    assert f"teacher targets not found: {missing}" in capsys.readouterr().err
+    assert main([*base, str(synthetic.train_csv)]) == 2
+    assert "not a distill.csv" in capsys.readouterr().err
+    argv = ["predict", str(teacher), str(scene), "-o", str(out), "--teacher-targets",
+            str(distill_csv)]
+    assert main(argv) == 2
+    assert "--teacher-targets needs a distilled student" in capsys.readouterr().err
+    assert not out.exists()
+    assert teacher_uncertainty_paths(distill_csv.parent) == teacher_uncertainty_paths(distill_csv)
+
+
+def test_target_band_matches_distill_targets_band_order():
+    assert target_band("std_winning") == 0
+    assert target_band("std_per_class") == 0
+    assert target_band("entropy") == 1
+    assert target_band("mutual_information") == 2
+    with pytest.raises(ConfigError, match="unknown"):
+        target_band("variance")
