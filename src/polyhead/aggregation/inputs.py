@@ -28,6 +28,7 @@ import numpy as np
 
 from polyhead.data import raster_io
 from polyhead.errors import DataError
+from polyhead.paths import resolve_cell
 
 MASK_COLUMNS = ("image", "annotator", "mask")
 LABEL_COLUMNS = ("item", "annotator", "label")
@@ -120,18 +121,13 @@ def iter_csv(
             yield line, cells
 
 
-def _resolve(cell: str, base: Path) -> Path:
-    path = Path(cell).expanduser()
-    return path if path.is_absolute() else base / path
-
-
 def load_image_map(images: str | os.PathLike[str] | Mapping[str, str]) -> dict[str, Path]:
     """``image`` key -> imagery path, from a mapping or an ``image,path`` CSV."""
     if isinstance(images, Mapping):
         return {str(k): Path(v) for k, v in images.items()}
     path = Path(images)
     return {
-        cells["image"]: _resolve(cells["path"], path.parent)
+        cells["image"]: resolve_cell(cells["path"], path.parent)
         for _, cells in iter_csv(path, ("image", "path"))
     }
 
@@ -176,9 +172,9 @@ def read_mask_csv(
                     raise DataError(f"{csv_path}, line {line}: image {key!r} is not in images=")
                 image_path = image_map[key]
             else:
-                image_path = _resolve(key, base)
+                image_path = resolve_cell(key, base)
             entry = entries[key] = ImageEntry(key=key, image_path=image_path)
-        entry.rows.append(MaskRow(line, key, ann, _resolve(cells["mask"], base), idx))
+        entry.rows.append(MaskRow(line, key, ann, resolve_cell(cells["mask"], base), idx))
     if not entries:
         raise DataError(f"{csv_path}: no rows")
     if len(annotators) < 2:

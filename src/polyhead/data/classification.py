@@ -32,6 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from polyhead.errors import ConfigError, DataError
+from polyhead.paths import resolve_cell
 
 MISSING = -1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -149,7 +150,7 @@ def read_rows(
         if not cells[0]:
             problems.append(f"{where}: empty path cell")
             continue
-        path = Path(cells[0]).expanduser()
+        path = resolve_cell(cells[0], base)
         try:
             if check_label is not None:
                 check_label.label(cells[index["label"]])
@@ -157,7 +158,7 @@ def read_rows(
         except ValueError as err:
             problems.append(f"{where}: {err}")
             continue
-        rows.append(ClassificationRow(number, path if path.is_absolute() else base / path, labels))
+        rows.append(ClassificationRow(number, path, labels))
     if not rows and not problems:
         raise DataError(f"{csv_path}: the CSV has no data rows")
     return rows, problems

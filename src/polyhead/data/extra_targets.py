@@ -27,6 +27,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from polyhead.data import raster_io
 from polyhead.data.validation import CsvRow
 from polyhead.errors import ConfigError, DataError
+from polyhead.paths import resolve_cell
 
 #: albumentations name of an extra target: ``extra_<key>`` (an additional "mask" target)
 PREFIX = "extra_"
@@ -123,8 +124,7 @@ class ExtraTargets:
                 cell = rec.get(column, "")
                 if not cell:
                     raise DataError(f"{where}: empty cell")
-                path = Path(cell).expanduser()
-                path = path if path.is_absolute() else base / path
+                path = resolve_cell(cell, base)
                 if not path.is_file():
                     raise DataError(f"{where} {path}: file not found")
                 try:

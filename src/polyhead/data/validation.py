@@ -19,6 +19,7 @@ import numpy as np
 
 from polyhead.data import raster_io
 from polyhead.errors import ConfigError, DataError
+from polyhead.paths import resolve_cell
 
 REQUIRED_COLUMNS = ("image", "mask")
 SOFT_COLUMN = "soft_mask"
@@ -142,11 +143,6 @@ class _Problems:
         raise DataError("\n".join([head, *(f"  - {line}" for line in self.lines)]))
 
 
-def _resolve(cell: str, base: Path) -> Path:
-    path = Path(cell).expanduser()
-    return path if path.is_absolute() else base / path
-
-
 def read_csv_rows(csv_path: str | Path, soft_labels: bool | None = False) -> list[CsvRow]:
     """Read an ``image,mask[,soft_mask]`` CSV; relative paths resolve against its folder.
 
@@ -183,7 +179,7 @@ def read_csv_rows(csv_path: str | Path, soft_labels: bool | None = False) -> lis
         if empty:
             problems.add(f"row {number}: empty {', '.join(empty)} cell(s)")
             continue
-        paths = [_resolve(cells[name], base) for name in names]
+        paths = [resolve_cell(cells[name], base) for name in names]
         rows.append(CsvRow(number, *paths))
     problems.raise_if_any()
     return rows

@@ -20,6 +20,7 @@ from polyhead.distill.predict import (
 from polyhead.distill.teacher import UNCERTAINTY_BANDS
 from polyhead.errors import DataError
 from polyhead.metrics import SegmentationMetrics
+from polyhead.paths import resolve_cell
 
 
 def _rows(csv_path: Path) -> list[dict[str, Path]]:
@@ -28,7 +29,7 @@ def _rows(csv_path: Path) -> list[dict[str, Path]]:
     need = {"image", "mask", "soft_mask", "uncertainty"}
     if not rows or not need <= set(rows[0]):
         raise DataError(f"{csv_path}: expected a distill.csv with columns {sorted(need)}")
-    return [{k: csv_path.parent / rows_k for k, rows_k in r.items()} for r in rows]
+    return [{k: resolve_cell(v, csv_path.parent) for k, v in r.items()} for r in rows]
 
 
 def _read(path: Path) -> np.ndarray:

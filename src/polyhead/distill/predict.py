@@ -22,6 +22,7 @@ from polyhead.distill.teacher import UNCERTAINTY_BANDS
 from polyhead.distill.tiled import apply_normalize, run_tiled
 from polyhead.errors import ConfigError, DataError
 from polyhead.inference.writers import AtomicGeoTiff, geotiff_profile
+from polyhead.paths import resolve_cell
 
 #: file a ``polyhead distill-targets`` run writes in its ``--out`` folder
 DISTILL_CSV = "distill.csv"
@@ -81,7 +82,7 @@ def teacher_uncertainty_paths(path: str | Path) -> dict[str, Path]:
         if not {"image", "uncertainty"} <= set(reader.fieldnames or ()):
             raise DataError(f"{csv_path}: not a distill.csv (needs columns image and "
                             f"uncertainty; has {reader.fieldnames})")
-        refs = {Path(r["image"]).stem: csv_path.parent / r["uncertainty"] for r in reader}
+        refs = {Path(r["image"]).stem: resolve_cell(r["uncertainty"], csv_path.parent) for r in reader}
     missing = [str(p) for p in refs.values() if not p.is_file()]
     if missing:
         raise DataError(f"{csv_path}: uncertainty raster(s) not found: {', '.join(missing[:5])}")
