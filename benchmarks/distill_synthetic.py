@@ -53,6 +53,7 @@ ABLATIONS: dict[str, dict] = {
     "thread + per-pixel KL": {"_target_": THREAD, "kl": "per_pixel"},
     "thread + sqrt transform": {"_target_": THREAD, "transform": "sqrt"},
     "thread + float32 targets": {"_target_": THREAD, "half_targets": False},
+    "thread + variance normalisation": {"_target_": THREAD, "normalize": True},
     "polyhead, std_per_class target": {"_target_": POLY, "uncertainty_target": "std_per_class"},
     "polyhead, std_winning, no variance normalisation": {
         "_target_": POLY, "uncertainty_target": "std_winning",

@@ -60,6 +60,9 @@ def test_thread_recipe_parts_and_total():
                                          + parts["uncertainty"].item(), rel=1e-5)
     with pytest.raises(ConfigError, match="output channel"):
         ThreadRecipeLoss()(logits, torch.zeros(B, 1, H, W), targets)
+    _, normalised = ThreadRecipeLoss(normalize=True)(logits, z, targets)
+    assert normalised["uncertainty"].item() == pytest.approx(
+        parts["uncertainty"].item() / std.var(unbiased=False).item(), rel=1e-4)
 
 
 def test_uncertainty_gradient_survives_mostly_zero_targets():

@@ -58,6 +58,18 @@ def to_uncertainty(
     raise ConfigError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
 
 
+def target_variance(
+    t: torch.Tensor, valid: torch.Tensor | None = None, min_variance: float = 1e-6
+) -> torch.Tensor:
+    """Variance of a (transformed) target ``[B, C, H, W]`` over its valid pixels (``valid``
+    ``[B, H, W]``, default all), detached and floored at ``min_variance``: the divisor that
+    makes a regression loss's size independent of how small the targets are."""
+    sel = t.detach().movedim(1, -1)
+    sel = sel[valid] if valid is not None else sel
+    var = sel.var(unbiased=False) if sel.numel() > 1 else t.new_zeros(())
+    return var.clamp_min(min_variance)
+
+
 def _check_target(name: str) -> str:
     if name not in UNCERTAINTY_TARGETS:
         raise ConfigError(f"uncertainty_target {name!r} unknown; valid: {list(UNCERTAINTY_TARGETS)}")
@@ -127,9 +139,7 @@ class UncertaintyRegressionLoss(nn.Module):
             valid = torch.ones_like(per[:, 0], dtype=torch.bool)
         value = masked_pixel_mean(per.mean(dim=1), valid)
         if self.normalize:
-            sel = t.detach().movedim(1, -1)[valid]
-            var = sel.var(unbiased=False) if sel.numel() > 1 else t.new_zeros(())
-            value = value / var.clamp_min(self.min_variance)
+            value = value / target_variance(t, valid, self.min_variance)
         return value
 
 
@@ -201,8 +211,9 @@ class ThreadRecipeLoss(nn.Module):
     and std cast to float16. Switches: ``sigmoid=False`` (raw head output), ``kl="per_pixel"``
     (polyhead's KL scaling instead of the element mean), ``transform="sqrt"`` (regress
     ``sqrt(std)``), ``half_targets=False``, ``uncertainty_target`` (the thread regresses
-    ``std_per_class``). The thread's CE ignored class 0 (its data set's void label); here
-    CE ignores ``ignore_index`` (the data's).
+    ``std_per_class``), ``normalize=True`` (divide the MSE by the batch variance of its
+    target, as `UncertaintyRegressionLoss` does; not in the thread). The thread's CE ignored
+    class 0 (its data set's void label); here CE ignores ``ignore_index`` (the data's).
     """
 
     def __init__(
@@ -215,6 +226,7 @@ class ThreadRecipeLoss(nn.Module):
         transform: str = "identity",
         half_targets: bool = True,
         uncertainty_target: str = "std_per_class",
+        normalize: bool = False,
         ignore_index: int | None = None,
     ) -> None:
         super().__init__()
@@ -225,7 +237,7 @@ class ThreadRecipeLoss(nn.Module):
         self.ce_weight, self.kl_weight = float(ce_weight), float(kl_weight)
         self.uncertainty_weight = float(uncertainty_weight)
         self.sigmoid, self.kl, self.transform = bool(sigmoid), kl, transform
-        self.half_targets = bool(half_targets)
+        self.half_targets, self.normalize = bool(half_targets), bool(normalize)
         self.uncertainty_target = _check_target(uncertainty_target)
         self.ignore_index = ignore_index
         self.distillation_criterion = nn.KLDivLoss(reduction="mean")
@@ -263,6 +275,8 @@ class ThreadRecipeLoss(nn.Module):
         pred = torch.sigmoid(unc_out.float()) if self.sigmoid else unc_out.float()
         target = forward_transform(self._cast(target), self.transform)
         parts["uncertainty"] = self.uncertainty_criterion(pred, target)
+        if self.normalize:
+            parts["uncertainty"] = parts["uncertainty"] / target_variance(target)
         total = self.kl_weight * kl + self.uncertainty_weight * parts["uncertainty"]
         if "ce" in parts:
             total = total + self.ce_weight * parts["ce"]
