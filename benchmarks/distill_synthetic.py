@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> str:
     t = time.perf_counter()
     targets = {}
     for split, csv_path in (("train", data.train_csv), ("val", data.val_csv)):
-        out = work / f"targets_{split}"
+        out = work / f"targets_{split}_m{len(ckpts)}"  # one cache per teacher count
         if not (args.reuse and (out / "distill.csv").is_file()):
             write_distillation_targets(build_teacher(ckpts), csv_path, out, tile_size=args.size,
                                        overlap=0)
@@ -167,6 +167,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--teachers", nargs="+", default=["unet", "unet", "unet"],
                     help="teacher decoders (seeds 0, 1, ...)")
+    ap.add_argument("--members", type=int,
+                    help="M teachers of the first --teachers decoder (instead of listing them)")
     ap.add_argument("--teacher-epochs", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--student-encoder", default="resnet18")
@@ -184,6 +186,8 @@ def main() -> None:
     ap.add_argument("--out", help="markdown output (default: results/distill_synthetic.md, or "
                     "distill_ablation.md with --ablation)")
     args = ap.parse_args()
+    if args.members:
+        args.teachers = [args.teachers[0]] * args.members
     args.lr = args.lr or (2e-3 if args.optimizer == "adamw" else 1e-2)
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

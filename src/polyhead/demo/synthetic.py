@@ -9,6 +9,7 @@ mask (per-class vote fractions).
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,15 +209,20 @@ def _write_tif(path: Path, data: np.ndarray, transform: Affine) -> None:
         transform=transform,
         compress="deflate",
     )
-    with rasterio.open(path, "w", **profile) as dst:
+    # written aside and renamed: a reader of an earlier run's file never sees a partial one
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data)
+    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: list[Sequence[str]]) -> None:
-    with open(path, "w", newline="") as fh:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 def generate_synthetic_dataset(
