@@ -140,10 +140,12 @@ def _table(rows, args, timings) -> str:
             f"{r['student_mIoU']:.3f} | "
             f"{r['ensemble_mIoU']:.3f} | {r['seconds']:.0f} |"
         )
+    kinds = sorted(set(args.teachers))
+    decoders = (f"{kinds[0]} each" if len(kinds) == 1 else "/".join(args.teachers))
     settings = (
         f"Settings: {args.n_train} train / {args.n_val} val synthetic scenes of {args.size} px "
-        f"(4 bands, 4 classes); M={len(args.teachers)} teachers (resnet18 + "
-        f"{'/'.join(args.teachers)}, seeds 0-{len(args.teachers) - 1}, {args.teacher_epochs} "
+        f"(4 bands, 4 classes); M={len(args.teachers)} teachers (resnet18 + {decoders}, seeds "
+        f"0-{len(args.teachers) - 1}, {args.teacher_epochs} "
         f"epochs x {args.samples} crops of {args.crop} px); students {args.student_encoder} + "
         f"2 {args.student_decoder} heads, {args.epochs} epochs x {args.samples} crops of "
         f"{args.crop} px, batch 8, "

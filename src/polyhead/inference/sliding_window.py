@@ -228,15 +228,6 @@ def predict_array(
     return out
 
 
-class _WindowedGeoTiff(AtomicGeoTiff):
-    """`AtomicGeoTiff` that also writes at a column offset."""
-
-    def write_at(self, data: np.ndarray, row: int, col: int) -> None:
-        """Write ``data`` ``[count, h, w]`` at rows ``row ..`` and columns ``col ..``."""
-        window = Window(col, row, data.shape[2], data.shape[1])
-        self._dst.write(data.astype(self.profile["dtype"], copy=False), window=window)
-
-
 def _gdal_cache_env() -> AbstractContextManager[Any]:
     """A `rasterio.Env` capping GDAL's cache unless GDAL_CACHEMAX is set (env var or Env)."""
     if "GDAL_CACHEMAX" in os.environ or (hasenv() and "GDAL_CACHEMAX" in getenv()):
@@ -345,7 +336,7 @@ def predict_raster(
             on_tiles=advance,
         )
         stack.enter_context(closing(blocks))
-        writers: dict[str, _WindowedGeoTiff] = {}
+        writers: dict[str, AtomicGeoTiff] = {}
         n_classes = 0
         for y, x, proba in blocks:
             if not writers:  # K is known once the first block is done
@@ -362,14 +353,14 @@ def predict_raster(
                 for key, (path, count, dtype) in outputs.items():
                     if path is not None:
                         profile = geotiff_profile(height, width, count, dtype, crs, transform)
-                        writers[key] = stack.enter_context(_WindowedGeoTiff(path, profile))
-            writers["classes"].write_at(proba.argmax(axis=0)[None].astype(np.uint8), y, x)
+                        writers[key] = stack.enter_context(AtomicGeoTiff(path, profile))
+            writers["classes"].write(proba.argmax(axis=0)[None].astype(np.uint8), y, x)
             if "uncertainty" in writers:
-                writers["uncertainty"].write_at(predictive_entropy(proba)[None], y, x)
+                writers["uncertainty"].write(predictive_entropy(proba)[None], y, x)
             if "proba" in writers:
                 if probabilities_dtype == "uint8":
                     proba = np.clip(np.rint(proba * 255.0), 0, 255)
-                writers["proba"].write_at(proba, y, x)
+                writers["proba"].write(proba, y, x)
         for writer in reversed(writers.values()):
             writer.commit()
     return PredictionResult(

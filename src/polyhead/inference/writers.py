@@ -62,9 +62,10 @@ class AtomicGeoTiff:
             self._dst = rasterio.open(self.tmp_path, "w", **self.profile)
         return self
 
-    def write(self, data: np.ndarray, row: int) -> None:
-        """Write ``data`` ``[count, n, width]`` at rows ``row .. row + n``."""
-        window = Window(0, row, data.shape[2], data.shape[1])
+    def write(self, data: np.ndarray, row: int, col: int = 0) -> None:
+        """Write ``data`` ``[count, h, w]`` at rows ``row .. row + h`` and columns
+        ``col .. col + w``."""
+        window = Window(col, row, data.shape[2], data.shape[1])
         self._dst.write(data.astype(self.profile["dtype"], copy=False), window=window)
 
     def close(self) -> None:
