@@ -65,21 +65,29 @@ def _checkpoint(result) -> Path:
     return result.last_checkpoint or result.best_checkpoint
 
 
+def ensure_teachers(work: Path, data, decoders: list[str], epochs: int, crop: int,
+                    samples: int, reuse: bool) -> list[str]:
+    """Checkpoints of teachers ``work/teacher_<seed>_<decoder>`` (seed = position), trained
+    unless ``reuse`` finds them."""
+    ckpts = []
+    for seed, decoder in enumerate(decoders):
+        out = work / f"teacher_{seed}_{decoder}"
+        last = out / "run" / "checkpoints" / "last.ckpt"
+        if not (reuse and last.is_file()):
+            train(teacher_config(data, out, decoder, seed, epochs, crop_size=crop,
+                                 samples_per_epoch=samples))
+        ckpts.append(str(last))
+    return ckpts
+
+
 def run(args: argparse.Namespace) -> str:
     work = Path(args.work)
     t0 = time.perf_counter()
     data = generate_synthetic_dataset(work / "data", n_train=args.n_train, n_val=args.n_val,
                                       size=args.size, seed=0)
     timings: dict[str, float] = {}
-    ckpts = []
-    for seed, decoder in enumerate(args.teachers):
-        out = work / f"teacher_{seed}_{decoder}"
-        last = out / "run" / "checkpoints" / "last.ckpt"
-        if not (args.reuse and last.is_file()):
-            cfg = teacher_config(data, out, decoder, seed, args.teacher_epochs,
-                                 crop_size=args.crop, samples_per_epoch=args.samples)
-            train(cfg)
-        ckpts.append(str(last))
+    ckpts = ensure_teachers(work, data, args.teachers, args.teacher_epochs, args.crop,
+                            args.samples, args.reuse)
     timings["teachers"] = time.perf_counter() - t0
     t = time.perf_counter()
     targets = {}
