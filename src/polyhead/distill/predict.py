@@ -208,7 +208,10 @@ def predict_student_files(
             ref = None
             if reference_uncertainty and stem in reference_uncertainty:
                 ref = read_uncertainty_band(reference_uncertainty[stem], reference_band)
-            fig_path = save_uncertainty_figure(out_dir / f"{stem}_uncertainty.png", image,
-                                               classes, unc, ref)
+            target = spec.get("uncertainty_target", "entropy")
+            fig_path = save_uncertainty_figure(
+                out_dir / f"{stem}_uncertainty.png", image, classes, unc, ref,
+                title=f"{stem}: {'std of the winning class' if 'std' in target else target}",
+            )
         results.append(StudentPrediction(class_path, unc_path, fig_path, proba_path))
     return results
