@@ -59,6 +59,11 @@ ABLATIONS: dict[str, dict] = {
     "thread + float32 targets": {"_target_": THREAD, "half_targets": False},
     "thread + variance normalisation": {"_target_": THREAD, "normalize": True},
     "polyhead, std_per_class target": {"_target_": POLY, "uncertainty_target": "std_per_class"},
+    "polyhead, std_winning, identity transform": {
+        "_target_": POLY, "uncertainty_target": "std_winning",
+        "uncertainty": {"_target_": REGRESSION, "transform": "identity"}},
+    "polyhead, entropy, identity transform": {
+        "_target_": POLY, "uncertainty": {"_target_": REGRESSION, "transform": "identity"}},
     "polyhead, std_winning, no variance normalisation": {
         "_target_": POLY, "uncertainty_target": "std_winning",
         "uncertainty": {"_target_": REGRESSION, "normalize": False}},
@@ -110,11 +115,13 @@ def run(args: argparse.Namespace) -> str:
         t = time.perf_counter()
         slug = re.sub(r"[^a-z0-9]+", "_", name.lower().replace("+", "plus")).strip("_")
         student_dir = work / f"student_{args.optimizer}_{slug}"
+        if args.seed:
+            student_dir = student_dir.with_name(f"{student_dir.name}_seed{args.seed}")
         shutil.rmtree(student_dir, ignore_errors=True)  # no stale checkpoints of earlier runs
         cfg = student_config(data, targets["train"], targets["val"], student_dir,
                              loss=loss, epochs=args.epochs, crop_size=args.crop,
                              encoder_name=args.student_encoder, decoder=args.student_decoder,
-                             samples_per_epoch=args.samples, lr=args.lr)
+                             samples_per_epoch=args.samples, lr=args.lr, seed=args.seed)
         if args.clip:
             cfg["pl_trainer"]["gradient_clip_val"] = args.clip
         if args.optimizer == "sgd":
@@ -126,7 +133,8 @@ def run(args: argparse.Namespace) -> str:
                                overlap=args.crop // 2, keep_maps=True)
         image, pred, unc, ref = res.pop("maps")[0]
         if not args.ablation:
-            suffix = "_sgd" if args.optimizer == "sgd" else ""
+            suffix = ("_sgd" if args.optimizer == "sgd" else "") + (
+                f"_seed{args.seed}" if args.seed else "")
             save_uncertainty_figure(RESULTS / f"distill_synthetic{suffix}_{slug}.png", image, pred, unc,
                                     ref, class_names=data.class_names, title=name)
         res["seconds"] = time.perf_counter() - t
@@ -162,7 +170,7 @@ def _table(rows, args, timings) -> str:
         f"2 {args.student_decoder} heads, {args.epochs} epochs x {args.samples} crops of "
         f"{args.crop} px, batch 8, "
         f"{'AdamW' if args.optimizer == 'adamw' else 'SGD (momentum 0.9)'} lr {args.lr} (cosine)"
-        f"{f', gradient-norm clipping {args.clip}' if args.clip else ''}, seed 0, random init; evaluated on the 'evaluated on' band of the "
+        f"{f', gradient-norm clipping {args.clip}' if args.clip else ''}, seed {args.seed}, random init; evaluated on the 'evaluated on' band of the "
         f"ensemble's uncertainty (per-class heads read at the student's arg-max class and "
         f"compared with std_winning), whole val scenes tiled at the crop size with half "
         f"overlap; torch threads "
@@ -193,6 +201,7 @@ def main() -> None:
                     help="student optimizer (sgd: momentum 0.9, as DeepLab is usually trained)")
     ap.add_argument("--lr", type=float, help="default: 2e-3 (adamw), 1e-2 (sgd)")
     ap.add_argument("--clip", type=float, help="gradient-norm clipping of the students")
+    ap.add_argument("--seed", type=int, default=0, help="students' seed")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ablation", action="store_true",
                     help="run the ablation variants instead (use --reuse with the main run's --work)")
