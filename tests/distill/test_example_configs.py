@@ -1,0 +1,44 @@
+"""The distillation example configs train as written (only paths and sizes overridden)."""
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from polyhead.cli import main
+from polyhead.distill.predict import checkpoint_student_spec
+
+from .test_end_to_end import _train_teacher
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def distill_csv(synthetic, tmp_path_factory):
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("example_configs")
+    teachers = [_train_teacher(synthetic, root / f"t{i}", "unet", i, steps=2) for i in range(2)]
+    assert main(["distill-targets", "--teacher", *map(str, teachers), "--csv",
+                 str(synthetic.train_csv), "--out", str(root / "targets"), "--tile-size", "32",
+                 "--overlap", "16"]) == 0
+    return root / "targets" / "distill.csv"
+
+
+@pytest.mark.parametrize(("name", "target"), [("distill_student", "entropy"),
+                                              ("distill_thread_recipe", "std_per_class")])
+def test_example_config_trains_a_student(name, target, distill_csv, tmp_path):
+    overrides = [
+        f"train_dataset.input_csv_path={distill_csv}", f"val_dataset.input_csv_path={distill_csv}",
+        "train_dataset.crop_size=32", "val_dataset.crop_size=32",
+        "train_dataset.samples_per_epoch=8", "train_dataset.data_loader.batch_size=4",
+        "train_dataset.data_loader.num_workers=0", "val_dataset.data_loader.num_workers=0",
+        f"output_dir={tmp_path}", "pl_trainer.max_epochs=1", "pl_trainer.accelerator=cpu",
+        "+pl_trainer.limit_val_batches=1", "+pl_trainer.enable_progress_bar=false",
+        "+pl_trainer.enable_model_summary=false", "+pl_trainer.log_every_n_steps=1",
+    ]
+    config = REPO / "configs" / "examples" / f"{name}.yaml"
+    assert main(["train", "--config", str(config), *overrides]) == 0
+    spec = checkpoint_student_spec(tmp_path / "checkpoints" / "last.ckpt")
+    assert spec is not None and spec["uncertainty_target"] == target
