@@ -116,3 +116,19 @@ def test_target_band_matches_distill_targets_band_order():
     assert target_band("mutual_information") == 2
     with pytest.raises(ConfigError, match="unknown"):
         target_band("variance")
+
+
+def test_figure_reads_are_decimated_for_large_rasters(tmp_path):
+    from polyhead.distill.predict import read_decimated
+
+    data = np.arange(40 * 2100, dtype=np.uint16).reshape(1, 40, 2100)
+    path = tmp_path / "wide.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=40, width=2100, count=1,
+                       dtype="uint16", crs="EPSG:32633",
+                       transform=rasterio.transform.Affine(10, 0, 0, 0, -10, 0)) as dst:
+        dst.write(data)
+    small = read_decimated(path, 4096)
+    np.testing.assert_array_equal(small, data)
+    big = read_decimated(path, 1024)  # every 3rd pixel: 14 x 700
+    assert big.shape == (1, 14, 700)
+    assert set(np.unique(big)) <= set(np.unique(data))

@@ -430,3 +430,35 @@ def test_gdal_cache_capped_while_predicting(tmp_path: Path, monkeypatch) -> None
     with rasterio.Env(GDAL_CACHEMAX=32 * 2**20):  # the user's setting wins
         predict_raster(model, src, tmp_path / "o.tif", tile_size=T, overlap=OV, progress=False)
     assert model.seen and {int(v) for v in model.seen} == {32 * 2**20}
+
+
+class _ProbsAndOwnUncertainty(nn.Module):
+    """Softmax of a conv model plus, as the last channel, a map of its own (like a student)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _conv3(5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(self.net(x), dim=1)
+        return torch.cat([p, x[:, :1] ** 2], dim=1)
+
+
+def test_activation_and_own_uncertainty_band(tmp_path: Path) -> None:
+    image = _image(70, 90, seed=4)
+    src = _write(tmp_path / "in.tif", image)
+    model = _ProbsAndOwnUncertainty()
+    ref = predict_array(model, image, tile_size=T, overlap=OV, activation=nn.Identity())
+    assert ref.shape == (K + 1, 70, 90)
+    np.testing.assert_allclose(ref[:K], predict_array(model.net, image, tile_size=T, overlap=OV),
+                               atol=1e-6)  # blending probabilities is linear
+    for block in (4096, 40):
+        res = predict_raster(model, src, tmp_path / f"b{block}.tif", tile_size=T, overlap=OV,
+                             write_probabilities=True, write_uncertainty=True, progress=False,
+                             block_size=block, activation=nn.Identity(), uncertainty_band=True)
+        assert res.n_classes == K
+        np.testing.assert_allclose(_read(res.probabilities_path), ref[:K], atol=1e-6)
+        np.testing.assert_array_equal(_read(res.class_map_path)[0], ref[:K].argmax(axis=0))
+        np.testing.assert_allclose(_read(res.uncertainty_path)[0], ref[K], atol=1e-6)
+    # the own band is blended like the probabilities: equal to x^2 where tiles see the same x
+    np.testing.assert_allclose(ref[K], image[0] ** 2, atol=1e-5)

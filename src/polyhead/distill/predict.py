@@ -8,6 +8,7 @@ output maps back to uncertainty; `student_spec` reads it.
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,7 @@ import torch
 from polyhead.data import raster_io
 from polyhead.data.extra_targets import value_transform
 from polyhead.distill.teacher import UNCERTAINTY_BANDS
-from polyhead.distill.tiled import apply_normalize, run_tiled
 from polyhead.errors import ConfigError, DataError
-from polyhead.inference.writers import AtomicGeoTiff, geotiff_profile
 from polyhead.paths import resolve_cell
 
 #: file a ``polyhead distill-targets`` run writes in its ``--out`` folder
@@ -89,6 +88,24 @@ def teacher_uncertainty_paths(path: str | Path) -> dict[str, Path]:
     return refs
 
 
+class StudentMaps(torch.nn.Module):
+    """A distilled student as one output: its class-map head's softmax ``[B, K, h, w]`` and, as
+    channel K, its uncertainty map (mapped back from the head's space; a per-class head read at
+    the student's arg-max class), so the sliding-window code blends both at once."""
+
+    def __init__(self, model: torch.nn.Module, spec: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.model, self.spec = model, dict(spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from polyhead.tasks.distillation import student_uncertainty
+
+        out = self.model.forward_heads(x)
+        seg = out[self.spec["seg_head"]]
+        u = student_uncertainty(seg, out[self.spec["uncertainty_head"]], self.spec)
+        return torch.cat([seg.float().softmax(dim=1), u.float()], dim=1)
+
+
 def predict_student(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -99,22 +116,13 @@ def predict_student(
     batch_size: int = 4,
     device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities ``[K, H, W]`` and uncertainty ``[H, W]`` for a raw image ``[C, H, W]``.
+    """Class probabilities ``[K, H, W]`` and uncertainty ``[H, W]`` for a raw image ``[C, H, W]``
+    held in memory (`polyhead.inference.sliding_window.predict_array`; rasters of any size:
+    `predict_student_files`)."""
+    from polyhead.inference.sliding_window import predict_array
 
-    Both are blended over tiles: the probabilities as softmax, the uncertainty after mapping
-    the head's output back (a per-class head is read at the student's arg-max class per tile).
-    """
-    from polyhead.tasks.distillation import student_uncertainty
-
-    model = model.to(device).eval()
-    seg, unc = spec["seg_head"], spec["uncertainty_head"]
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        out = model.forward_heads(x)
-        u = student_uncertainty(out[seg], out[unc], spec)
-        return torch.cat([out[seg].float().softmax(dim=1), u], dim=1)
-
-    maps = run_tiled(fn, apply_normalize(normalize, image), tile_size, overlap, batch_size, device)
+    maps = predict_array(StudentMaps(model, spec), image, tile_size, overlap, batch_size,
+                         device, normalize=normalize, activation=torch.nn.Identity())
     return maps[:-1], maps[-1]
 
 
@@ -128,28 +136,38 @@ class StudentPrediction:
     probabilities: Path | None = None
 
 
-def _write(path: Path, data: np.ndarray, dtype: str, src: Path) -> None:
-    """Write ``data`` with ``src``'s georeferencing (none for npy/PNG/JPEG sources)."""
-    crs = transform = None
-    if src.suffix.lower() not in (*raster_io.NPY_SUFFIXES, *raster_io.PIL_SUFFIXES):
-        import rasterio
-
-        with rasterio.open(src) as ds:
-            crs = ds.crs
-            transform = None if ds.transform.is_identity and crs is None else ds.transform
-    profile = geotiff_profile(data.shape[1], data.shape[2], data.shape[0], dtype, crs, transform)
-    with AtomicGeoTiff(path, profile) as writer:
-        writer.write(data, 0)
-        writer.commit()
+#: longest side of the rasters drawn in a prediction figure (larger ones are decimated)
+FIGURE_SIDE = 1024
 
 
-def read_uncertainty_band(path: str | Path, band: int = 0) -> np.ndarray:
-    """One band (0-based) of an uncertainty raster written by ``distill-targets``, as floats."""
+def read_decimated(path: str | Path, max_side: int = FIGURE_SIDE) -> np.ndarray:
+    """All bands of a raster ``[C, h, w]``, nearest-neighbour decimated so that its longest side
+    is at most ``max_side`` (read whole when it already is)."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            step = max(1, -(-max(ds.height, ds.width) // max_side))
+            shape = (ds.count, -(-ds.height // step), -(-ds.width // step))
+            return ds.read(out_shape=shape, resampling=Resampling.nearest)
+
+
+def read_uncertainty_band(
+    path: str | Path, band: int = 0, max_side: int | None = None
+) -> np.ndarray:
+    """One band (0-based) of an uncertainty raster written by ``distill-targets``, as floats
+    (decimated to ``max_side`` when given, as `read_decimated`)."""
     path = Path(path)
     info = raster_io.raster_info(path)
-    raw = raster_io.read_window(path, 0, 0, info.height, info.width)[band].astype(np.float32)
+    if max_side is None:
+        raw = raster_io.read_window(path, 0, 0, info.height, info.width)[band]
+    else:
+        raw = read_decimated(path, max_side)[band]
     scale, offset = value_transform(path, info.dtype, info.count)
-    return raw * scale[band] + offset[band]
+    return raw.astype(np.float32) * scale[band] + offset[band]
 
 
 def predict_student_files(
@@ -179,6 +197,7 @@ def predict_student_files(
     from polyhead.checkpoint import load_model
     from polyhead.distill.figures import save_uncertainty_figure
     from polyhead.inference.predict import expand_inputs, inference_normalization
+    from polyhead.inference.sliding_window import predict_raster
 
     paths = expand_inputs(images)  # fail on bad input before loading anything heavy
     model, cfg = load_model(checkpoint, overrides)
@@ -187,31 +206,32 @@ def predict_student_files(
         reference_band = target_band(spec.get("uncertainty_target", "entropy"))
     normalize = inference_normalization(cfg)
     out_dir = Path(output_dir)
+    student = StudentMaps(model, spec)
+    target = spec.get("uncertainty_target", "entropy")
     results = []
     for image_path in paths:
-        info = raster_io.raster_info(image_path)
-        image = raster_io.read_window(image_path, 0, 0, info.height, info.width)
-        probs, unc = predict_student(model, image, spec, normalize, tile_size, overlap,
-                                     batch_size, device)
-        classes = probs.argmax(axis=0).astype(np.uint8)
         stem = image_path.stem
         class_path = out_dir / f"{stem}_classes.tif"
         unc_path = out_dir / f"{stem}_uncertainty.tif"
-        _write(class_path, classes[None], "uint8", image_path)
-        _write(unc_path, unc[None].astype(np.float32), "float32", image_path)
-        proba_path = None
-        if write_probabilities:
-            proba_path = out_dir / f"{stem}_proba.tif"
-            _write(proba_path, probs.astype(np.float32), "float32", image_path)
+        result = predict_raster(
+            student, image_path, class_path, tile_size=tile_size, overlap=overlap,
+            batch_size=batch_size, device=device, normalize=normalize,
+            write_probabilities=write_probabilities,
+            probabilities_path=out_dir / f"{stem}_proba.tif", write_uncertainty=True,
+            uncertainty_path=unc_path, activation=torch.nn.Identity(), uncertainty_band=True,
+        )
         fig_path = None
         if figure:
             ref = None
             if reference_uncertainty and stem in reference_uncertainty:
-                ref = read_uncertainty_band(reference_uncertainty[stem], reference_band)
-            target = spec.get("uncertainty_target", "entropy")
+                ref = read_uncertainty_band(reference_uncertainty[stem], reference_band,
+                                            FIGURE_SIDE)
             fig_path = save_uncertainty_figure(
-                out_dir / f"{stem}_uncertainty.png", image, classes, unc, ref,
+                out_dir / f"{stem}_uncertainty.png", read_decimated(image_path, FIGURE_SIDE),
+                read_decimated(class_path, FIGURE_SIDE)[0],
+                read_decimated(unc_path, FIGURE_SIDE)[0], ref,
                 title=f"{stem}: {'std of the winning class' if 'std' in target else target}",
             )
-        results.append(StudentPrediction(class_path, unc_path, fig_path, proba_path))
+        results.append(StudentPrediction(class_path, unc_path, fig_path,
+                                          result.probabilities_path))
     return results

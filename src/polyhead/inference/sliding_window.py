@@ -87,6 +87,10 @@ def _eval_mode(model: Any, device: torch.device) -> Iterator[None]:
             model.train()
 
 
+#: turns a model's output ``[B, C, h, w]`` into the per-pixel maps to blend (default: softmax)
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+
 def _iter_prob_blocks(
     model: Any,
     read: ReadWindow,
@@ -103,6 +107,7 @@ def _iter_prob_blocks(
     output_key: str | int | None,
     block_size: int,
     on_tiles: Callable[[int], None] | None = None,
+    activation: Activation | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield ``(row, col, probabilities [K, n, w])`` windows of finished output pixels.
 
@@ -154,7 +159,7 @@ def _iter_prob_blocks(
                     if th < tile_size or tw < tile_size:
                         tiles = [np.pad(t, pad, mode=pad_mode) for t in tiles]
                     batch = np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2))
-                    probs = weighted_softmax(model, batch, dev, window, output_key)
+                    probs = weighted_softmax(model, batch, dev, window, output_key, activation)
                     if acc is None:
                         acc_buf = np.empty(probs.shape[1] * wsum_buf.size, np.float32)
                         acc = zeroed_view(acc_buf, (probs.shape[1], th, span))
@@ -191,6 +196,7 @@ def predict_array(
     pad_mode: str = "reflect",
     output_key: str | int | None = None,
     progress: bool = False,
+    activation: Activation | None = None,
 ) -> np.ndarray:
     """Blended sliding-window probabilities ``[K, H, W]`` (float32) for ``image [C, H, W]``.
 
@@ -217,6 +223,7 @@ def predict_array(
         output_key=output_key,
         block_size=width,
         on_tiles=advance,
+        activation=activation,
     )
     out: np.ndarray | None = None
     with bar, closing(blocks):
@@ -262,6 +269,8 @@ def predict_raster(
     write_uncertainty: bool = False,
     uncertainty_path: str | Path | None = None,
     block_size: int = 4096,
+    activation: Activation | None = None,
+    uncertainty_band: bool = False,
 ) -> PredictionResult:
     """Predict a class map (uint8 GeoTIFF) for a raster of any size in bounded memory.
 
@@ -278,6 +287,12 @@ def predict_raster(
     see `polyhead.inference.uncertainty`) is written to ``uncertainty_path`` (default
     ``<out stem>_uncertainty.tif``). Outputs are written
     to temp files and renamed at the end; on failure nothing is left behind.
+
+    ``activation`` replaces the softmax that turns the model's output into the maps that are
+    blended (see `weighted_softmax`). With ``uncertainty_band`` the last blended channel is an
+    uncertainty map of the model's own (e.g. a distilled student's uncertainty head): it is
+    left out of the class map and the probabilities, and written as the uncertainty band
+    instead of the entropy.
 
     The raster is streamed in vertical bands ``block_size`` pixels wide (at least one
     tile; multiples of 256 align with the output blocks), each top to bottom, so memory
@@ -334,13 +349,19 @@ def predict_raster(
             output_key=output_key,
             block_size=block_size,
             on_tiles=advance,
+            activation=activation,
         )
         stack.enter_context(closing(blocks))
         writers: dict[str, AtomicGeoTiff] = {}
         n_classes = 0
         for y, x, proba in blocks:
+            own_uncertainty = None
+            if uncertainty_band:
+                proba, own_uncertainty = proba[:-1], proba[-1:]
             if not writers:  # K is known once the first block is done
                 n_classes = proba.shape[0]
+                if n_classes < 1:
+                    raise ConfigError("uncertainty_band needs class channels before the last one")
                 if n_classes > 256:
                     raise ConfigError(
                         f"a uint8 class map holds at most 256 classes, got {n_classes}"
@@ -356,7 +377,8 @@ def predict_raster(
                         writers[key] = stack.enter_context(AtomicGeoTiff(path, profile))
             writers["classes"].write(proba.argmax(axis=0)[None].astype(np.uint8), y, x)
             if "uncertainty" in writers:
-                writers["uncertainty"].write(predictive_entropy(proba)[None], y, x)
+                unc = predictive_entropy(proba)[None] if own_uncertainty is None else own_uncertainty
+                writers["uncertainty"].write(unc, y, x)
             if "proba" in writers:
                 if probabilities_dtype == "uint8":
                     proba = np.clip(np.rint(proba * 255.0), 0, 255)

@@ -126,8 +126,12 @@ def weighted_softmax(
     device: torch.device,
     window: torch.Tensor,
     output_key: str | int | None,
+    activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """Softmax of ``model(batch)`` times the blend ``window``: ``[B, K, T, T]`` float32 on CPU."""
+    """Softmax of ``model(batch)`` times the blend ``window``: ``[B, K, T, T]`` float32 on CPU.
+
+    ``activation`` replaces the softmax over channels (e.g. ``torch.nn.Identity()`` for a
+    model that already returns the per-pixel maps to blend)."""
     with torch.inference_mode():
         out = model(torch.from_numpy(batch).to(device))
         if output_key is not None:
@@ -139,4 +143,5 @@ def weighted_softmax(
                 f"model output must be [B, K, h, w] = [{batch.shape[0]}, K, "
                 f"{batch.shape[2]}, {batch.shape[3]}], got {list(out.shape)}"
             )
-        return (torch.softmax(out.float(), dim=1) * window).cpu().numpy()
+        maps = torch.softmax(out.float(), dim=1) if activation is None else activation(out).float()
+        return (maps * window).cpu().numpy()
