@@ -27,8 +27,8 @@ from polyhead.data import raster_io
 from polyhead.demo.synthetic import generate_synthetic_dataset
 from polyhead.distill.metrics import pearson, spearman
 from polyhead.distill.teacher import UNCERTAINTY_BANDS, EnsembleTeacher, stack_uncertainty
-from polyhead.distill.tiled import apply_normalize, run_tiled
 from polyhead.inference.predict import SelectedHead, inference_normalization
+from polyhead.inference.sliding_window import predict_array
 
 
 def member_probs(ckpts: list[str], images: list[np.ndarray], tile: int) -> list[list[np.ndarray]]:
@@ -38,8 +38,7 @@ def member_probs(ckpts: list[str], images: list[np.ndarray], tile: int) -> list[
         model, cfg = load_model(ckpt)
         member = SelectedHead(model.eval())
         norm = inference_normalization(cfg)
-        out.append([run_tiled(lambda x, m=member: m(x).float().softmax(1),
-                              apply_normalize(norm, im), tile, 0, 4, "cpu") for im in images])
+        out.append([predict_array(member, im, tile, 0, 4, normalize=norm) for im in images])
     return out
 
 

@@ -35,7 +35,6 @@ from rasterio.errors import NotGeoreferencedWarning
 from polyhead.data import raster_io
 from polyhead.data.validation import read_csv_rows
 from polyhead.distill.teacher import EnsembleTeacher, band_names, stack_uncertainty
-from polyhead.distill.tiled import apply_normalize, run_tiled
 from polyhead.errors import ConfigError
 from polyhead.inference.writers import AtomicGeoTiff, geotiff_profile
 
@@ -79,15 +78,16 @@ def teacher_maps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Teacher mean probabilities ``[K, H, W]`` and uncertainty ``[3 + K, H, W]`` for a raw
     ``image [C, H, W]`` (``normalize`` applied first)."""
+    from polyhead.inference.sliding_window import predict_array
+
     teacher = teacher.to(device)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         stats = teacher(x)
         return torch.cat([stats["probs"], stack_uncertainty(stats)], dim=1)
 
-    maps = run_tiled(
-        fn, apply_normalize(normalize, image), tile_size, overlap, batch_size, device
-    )
+    maps = predict_array(fn, image, tile_size, overlap, batch_size, device, normalize=normalize,
+                         activation=torch.nn.Identity())
     k = (maps.shape[0] - 3) // 2
     probs = maps[:k] / np.maximum(maps[:k].sum(axis=0, keepdims=True), 1e-12)
     return probs, np.maximum(maps[k:], 0.0)
