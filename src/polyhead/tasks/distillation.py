@@ -72,7 +72,7 @@ class DistillationTask(BaseTask):
 
     Logs ``loss/{stage}``, ``loss/{stage}/{kl,ce,uncertainty}``, ``val/mIoU``,
     ``val/pixel_accuracy``, ``val/ECE`` (student class map vs hard mask) and
-    ``val/uncertainty/{pearson,spearman,mean_pred,mean_target}``: the student's map (a
+    ``val/uncertainty/{pearson,spearman,mean_pred,mean_target,std_pred,std_target}``: the student's map (a
     per-class head read at its arg-max class) against the teacher's ``uncertainty_target``
     (``std_winning`` when the target is per class). The run config gets a ``distillation``
     entry (heads, transform, activation) so predictions can be turned back into uncertainty.
