@@ -27,3 +27,22 @@ def conv_teacher(bands: int = 4, n_classes: int = 4, members: int = 2, seed: int
         for _ in range(members)
     ]
     return EnsembleTeacher(nets)
+
+
+@pytest.fixture(scope="session")
+def tiny_targets(synthetic, tmp_path_factory):
+    """(2 teacher checkpoints, distill.csv): 3-step teachers, targets cached by the
+    ``distill-targets`` CLI on the synthetic training scenes with 32 px tiles."""
+    from polyhead.cli import main
+
+    from .helpers import train_teacher
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny_targets")
+    teachers = [train_teacher(synthetic, root / f"t{i}", "unet", i, steps=3) for i in range(2)]
+    assert main(["distill-targets", "--teacher", *map(str, teachers), "--csv",
+                 str(synthetic.train_csv), "--out", str(root / "targets"), "--tile-size", "32",
+                 "--overlap", "16"]) == 0
+    torch.set_num_threads(before)
+    return teachers, root / "targets" / "distill.csv"

@@ -3,46 +3,20 @@ predict (uncertainty map + figure), and one live-teacher step."""
 
 import argparse
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from polyhead.distill.cli import add_parsers
-from polyhead.distill.configs import student_config, teacher_config
+from polyhead.distill.configs import student_config
 from polyhead.distill.evaluate import evaluate_student
 from polyhead.distill.predict import predict_student_files
 from polyhead.train import build_task, train
 
-TEACHER_ENCODER = "tu-mobilenetv3_small_050"  # ~0.3 M parameters: quick on a busy CPU
-FAST = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
-        "enable_model_summary": False, "log_every_n_steps": 1, "logger": False}
-
-
-def _train_teacher(data, out: Path, decoder: str, seed: int, steps: int = 40) -> Path:
-    """A polyhead checkpoint trained with a plain loop (Lightning's start-up is not under test)."""
-    cfg = teacher_config(data, out, decoder, seed, crop_size=32, samples_per_epoch=8 * steps)
-    cfg["model"]["encoder_name"] = TEACHER_ENCODER
-    torch.manual_seed(seed)
-    model = instantiate(cfg["model"], _convert_="all")
-    loader = instantiate(cfg["train_dataset"], _convert_="all").make_loader()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for batch in loader:
-        loss = F.cross_entropy(model(batch["image"])["A"], batch["targets"]["hard"],
-                               ignore_index=255)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "teacher.ckpt"
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"polyhead_config": cfg, "state_dict": state}, path)
-    return path
+from .helpers import FAST, TEACHER_ENCODER, train_teacher
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +24,7 @@ def pipeline(synthetic, tmp_path_factory):
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("distill")
-    ckpts = [_train_teacher(synthetic, root / f"t{i}", dec, i)
+    ckpts = [train_teacher(synthetic, root / f"t{i}", dec, i)
              for i, dec in enumerate(("unet", "unet"))]
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers(dest="command"))

@@ -1,34 +1,19 @@
 """The distillation example configs train as written (only paths and sizes overridden)."""
 
-import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 from polyhead.cli import main
 from polyhead.distill.predict import checkpoint_student_spec
 
-from .test_end_to_end import _train_teacher
-
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def distill_csv(synthetic, tmp_path_factory):
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("example_configs")
-    teachers = [_train_teacher(synthetic, root / f"t{i}", "unet", i, steps=2) for i in range(2)]
-    assert main(["distill-targets", "--teacher", *map(str, teachers), "--csv",
-                 str(synthetic.train_csv), "--out", str(root / "targets"), "--tile-size", "32",
-                 "--overlap", "16"]) == 0
-    return root / "targets" / "distill.csv"
 
 
 @pytest.mark.parametrize(("name", "target"), [("distill_student", "entropy"),
                                               ("distill_thread_recipe", "std_per_class")])
-def test_example_config_trains_a_student(name, target, distill_csv, tmp_path):
+def test_example_config_trains_a_student(name, target, tiny_targets, tmp_path):
+    _, distill_csv = tiny_targets
     overrides = [
         f"train_dataset.input_csv_path={distill_csv}", f"val_dataset.input_csv_path={distill_csv}",
         "train_dataset.crop_size=32", "val_dataset.crop_size=32",

@@ -21,21 +21,18 @@ from polyhead.errors import ConfigError
 from polyhead.inference.predict import inference_normalization
 from polyhead.train import train
 
-from .test_end_to_end import FAST, TEACHER_ENCODER, _train_teacher
+from .helpers import FAST, TEACHER_ENCODER
 
 TILES = ["--tile-size", "32", "--overlap", "16"]
 
 
 @pytest.fixture(scope="module")
-def student(synthetic, tmp_path_factory):
+def student(synthetic, tiny_targets, tmp_path_factory):
     """(student checkpoint, teacher checkpoint, distill.csv): briefly trained, 32 px tiles."""
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("predict_student")
-    teachers = [_train_teacher(synthetic, root / f"t{i}", "unet", i, steps=3) for i in range(2)]
-    assert main(["distill-targets", "--teacher", *map(str, teachers), "--csv",
-                 str(synthetic.train_csv), "--out", str(root / "targets"), *TILES]) == 0
-    distill_csv = root / "targets" / "distill.csv"
+    teachers, distill_csv = tiny_targets
     cfg = student_config(synthetic, distill_csv, distill_csv, root / "student", epochs=1,
                          encoder_name=TEACHER_ENCODER, decoder="unet",
                          decoder_options={"decoder_channels": [16, 8, 8, 8, 8]}, crop_size=32,

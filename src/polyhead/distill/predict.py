@@ -94,15 +94,16 @@ class StudentMaps(torch.nn.Module):
     the student's arg-max class), so the sliding-window code blends both at once."""
 
     def __init__(self, model: torch.nn.Module, spec: Mapping[str, Any]) -> None:
+        from polyhead.tasks.distillation import student_uncertainty  # lazy: Lightning stack
+
         super().__init__()
         self.model, self.spec = model, dict(spec)
+        self._uncertainty = student_uncertainty
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from polyhead.tasks.distillation import student_uncertainty
-
         out = self.model.forward_heads(x)
         seg = out[self.spec["seg_head"]]
-        u = student_uncertainty(seg, out[self.spec["uncertainty_head"]], self.spec)
+        u = self._uncertainty(seg, out[self.spec["uncertainty_head"]], self.spec)
         return torch.cat([seg.float().softmax(dim=1), u.float()], dim=1)
 
 

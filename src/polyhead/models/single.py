@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from polyhead.models.blocks.vit_encoder import register_vit_encoder
 from polyhead.models.multihead import MultiHeadSegmentationModel
 
 HEAD = "main"
@@ -38,7 +37,6 @@ class SegmentationModel(MultiHeadSegmentationModel):
         pad_to_stride: bool = False,
         **decoder_options: Any,
     ) -> None:
-        register_vit_encoder(encoder_name)
         super().__init__(
             heads={HEAD: {"decoder": decoder, **decoder_options}},
             encoder_name=encoder_name,

@@ -11,7 +11,7 @@ pyramid with interpolation): bilinear up below the patch stride, average-pooled 
 
 Encoder names ``"vit-<timm name>"`` (e.g. ``"vit-test_vit"``, ``"vit-vit_small_patch16_224"``)
 become buildable by SMP's ``get_encoder`` (and so polyhead's ``build_encoder``) once
-:func:`register_vit_encoder` has been called with the name; :class:`SegmentationModel` does so.
+:func:`register_vit_encoder` has been called with the name; ``build_encoder`` does so.
 """
 
 from __future__ import annotations
