@@ -67,10 +67,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     models = {
-        "single": MultiHeadClassifier(args.backbone, {"classes": 3}, split_at=None,
-                                      encoder_weights=args.weights).eval(),
-        "multi": MultiHeadClassifier(args.backbone, {"screen": 2, "other": 2},
-                                     split_at=args.split_at, encoder_weights=args.weights).eval(),
+        "single": MultiHeadClassifier(
+            args.backbone, {"classes": 3}, split_at=None, encoder_weights=args.weights
+        ).eval(),
+        "multi": MultiHeadClassifier(
+            args.backbone,
+            {"screen": 2, "other": 2},
+            split_at=args.split_at,
+            encoder_weights=args.weights,
+        ).eval(),
     }
     with torch.no_grad():  # heads start as copies; after training they differ (and ONNX
         for p in models["multi"].heads["other"].parameters():  # would share equal weights)
@@ -86,6 +91,7 @@ def main() -> None:
         def run() -> None:
             image = to_tensor(load_image(photo, args.size), IMAGENET_MEAN, IMAGENET_STD)
             _softmax_all(models[name](image.unsqueeze(0)))
+
         return run
 
     suites: dict[str, dict[str, Callable[[], None]]] = {
@@ -102,8 +108,9 @@ def main() -> None:
         for name, model in models.items():
             path = export_model(model, tmp / f"{name}.onnx", args.size)
             sizes[name] = path.stat().st_size / 1024
-            sessions[name] = ort.InferenceSession(str(path), opts,
-                                                  providers=["CPUExecutionProvider"])
+            sessions[name] = ort.InferenceSession(
+                str(path), opts, providers=["CPUExecutionProvider"]
+            )
         xn = x.numpy()
 
         def onnx_run(name: str) -> Callable[[], None]:
@@ -111,6 +118,7 @@ def main() -> None:
                 for logits in sessions[name].run(None, {"image": xn}):
                     e = np.exp(logits - logits.max(-1, keepdims=True))
                     _ = e / e.sum(-1, keepdims=True)
+
             return run
 
         suites["onnxruntime"] = {n: onnx_run(n) for n in models}
@@ -133,8 +141,7 @@ def main() -> None:
         f"torch={torch.__version__}",
         f"parameters: single {params['single']:,}  multi {params['multi']:,}  "
         f"(x{params['multi'] / params['single']:.3f})"
-        + (f"; ONNX KB: single {sizes['single']:.0f}  multi {sizes['multi']:.0f}" if sizes
-           else ""),
+        + (f"; ONNX KB: single {sizes['single']:.0f}  multi {sizes['multi']:.0f}" if sizes else ""),
         f"{'suite':<12} {'single ms':>10} {'multi ms':>10} {'p10-p90 single':>16} "
         f"{'p10-p90 multi':>16} {'ratio':>7} {'paired':>7}",
     ]

@@ -41,8 +41,11 @@ from polyhead.train import train
 
 SETTINGS = {
     "default (sxy 80, srgb 13, w 10; gauss 3, w 3)": {},
-    "local (sxy 20, srgb 10, w 5; gauss 3, w 3)": {"sxy_bilateral": 20, "srgb_bilateral": 10,
-                                                  "w_bilateral": 5},
+    "local (sxy 20, srgb 10, w 5; gauss 3, w 3)": {
+        "sxy_bilateral": 20,
+        "srgb_bilateral": 10,
+        "w_bilateral": 5,
+    },
     "smooth only (gauss 3, w 3)": {"w_bilateral": 0},
 }
 
@@ -79,15 +82,19 @@ class Scores:
         self.bf = {t: BoundaryF1(tolerance=t, num_classes=k) for t in (1, 2)}
 
     def update(self, probs: np.ndarray, truth: np.ndarray) -> None:
-        self.seg.update(torch.from_numpy(probs)[None], torch.from_numpy(truth.astype(np.int64))[None])
+        self.seg.update(
+            torch.from_numpy(probs)[None], torch.from_numpy(truth.astype(np.int64))[None]
+        )
         for m in self.bf.values():
             m.update(probs.argmax(0), truth)
 
     def row(self) -> str:
         s = self.seg.compute()
         bf = {t: m.compute() for t, m in self.bf.items()}
-        return (f"{float(s['mIoU']):.4f} {float(s['pixel_accuracy']):.4f} "
-                f"{bf[1]['f1']:.4f} {bf[2]['f1']:.4f} {bf[2]['mean_class_f1']:.4f}")
+        return (
+            f"{float(s['mIoU']):.4f} {float(s['pixel_accuracy']):.4f} "
+            f"{bf[1]['f1']:.4f} {bf[2]['f1']:.4f} {bf[2]['mean_class_f1']:.4f}"
+        )
 
 
 def _hwm_mib() -> float:
@@ -113,22 +120,35 @@ def memory_child(size: int) -> None:
     start = time.perf_counter()
     refined = dense_crf(probs, image)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "peak_mib": _hwm_mib(), "base_mib": base,
-                      "acc_before": float((probs.argmax(0) == truth).mean()),
-                      "acc_after": float((refined.argmax(0) == truth).mean())}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_mib": _hwm_mib(),
+                "base_mib": base,
+                "acc_before": float((probs.argmax(0) == truth).mean()),
+                "acc_after": float((refined.argmax(0) == truth).mean()),
+            }
+        )
+    )
 
 
 def memory_run(size: int, threads: int) -> None:
-    res = subprocess.run([sys.executable, __file__, "--threads", str(threads),
-                          "--memory-child", str(size)], capture_output=True, text=True,
-                         check=True)
+    res = subprocess.run(
+        [sys.executable, __file__, "--threads", str(threads), "--memory-child", str(size)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     r = json.loads(res.stdout.strip().splitlines()[-1])
     mp = size * size / 1e6
     growth = r["peak_mib"] - r["base_mib"]
-    print(f"dense_crf alone, rendered {size}x{size} scene (4 bands, 4 classes, noisy one-hot "
-          f"probabilities): {r['seconds']:.1f} s = {r['seconds'] / mp:.2f} s/MP, peak memory "
-          f"growth {growth:.0f} MiB = {growth * 2**20 / (size * size):.0f} B/px, pixel "
-          f"accuracy {r['acc_before']:.3f} -> {r['acc_after']:.3f}")
+    print(
+        f"dense_crf alone, rendered {size}x{size} scene (4 bands, 4 classes, noisy one-hot "
+        f"probabilities): {r['seconds']:.1f} s = {r['seconds'] / mp:.2f} s/MP, peak memory "
+        f"growth {growth:.0f} MiB = {growth * 2**20 / (size * size):.0f} B/px, pixel "
+        f"accuracy {r['acc_before']:.3f} -> {r['acc_after']:.3f}"
+    )
 
 
 def main() -> None:
@@ -149,15 +169,17 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         out = Path(tmp)
-        data = generate_synthetic_dataset(out / "data", n_train=args.n_train, n_val=args.n_val,
-                                          size=args.size)
-        cfg = demo_config(data, out, args.epochs, "resnet18", crop_size=128,
-                          samples_per_epoch=128)
+        data = generate_synthetic_dataset(
+            out / "data", n_train=args.n_train, n_val=args.n_val, size=args.size
+        )
+        cfg = demo_config(data, out, args.epochs, "resnet18", crop_size=128, samples_per_epoch=128)
         cfg["pl_trainer"].update(enable_progress_bar=False)
         start = time.perf_counter()
         result = train(cfg)
-        print(f"trained resnet18 dual head for {args.epochs} epochs in "
-              f"{time.perf_counter() - start:.0f} s (torch threads {args.threads})")
+        print(
+            f"trained resnet18 dual head for {args.epochs} epochs in "
+            f"{time.perf_counter() - start:.0f} s (torch threads {args.threads})"
+        )
         model, cfg = load_model(result.best_checkpoint or result.last_checkpoint)
         normalize = inference_normalization(cfg)
         k = len(data.class_names)
@@ -169,8 +191,9 @@ def main() -> None:
         for scene in data.val_scenes:
             image = _read(data.out_dir / "scenes" / f"{scene}.tif")
             truth = _read(data.out_dir / "truth" / f"{scene}.tif")[0]
-            probs = predict_array(model, image.astype(np.float32), tile_size=256, overlap=32,
-                                  normalize=normalize)
+            probs = predict_array(
+                model, image.astype(np.float32), tile_size=256, overlap=32, normalize=normalize
+            )
             pixels += truth.size
             before.update(probs, truth)
             for name, kwargs in SETTINGS.items():
@@ -181,9 +204,18 @@ def main() -> None:
             if args.reference_python:
                 stretched = np.clip(_stretch(image), 0, 255).astype(np.uint8)
                 np.savez(out / "in.npz", probs=probs, image=stretched)
-                res = subprocess.run([str(args.reference_python), "-c", REFERENCE,
-                                      str(out / "in.npz"), str(out / "ref.npy")],
-                                     capture_output=True, text=True, check=True)
+                res = subprocess.run(
+                    [
+                        str(args.reference_python),
+                        "-c",
+                        REFERENCE,
+                        str(out / "in.npz"),
+                        str(out / "ref.npy"),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 ref["seconds"] += json.loads(res.stdout.strip().splitlines()[-1])["seconds"]
                 q = np.load(out / "ref.npy")
                 ref["scores"].update(q, truth)
@@ -191,18 +223,25 @@ def main() -> None:
                 ref["agree"].append(float((q.argmax(0) == mine_u8.argmax(0)).mean()))
                 ref["mad"].append(float(np.abs(q - mine_u8).mean()))
         mp = pixels / 1e6
-        print(f"{len(data.val_scenes)} validation scenes of {args.size}x{args.size} px "
-              f"({mp:.2f} MP), {data.bands} bands, {k} classes; scores against truth/")
-        print("variant | mIoU | pixel acc | boundary F1 @1px | @2px | mean class BF1 @2px "
-              "| CRF s/MP")
+        print(
+            f"{len(data.val_scenes)} validation scenes of {args.size}x{args.size} px "
+            f"({mp:.2f} MP), {data.bands} bands, {k} classes; scores against truth/"
+        )
+        print(
+            "variant | mIoU | pixel acc | boundary F1 @1px | @2px | mean class BF1 @2px | CRF s/MP"
+        )
         print(f"no CRF | {before.row()} | -")
         for name in SETTINGS:
             print(f"CRF {name} | {after[name].row()} | {crf_seconds[name] / mp:.2f}")
         if args.reference_python:
-            print(f"pydensecrf (reference, default kernels) | {ref['scores'].row()} | "
-                  f"{ref['seconds'] / mp:.2f}")
-            print(f"agreement with the reference on the same uint8 features: argmax "
-                  f"{np.mean(ref['agree']):.4f}, mean |dQ| {np.mean(ref['mad']):.2e}")
+            print(
+                f"pydensecrf (reference, default kernels) | {ref['scores'].row()} | "
+                f"{ref['seconds'] / mp:.2f}"
+            )
+            print(
+                f"agreement with the reference on the same uint8 features: argmax "
+                f"{np.mean(ref['agree']):.4f}, mean |dQ| {np.mean(ref['mad']):.2e}"
+            )
     if args.memory_size:
         memory_run(args.memory_size, args.threads)
 

@@ -30,12 +30,22 @@ from rasterio.transform import from_origin
 
 def write_raster(folder: Path, size: int) -> Path:
     image, mask = folder / "big.tif", folder / "big_mask.tif"
-    profile = dict(driver="GTiff", width=size, height=size, dtype="uint8", crs="EPSG:32633",
-                   transform=from_origin(500000, 5000000, 10, 10), tiled=True, blockxsize=512,
-                   blockysize=512)
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 5000000, 10, 10),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+    )
     rng = np.random.default_rng(0)
-    with rasterio.open(image, "w", count=4, **profile) as dst, \
-            rasterio.open(mask, "w", count=1, **profile) as mdst:
+    with (
+        rasterio.open(image, "w", count=4, **profile) as dst,
+        rasterio.open(mask, "w", count=1, **profile) as mdst,
+    ):
         for row in range(0, size, 512):
             h = min(512, size - row)
             win = rasterio.windows.Window(0, row, size, h)
@@ -61,8 +71,9 @@ def run_variant(name: str, folder: Path, crop: int, n: int) -> None:
     path = folder / "big.tif"
     with rasterio.open(path) as src:
         size = src.height
-    ds = RandomCropSegmentationDataset(folder / "data.csv", crop, 4, samples_per_epoch=n,
-                                       validate=False)
+    ds = RandomCropSegmentationDataset(
+        folder / "data.csv", crop, 4, samples_per_epoch=n, validate=False
+    )
     cache = HandleCache()
     rng = np.random.default_rng(1)
     base = _rss_mib()
@@ -74,7 +85,7 @@ def run_variant(name: str, folder: Path, crop: int, n: int) -> None:
             ds[i]
         else:
             with rasterio.open(path) as src:
-                src.read()[:, r:r + crop, c:c + crop].copy()
+                src.read()[:, r : r + crop, c : c + crop].copy()
     print(json.dumps({"peak_mib": _rss_mib() - base}))
 
 
@@ -88,7 +99,9 @@ def main() -> None:
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        run_variant(args.child, Path(args.folder), args.crop, args.crops if args.child != "whole" else 2)
+        run_variant(
+            args.child, Path(args.folder), args.crop, args.crops if args.child != "whole" else 2
+        )
         return
 
     from polyhead.data import RandomCropSegmentationDataset
@@ -98,10 +111,13 @@ def main() -> None:
         folder = Path(tmp)
         t0 = time.perf_counter()
         path = write_raster(folder, args.size)
-        print(f"wrote {args.size}x{args.size}x4 uint8 GeoTIFF ({path.stat().st_size / 2**20:.0f} MiB) "
-              f"in {time.perf_counter() - t0:.1f} s")
-        ds = RandomCropSegmentationDataset(folder / "data.csv", args.crop, 4,
-                                           samples_per_epoch=10**6, validate=False)
+        print(
+            f"wrote {args.size}x{args.size}x4 uint8 GeoTIFF ({path.stat().st_size / 2**20:.0f} MiB) "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
+        ds = RandomCropSegmentationDataset(
+            folder / "data.csv", args.crop, 4, samples_per_epoch=10**6, validate=False
+        )
         cache = HandleCache()
         rng = np.random.default_rng(0)
         times: dict[str, list[float]] = {"window": [], "dataset": [], "whole": []}
@@ -117,21 +133,37 @@ def main() -> None:
             r, c = (int(v) for v in rng.integers(0, args.size - args.crop, 2))
             t = time.perf_counter()
             with rasterio.open(path) as src:
-                src.read()[:, r:r + args.crop, c:c + args.crop].copy()
+                src.read()[:, r : r + args.crop, c : c + args.crop].copy()
             times["whole"].append(time.perf_counter() - t)
         med = {k: statistics.median(v) for k, v in times.items()}
         mpix = args.crop * args.crop / 1e6
-        print(f"crop {args.crop}x{args.crop}x4 from {args.size}x{args.size}, {args.rounds} rounds "
-              "(interleaved)")
+        print(
+            f"crop {args.crop}x{args.crop}x4 from {args.size}x{args.size}, {args.rounds} rounds "
+            "(interleaved)"
+        )
         for k, v in med.items():
             print(f"  {k:8s} median {v * 1000:9.2f} ms/crop  {mpix / v:8.1f} Mpx/s")
         print(f"ratio whole/window  = {med['whole'] / med['window']:.0f}x")
-        print(f"ratio dataset/window = {med['dataset'] / med['window']:.2f} "
-              "(dataset overhead: mask read, float conversion, tensors)")
+        print(
+            f"ratio dataset/window = {med['dataset'] / med['window']:.2f} "
+            "(dataset overhead: mask read, float conversion, tensors)"
+        )
         for name in ("window", "dataset", "whole"):
-            out = subprocess.run([sys.executable, __file__, "--child", name, "--folder", tmp,
-                                  "--crop", str(args.crop)], capture_output=True, text=True,
-                                 check=True).stdout
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    name,
+                    "--folder",
+                    tmp,
+                    "--crop",
+                    str(args.crop),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             peak = json.loads(out.strip().splitlines()[-1])["peak_mib"]
             print(f"  {name:8s} peak RSS growth {peak:8.1f} MiB")
 

@@ -37,8 +37,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def _teacher(decoders: list[str], bands: int, classes: int, normalize) -> EnsembleTeacher:
     torch.manual_seed(0)
     nets = [
-        MultiHeadSegmentationModel({"A": {"decoder": d, **TEACHER_DECODERS[d]}},
-                                   encoder_name="resnet18", in_channels=bands, classes=classes)
+        MultiHeadSegmentationModel(
+            {"A": {"decoder": d, **TEACHER_DECODERS[d]}},
+            encoder_name="resnet18",
+            in_channels=bands,
+            classes=classes,
+        )
         for d in decoders
     ]
     return EnsembleTeacher([SelectedHead(n.eval()) for n in nets], normalize=normalize)
@@ -47,8 +51,12 @@ def _teacher(decoders: list[str], bands: int, classes: int, normalize) -> Ensemb
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/polyhead-distill-steptime")
-    ap.add_argument("--teachers", nargs="+", default=["unet", "unet", "unet"],
-                    help="teacher decoders (resnet18 encoders)")
+    ap.add_argument(
+        "--teachers",
+        nargs="+",
+        default=["unet", "unet", "unet"],
+        help="teacher decoders (resnet18 encoders)",
+    )
     ap.add_argument("--student-encoder", default="resnet18")
     ap.add_argument("--student-decoder", default="unet")
     ap.add_argument("--append", action="store_true", help="append to --out")
@@ -63,14 +71,20 @@ def main() -> None:
     work = Path(args.work)
     data = generate_synthetic_dataset(work / "data", n_train=4, n_val=1, size=128, seed=0)
     classes = len(data.class_names)
-    cfg = student_config(data, work / "targets" / "distill.csv", work / "targets" / "distill.csv",
-                         work / "student", crop_size=args.crop, batch_size=args.batch,
-                         encoder_name=args.student_encoder, decoder=args.student_decoder)
+    cfg = student_config(
+        data,
+        work / "targets" / "distill.csv",
+        work / "targets" / "distill.csv",
+        work / "student",
+        crop_size=args.crop,
+        batch_size=args.batch,
+        encoder_name=args.student_encoder,
+        decoder=args.student_decoder,
+    )
     normalize = instantiate(cfg["train_dataset"]["augmentation_list"][-1])
     teacher = _teacher(args.teachers, data.bands, classes, lambda x: normalize(image=x)["image"])
     t = time.perf_counter()
-    write_distillation_targets(teacher, data.train_csv, work / "targets", tile_size=128,
-                               overlap=0)
+    write_distillation_targets(teacher, data.train_csv, work / "targets", tile_size=128, overlap=0)
     cache_s = time.perf_counter() - t
 
     cached_ds = instantiate(cfg["train_dataset"], _convert_="all")
@@ -96,34 +110,38 @@ def main() -> None:
 
     times: dict[str, list[float]] = {m: [] for m in loaders}
     for r in range(args.warmup + args.rounds):
-        for mode in (("cached", "live") if r % 2 == 0 else ("live", "cached")):
+        for mode in ("cached", "live") if r % 2 == 0 else ("live", "cached"):
             dt = step(mode)
             if r >= args.warmup:
                 times[mode].append(dt)
     med = {m: statistics.median(v) for m, v in times.items()}
     ratio = med["live"] / med["cached"]
     # what caching costs up front, in steps of the cached student
-    table = "\n".join([
-        "| mode | median step s | min s | max s |",
-        "|---|---|---|---|",
-        *(f"| {m} | {med[m]:.3f} | {min(v):.3f} | {max(v):.3f} |" for m, v in times.items()),
-        "",
-        f"live / cached step-time ratio (M={len(args.teachers)}): **{ratio:.2f}x**",
-        "",
-        f"Settings: student {args.student_encoder} + 2 {args.student_decoder} heads; teachers "
-        f"resnet18 + {'/'.join(args.teachers)}, M={len(args.teachers)}; crops "
-        f"{args.crop} px, batch {args.batch}, CPU, torch threads {torch.get_num_threads()}, "
-        f"{args.rounds} interleaved rounds after {args.warmup} warm-up rounds. Writing the "
-        f"cached targets for the 4 training scenes (128 px) took {cache_s:.1f} s "
-        f"({cache_s / med['cached']:.0f} cached steps).",
-    ])
+    table = "\n".join(
+        [
+            "| mode | median step s | min s | max s |",
+            "|---|---|---|---|",
+            *(f"| {m} | {med[m]:.3f} | {min(v):.3f} | {max(v):.3f} |" for m, v in times.items()),
+            "",
+            f"live / cached step-time ratio (M={len(args.teachers)}): **{ratio:.2f}x**",
+            "",
+            f"Settings: student {args.student_encoder} + 2 {args.student_decoder} heads; teachers "
+            f"resnet18 + {'/'.join(args.teachers)}, M={len(args.teachers)}; crops "
+            f"{args.crop} px, batch {args.batch}, CPU, torch threads {torch.get_num_threads()}, "
+            f"{args.rounds} interleaved rounds after {args.warmup} warm-up rounds. Writing the "
+            f"cached targets for the 4 training scenes (128 px) took {cache_s:.1f} s "
+            f"({cache_s / med['cached']:.0f} cached steps).",
+        ]
+    )
     print(table)
     out = Path(args.out)
     out.parent.mkdir(exist_ok=True)
     if args.append and out.is_file():
         out.write_text(out.read_text() + "\n" + table + "\n")
     else:
-        out.write_text("# Distillation step time: cached targets vs live ensemble\n\n" + table + "\n")
+        out.write_text(
+            "# Distillation step time: cached targets vs live ensemble\n\n" + table + "\n"
+        )
 
 
 if __name__ == "__main__":

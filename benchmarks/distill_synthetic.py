@@ -60,13 +60,19 @@ ABLATIONS: dict[str, dict] = {
     "thread + variance normalisation": {"_target_": THREAD, "normalize": True},
     "polyhead, std_per_class target": {"_target_": POLY, "uncertainty_target": "std_per_class"},
     "polyhead, std_winning, identity transform": {
-        "_target_": POLY, "uncertainty_target": "std_winning",
-        "uncertainty": {"_target_": REGRESSION, "transform": "identity"}},
+        "_target_": POLY,
+        "uncertainty_target": "std_winning",
+        "uncertainty": {"_target_": REGRESSION, "transform": "identity"},
+    },
     "polyhead, entropy, identity transform": {
-        "_target_": POLY, "uncertainty": {"_target_": REGRESSION, "transform": "identity"}},
+        "_target_": POLY,
+        "uncertainty": {"_target_": REGRESSION, "transform": "identity"},
+    },
     "polyhead, std_winning, no variance normalisation": {
-        "_target_": POLY, "uncertainty_target": "std_winning",
-        "uncertainty": {"_target_": REGRESSION, "normalize": False}},
+        "_target_": POLY,
+        "uncertainty_target": "std_winning",
+        "uncertainty": {"_target_": REGRESSION, "normalize": False},
+    },
 }
 
 
@@ -74,8 +80,9 @@ def _checkpoint(result) -> Path:
     return result.last_checkpoint or result.best_checkpoint
 
 
-def ensure_teachers(work: Path, data, decoders: list[str], epochs: int, crop: int,
-                    samples: int, reuse: bool) -> list[str]:
+def ensure_teachers(
+    work: Path, data, decoders: list[str], epochs: int, crop: int, samples: int, reuse: bool
+) -> list[str]:
     """Checkpoints of teachers ``work/teacher_<seed>_<decoder>`` (seed = position), trained
     unless ``reuse`` finds them."""
     ckpts = []
@@ -83,8 +90,11 @@ def ensure_teachers(work: Path, data, decoders: list[str], epochs: int, crop: in
         out = work / f"teacher_{seed}_{decoder}"
         last = out / "run" / "checkpoints" / "last.ckpt"
         if not (reuse and last.is_file()):
-            train(teacher_config(data, out, decoder, seed, epochs, crop_size=crop,
-                                 samples_per_epoch=samples))
+            train(
+                teacher_config(
+                    data, out, decoder, seed, epochs, crop_size=crop, samples_per_epoch=samples
+                )
+            )
         ckpts.append(str(last))
     return ckpts
 
@@ -92,19 +102,22 @@ def ensure_teachers(work: Path, data, decoders: list[str], epochs: int, crop: in
 def run(args: argparse.Namespace) -> str:
     work = Path(args.work)
     t0 = time.perf_counter()
-    data = generate_synthetic_dataset(work / "data", n_train=args.n_train, n_val=args.n_val,
-                                      size=args.size, seed=0)
+    data = generate_synthetic_dataset(
+        work / "data", n_train=args.n_train, n_val=args.n_val, size=args.size, seed=0
+    )
     timings: dict[str, float] = {}
-    ckpts = ensure_teachers(work, data, args.teachers, args.teacher_epochs, args.crop,
-                            args.samples, args.reuse)
+    ckpts = ensure_teachers(
+        work, data, args.teachers, args.teacher_epochs, args.crop, args.samples, args.reuse
+    )
     timings["teachers"] = time.perf_counter() - t0
     t = time.perf_counter()
     targets = {}
     for split, csv_path in (("train", data.train_csv), ("val", data.val_csv)):
         out = work / f"targets_{split}_m{len(ckpts)}"  # one cache per teacher count
         if not (args.reuse and (out / "distill.csv").is_file()):
-            write_distillation_targets(build_teacher(ckpts), csv_path, out, tile_size=args.size,
-                                       overlap=0)
+            write_distillation_targets(
+                build_teacher(ckpts), csv_path, out, tile_size=args.size, overlap=0
+            )
         targets[split] = out / "distill.csv"
     timings["distill-targets"] = time.perf_counter() - t
     variants = ABLATIONS if args.ablation else VARIANTS
@@ -118,29 +131,56 @@ def run(args: argparse.Namespace) -> str:
         if args.seed:
             student_dir = student_dir.with_name(f"{student_dir.name}_seed{args.seed}")
         shutil.rmtree(student_dir, ignore_errors=True)  # no stale checkpoints of earlier runs
-        cfg = student_config(data, targets["train"], targets["val"], student_dir,
-                             loss=loss, epochs=args.epochs, crop_size=args.crop,
-                             encoder_name=args.student_encoder, decoder=args.student_decoder,
-                             samples_per_epoch=args.samples, lr=args.lr, seed=args.seed)
+        cfg = student_config(
+            data,
+            targets["train"],
+            targets["val"],
+            student_dir,
+            loss=loss,
+            epochs=args.epochs,
+            crop_size=args.crop,
+            encoder_name=args.student_encoder,
+            decoder=args.student_decoder,
+            samples_per_epoch=args.samples,
+            lr=args.lr,
+            seed=args.seed,
+        )
         if args.clip:
             cfg["pl_trainer"]["gradient_clip_val"] = args.clip
         if args.optimizer == "sgd":
-            cfg["optimizer"] = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": args.lr,
-                                "momentum": 0.9, "weight_decay": 1e-4}
+            cfg["optimizer"] = {
+                "_target_": "torch.optim.SGD",
+                "_partial_": True,
+                "lr": args.lr,
+                "momentum": 0.9,
+                "weight_decay": 1e-4,
+            }
         ckpt = _checkpoint(train(cfg))
         curves[name] = student_dir / "run" / "metrics.csv"
-        res = evaluate_student(ckpt, targets["val"], tile_size=args.crop,
-                               overlap=args.crop // 2, keep_maps=True)
+        res = evaluate_student(
+            ckpt, targets["val"], tile_size=args.crop, overlap=args.crop // 2, keep_maps=True
+        )
         image, pred, unc, ref = res.pop("maps")[0]
         if not args.ablation:
             suffix = ("_sgd" if args.optimizer == "sgd" else "") + (
-                f"_seed{args.seed}" if args.seed else "")
-            save_uncertainty_figure(RESULTS / f"distill_synthetic{suffix}_{slug}.png", image, pred, unc,
-                                    ref, class_names=data.class_names, title=name)
+                f"_seed{args.seed}" if args.seed else ""
+            )
+            save_uncertainty_figure(
+                RESULTS / f"distill_synthetic{suffix}_{slug}.png",
+                image,
+                pred,
+                unc,
+                ref,
+                class_names=data.class_names,
+                title=name,
+            )
         res["seconds"] = time.perf_counter() - t
         rows.append((name, res))
-        print(name, {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()},
-              flush=True)
+        print(
+            name,
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()},
+            flush=True,
+        )
     timings["total"] = time.perf_counter() - t0
     save_agreement_curves(args.curves, curves, title=f"student optimizer {args.optimizer}")
     return _table(rows, args, timings)
@@ -161,7 +201,7 @@ def _table(rows, args, timings) -> str:
             f"{r['ensemble_mIoU']:.3f} | {r['seconds']:.0f} |"
         )
     kinds = sorted(set(args.teachers))
-    decoders = (f"{kinds[0]} each" if len(kinds) == 1 else "/".join(args.teachers))
+    decoders = f"{kinds[0]} each" if len(kinds) == 1 else "/".join(args.teachers)
     settings = (
         f"Settings: {args.n_train} train / {args.n_val} val synthetic scenes of {args.size} px "
         f"(4 bands, 4 classes); M={len(args.teachers)} teachers (resnet18 + {decoders}, seeds "
@@ -187,27 +227,40 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=48)
     ap.add_argument("--n-val", type=int, default=4)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--teachers", nargs="+", default=["unet"],
-                    help="teacher decoders (seeds 0, 1, ...); one decoder: --members of it")
-    ap.add_argument("--members", type=int, default=12,
-                    help="M, when --teachers names one decoder")
+    ap.add_argument(
+        "--teachers",
+        nargs="+",
+        default=["unet"],
+        help="teacher decoders (seeds 0, 1, ...); one decoder: --members of it",
+    )
+    ap.add_argument("--members", type=int, default=12, help="M, when --teachers names one decoder")
     ap.add_argument("--teacher-epochs", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--student-encoder", default="resnet18")
     ap.add_argument("--student-decoder", default="unet")
     ap.add_argument("--samples", type=int, default=128, help="crops per epoch")
     ap.add_argument("--crop", type=int, default=64)
-    ap.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
-                    help="student optimizer (sgd: momentum 0.9, as DeepLab is usually trained)")
+    ap.add_argument(
+        "--optimizer",
+        choices=("adamw", "sgd"),
+        default="adamw",
+        help="student optimizer (sgd: momentum 0.9, as DeepLab is usually trained)",
+    )
     ap.add_argument("--lr", type=float, help="default: 2e-3 (adamw), 1e-2 (sgd)")
     ap.add_argument("--clip", type=float, help="gradient-norm clipping of the students")
     ap.add_argument("--seed", type=int, default=0, help="students' seed")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--ablation", action="store_true",
-                    help="run the ablation variants instead (use --reuse with the main run's --work)")
+    ap.add_argument(
+        "--ablation",
+        action="store_true",
+        help="run the ablation variants instead (use --reuse with the main run's --work)",
+    )
     ap.add_argument("--only", nargs="*", help="run only these variants (names as in the table)")
-    ap.add_argument("--out", help="markdown output (default: results/distill_synthetic.md, or "
-                    "distill_ablation.md with --ablation)")
+    ap.add_argument(
+        "--out",
+        help="markdown output (default: results/distill_synthetic.md, or "
+        "distill_ablation.md with --ablation)",
+    )
     args = ap.parse_args()
     if len(args.teachers) == 1:
         args.teachers = args.teachers * args.members

@@ -44,6 +44,7 @@ def member_probs(ckpts: list[str], images: list[np.ndarray], tile: int) -> list[
 
 def ensemble_maps(probs: list[list[np.ndarray]], members: list[int]) -> dict[str, np.ndarray]:
     """The ensemble's uncertainty bands (``EnsembleTeacher`` statistics) over all images."""
+
     class Fixed(torch.nn.Module):  # replays a stored member output as its logits
         def __init__(self, p: np.ndarray) -> None:
             super().__init__()
@@ -78,21 +79,28 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     work = Path(args.work)
-    data = generate_synthetic_dataset(work / "data", n_train=args.n_train, n_val=args.n_val,
-                                      size=args.size, seed=0)
+    data = generate_synthetic_dataset(
+        work / "data", n_train=args.n_train, n_val=args.n_val, size=args.size, seed=0
+    )
     n = 2 * max(args.members)
-    ckpts = ensure_teachers(work, data, ["unet"] * n, args.teacher_epochs, args.crop,
-                            args.samples, args.reuse)
+    ckpts = ensure_teachers(
+        work, data, ["unet"] * n, args.teacher_epochs, args.crop, args.samples, args.reuse
+    )
     with open(data.val_csv, newline="") as fh:
         paths = [data.val_csv.parent / r["image"] for r in csv.DictReader(fh)]
     images = [raster_io.read_window(p, 0, 0, args.size, args.size) for p in paths]
     probs = member_probs(ckpts, images, args.size)
-    lines = ["| M per ensemble | disjoint pairs | " + " | ".join(
-        f"{b} Pearson | {b} Spearman" for b in UNCERTAINTY_BANDS) + " |",
-        "|---|---|" + "---|---|" * len(UNCERTAINTY_BANDS)]
+    lines = [
+        "| M per ensemble | disjoint pairs | "
+        + " | ".join(f"{b} Pearson | {b} Spearman" for b in UNCERTAINTY_BANDS)
+        + " |",
+        "|---|---|" + "---|---|" * len(UNCERTAINTY_BANDS),
+    ]
     for m in args.members:
-        pairs = [(list(range(2 * k * m, 2 * k * m + m)), list(range(2 * k * m + m, 2 * (k + 1) * m)))
-                 for k in range(n // (2 * m))]
+        pairs = [
+            (list(range(2 * k * m, 2 * k * m + m)), list(range(2 * k * m + m, 2 * (k + 1) * m)))
+            for k in range(n // (2 * m))
+        ]
         scores: dict[str, list[tuple[float, float]]] = {b: [] for b in UNCERTAINTY_BANDS}
         for a, b in pairs:
             ma, mb = ensemble_maps(probs, a), ensemble_maps(probs, b)
@@ -100,18 +108,24 @@ def main() -> None:
                 x, y = ma[band], mb[band]
                 sub = np.random.default_rng(0).choice(x.size, min(x.size, 200_000), replace=False)
                 scores[band].append((pearson(x, y), spearman(x[sub], y[sub])))
-        cells = " | ".join(f"{np.mean([s[0] for s in v]):.3f} | {np.mean([s[1] for s in v]):.3f}"
-                           for v in scores.values())
+        cells = " | ".join(
+            f"{np.mean([s[0] for s in v]):.3f} | {np.mean([s[1] for s in v]):.3f}"
+            for v in scores.values()
+        )
         lines.append(f"| {m} | {len(pairs)} | {cells} |")
         print(lines[-1], flush=True)
     table = "\n".join(lines)
-    note = (f"\n\nTeachers: resnet18 + unet, seeds 0-{n - 1}, {args.teacher_epochs} epochs x "
-            f"{args.samples} crops of {args.crop} px on {args.n_train} synthetic scenes of "
-            f"{args.size} px; maps on the {args.n_val} held-out scenes (whole image); pairs "
-            "of disjoint seed sets, scores averaged over pairs. Command: `uv run python "
-            "benchmarks/distill_target_reproducibility.py --work <dir> --n-train "
-            f"{args.n_train} --reuse`.\n")
-    Path(args.out).write_text("# Reproducibility of an ensemble's uncertainty maps\n\n" + table + note)
+    note = (
+        f"\n\nTeachers: resnet18 + unet, seeds 0-{n - 1}, {args.teacher_epochs} epochs x "
+        f"{args.samples} crops of {args.crop} px on {args.n_train} synthetic scenes of "
+        f"{args.size} px; maps on the {args.n_val} held-out scenes (whole image); pairs "
+        "of disjoint seed sets, scores averaged over pairs. Command: `uv run python "
+        "benchmarks/distill_target_reproducibility.py --work <dir> --n-train "
+        f"{args.n_train} --reuse`.\n"
+    )
+    Path(args.out).write_text(
+        "# Reproducibility of an ensemble's uncertainty maps\n\n" + table + note
+    )
     print(table)
 
 

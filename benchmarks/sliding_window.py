@@ -53,9 +53,19 @@ TTA_SPECS = {"plain": None, "flips": "flips", "flips+scales": "flips+scales=1,0.
 
 def write_raster(path: Path, size: int) -> Path:
     """A smooth-ish 4-band uint8 scene (blocks plus noise), tiled 512, uncompressed."""
-    profile = dict(driver="GTiff", width=size, height=size, count=4, dtype="uint8",
-                   crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10),
-                   tiled=True, blockxsize=512, blockysize=512, BIGTIFF="IF_SAFER")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=4,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 5000000, 10, 10),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        BIGTIFF="IF_SAFER",
+    )
     rng = np.random.default_rng(0)
     x = np.arange(size)
     with rasterio.open(path, "w", **profile) as dst:
@@ -84,8 +94,14 @@ def _model(name: str):
         return nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1))
     from polyhead.models import UPerNetDualHead
 
-    return UPerNetDualHead(encoder_name="resnet18", encoder_weights=None, in_channels=4,
-                           classes=4, decoder_channels=64, inference_head="A")
+    return UPerNetDualHead(
+        encoder_name="resnet18",
+        encoder_weights=None,
+        in_channels=4,
+        classes=4,
+        decoder_channels=64,
+        inference_head="A",
+    )
 
 
 def read_like_predict(src, block_size: int) -> int:
@@ -123,16 +139,33 @@ def child(kind: str, path: Path, threads: int, block_size: int) -> None:
             tiles = read_like_predict(src, block_size)
     else:
         out = path.with_name(f"{path.stem}_{kind}_classes.tif")
-        res = predict_raster(model, path, out, tile_size=TILE, overlap=OVERLAP,
-                             batch_size=BATCH, progress=False,
-                             block_size=size if kind == "tiny1" else block_size)
+        res = predict_raster(
+            model,
+            path,
+            out,
+            tile_size=TILE,
+            overlap=OVERLAP,
+            batch_size=BATCH,
+            progress=False,
+            block_size=size if kind == "tiny1" else block_size,
+        )
         tiles = res.n_tiles_run
         out.unlink()
     seconds = time.perf_counter() - start
-    print(json.dumps({"kind": kind, "size": size, "seconds": seconds,
-                      "mpix_s": size * size / 1e6 / seconds, "peak_mib": _hwm_mib(),
-                      "base_mib": base, "tiles": tiles,
-                      "grid_tiles": n_tiles(size, size, TILE, OVERLAP)}))
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "size": size,
+                "seconds": seconds,
+                "mpix_s": size * size / 1e6 / seconds,
+                "peak_mib": _hwm_mib(),
+                "base_mib": base,
+                "tiles": tiles,
+                "grid_tiles": n_tiles(size, size, TILE, OVERLAP),
+            }
+        )
+    )
 
 
 def child_tta(kind: str, path: Path, threads: int, rounds: int) -> None:
@@ -148,8 +181,15 @@ def child_tta(kind: str, path: Path, threads: int, rounds: int) -> None:
         for name, spec in TTA_SPECS.items():
             wrapped = model if spec is None else TTAModel(model, **build_tta(spec))
             start = time.perf_counter()
-            predict_raster(wrapped, path, path.with_name("tta_out.tif"), tile_size=TILE,
-                           overlap=OVERLAP, batch_size=BATCH, progress=False)
+            predict_raster(
+                wrapped,
+                path,
+                path.with_name("tta_out.tif"),
+                tile_size=TILE,
+                overlap=OVERLAP,
+                batch_size=BATCH,
+                progress=False,
+            )
             times[name].append(time.perf_counter() - start)
     print(json.dumps({"kind": kind, "times": times}))
 
@@ -160,8 +200,9 @@ def _run(args: list[str], cachemax: int | None = None, mmap_threshold: int | Non
         env["GDAL_CACHEMAX"] = str(cachemax)  # MB
     if mmap_threshold is not None:  # a fixed threshold turns off glibc's dynamic one
         env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                         check=True, env=env)
+    out = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, check=True, env=env
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -169,20 +210,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192, 16384])
     parser.add_argument("--real-sizes", type=int, nargs="*", default=[2048])
-    parser.add_argument("--one-band-sizes", type=int, nargs="*", default=[],
-                        help="sizes also run as one band as wide as the raster (tiny1)")
-    parser.add_argument("--block-size", type=int, default=4096,
-                        help="predict_raster's block_size (band width, pixels)")
-    parser.add_argument("--tta-size", type=int, nargs=2, default=[1024, 768],
-                        metavar=("TINY", "REAL"), help="raster size of the TTA runs per model")
+    parser.add_argument(
+        "--one-band-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="sizes also run as one band as wide as the raster (tiny1)",
+    )
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=4096,
+        help="predict_raster's block_size (band width, pixels)",
+    )
+    parser.add_argument(
+        "--tta-size",
+        type=int,
+        nargs=2,
+        default=[1024, 768],
+        metavar=("TINY", "REAL"),
+        help="raster size of the TTA runs per model",
+    )
     parser.add_argument("--tta-rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: the 2-core test machine is shared)")
-    parser.add_argument("--gdal-cachemax", type=int, default=None,
-                        help="GDAL block cache (MB) in the children; default: predict_raster's")
-    parser.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
-                        help="fixed glibc mmap threshold in the children: takes heap "
-                             "fragmentation out of the peak-memory figures (slower)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: the 2-core test machine is shared)",
+    )
+    parser.add_argument(
+        "--gdal-cachemax",
+        type=int,
+        default=None,
+        help="GDAL block cache (MB) in the children; default: predict_raster's",
+    )
+    parser.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="fixed glibc mmap threshold in the children: takes heap "
+        "fragmentation out of the peak-memory figures (slower)",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,13 +264,20 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         cache = args.gdal_cachemax or os.environ.get("GDAL_CACHEMAX")
-        print(f"tile {TILE}, overlap {OVERLAP}, batch {BATCH}, gaussian blend, block_size "
-              f"{args.block_size}, torch threads {args.threads}, class map only, GDAL_CACHEMAX "
-              f"{cache or 'predict_raster default (64 MiB)'}"
-              + (f", MALLOC_MMAP_THRESHOLD_ {args.malloc_mmap_threshold}"
-                 if args.malloc_mmap_threshold else ""))
-        print(f"{'size':>6} {'model':>5} {'seconds':>8} {'MP/s':>7} {'peak MiB':>9} "
-              f"{'base MiB':>9} {'growth MiB':>10} {'tiles run':>15}")
+        print(
+            f"tile {TILE}, overlap {OVERLAP}, batch {BATCH}, gaussian blend, block_size "
+            f"{args.block_size}, torch threads {args.threads}, class map only, GDAL_CACHEMAX "
+            f"{cache or 'predict_raster default (64 MiB)'}"
+            + (
+                f", MALLOC_MMAP_THRESHOLD_ {args.malloc_mmap_threshold}"
+                if args.malloc_mmap_threshold
+                else ""
+            )
+        )
+        print(
+            f"{'size':>6} {'model':>5} {'seconds':>8} {'MP/s':>7} {'peak MiB':>9} "
+            f"{'base MiB':>9} {'growth MiB':>10} {'tiles run':>15}"
+        )
         for size in sorted(set(args.sizes) | set(args.real_sizes)):
             path = Path(tmp) / f"scene_{size}.tif"
             start = time.perf_counter()
@@ -211,26 +287,53 @@ def main() -> None:
             kinds += ["tiny1"] if size in args.one_band_sizes else []
             kinds += ["real"] if size in args.real_sizes else []
             for kind in kinds:
-                r = _run(["--threads", str(args.threads), "--block-size", str(args.block_size),
-                          "--child", kind, str(path)], args.gdal_cachemax,
-                         args.malloc_mmap_threshold)
+                r = _run(
+                    [
+                        "--threads",
+                        str(args.threads),
+                        "--block-size",
+                        str(args.block_size),
+                        "--child",
+                        kind,
+                        str(path),
+                    ],
+                    args.gdal_cachemax,
+                    args.malloc_mmap_threshold,
+                )
                 extra = 100 * (r["tiles"] / r["grid_tiles"] - 1)
-                print(f"{size:>6} {kind:>5} {r['seconds']:>8.1f} {r['mpix_s']:>7.2f} "
-                      f"{r['peak_mib']:>9.0f} {r['base_mib']:>9.0f} "
-                      f"{r['peak_mib'] - r['base_mib']:>10.0f} "
-                      f"{r['tiles']:>6} ({extra:+4.1f}%)", flush=True)
+                print(
+                    f"{size:>6} {kind:>5} {r['seconds']:>8.1f} {r['mpix_s']:>7.2f} "
+                    f"{r['peak_mib']:>9.0f} {r['base_mib']:>9.0f} "
+                    f"{r['peak_mib'] - r['base_mib']:>10.0f} "
+                    f"{r['tiles']:>6} ({extra:+4.1f}%)",
+                    flush=True,
+                )
             path.unlink()
         if args.tta_rounds < 1:
             return
-        print(f"\nTTA cost (median of {args.tta_rounds} interleaved rounds; flips = 4 passes, "
-              "flips+scales = 4 flips x scales (1, 0.75, 1.25) = 12 passes)")
+        print(
+            f"\nTTA cost (median of {args.tta_rounds} interleaved rounds; flips = 4 passes, "
+            "flips+scales = 4 flips x scales (1, 0.75, 1.25) = 12 passes)"
+        )
         for kind, size in zip(("tiny", "real"), args.tta_size, strict=True):
             path = write_raster(Path(tmp) / f"tta_{size}.tif", size)
-            r = _run(["--threads", str(args.threads), "--child", f"tta-{kind}", str(path),
-                      str(args.tta_rounds)], args.gdal_cachemax)
+            r = _run(
+                [
+                    "--threads",
+                    str(args.threads),
+                    "--child",
+                    f"tta-{kind}",
+                    str(path),
+                    str(args.tta_rounds),
+                ],
+                args.gdal_cachemax,
+            )
             med = {k: statistics.median(v) for k, v in r["times"].items()}
-            print(f"{kind:>5} {size}x{size}: " + ", ".join(
-                f"{k} {v:.1f} s ({v / med['plain']:.2f}x)" for k, v in med.items()), flush=True)
+            print(
+                f"{kind:>5} {size}x{size}: "
+                + ", ".join(f"{k} {v:.1f} s ({v / med['plain']:.2f}x)" for k, v in med.items()),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

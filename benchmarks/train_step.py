@@ -38,13 +38,19 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    kw = dict(encoder_name=args.encoder, encoder_weights=None, classes=args.classes,
-              decoder_channels=args.decoder_channels)
+    kw = dict(
+        encoder_name=args.encoder,
+        encoder_weights=None,
+        classes=args.classes,
+        decoder_channels=args.decoder_channels,
+    )
     single = smp.UPerNet(**kw).to(device).train()
     dual = UPerNetDualHead(**kw).to(device).train()
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
-    soft = torch.softmax(torch.randn(args.batch, args.classes, args.size, args.size, device=device), 1)
+    soft = torch.softmax(
+        torch.randn(args.batch, args.classes, args.size, args.size, device=device), 1
+    )
     with torch.no_grad():
         feats = [f.detach() for f in dual.encoder(x)]
 
@@ -62,8 +68,12 @@ def main() -> None:
     def step_decoder():
         F.cross_entropy(dual.heads["A"](feats), y).backward()
 
-    variants = {"single": step_single, "dual": step_dual, "encoder": step_encoder,
-                "decoder": step_decoder}
+    variants = {
+        "single": step_single,
+        "dual": step_dual,
+        "encoder": step_encoder,
+        "decoder": step_decoder,
+    }
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():  # warm-up
         fn()
@@ -76,8 +86,10 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     ideal = med["encoder"] + 2 * med["decoder"]
-    print(f"device={device} threads={torch.get_num_threads()} encoder={args.encoder} "
-          f"input={args.batch}x3x{args.size}x{args.size} rounds={args.rounds}")
+    print(
+        f"device={device} threads={torch.get_num_threads()} encoder={args.encoder} "
+        f"input={args.batch}x3x{args.size}x{args.size} rounds={args.rounds}"
+    )
     for k, v in med.items():
         print(f"  {k:8s} median {v * 1000:8.1f} ms")
     print(f"  ideal (encoder + 2 decoders) {ideal * 1000:8.1f} ms")

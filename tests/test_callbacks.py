@@ -39,9 +39,15 @@ def test_ema_matches_hand_computed_average_and_is_used_for_val_and_checkpoint(tm
     init = module.layer.weight.detach().clone()
     ema = EMACallback(decay=0.5, warmup=False)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
-    trainer = pl.Trainer(max_epochs=1, callbacks=[rec, ema, ckpt], logger=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=[rec, ema, ckpt],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+    )
     trainer.fit(module, DataLoader(data, batch_size=2), DataLoader(data, batch_size=8))
     expected = init
     for w in rec.weights:  # 4 optimizer steps

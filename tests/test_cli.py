@@ -14,8 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_check_data_prints_summary_and_fails_on_bad_rows(synthetic, capsys):
-    assert main(["check-data", str(synthetic.train_csv), "--n-classes", "4",
-                 "--crop-size", "32"]) == 0
+    assert (
+        main(["check-data", str(synthetic.train_csv), "--n-classes", "4", "--crop-size", "32"]) == 0
+    )
     out = capsys.readouterr().out
     assert "passed every check" in out and "vegetation" not in out  # ids, not names
     rows = synthetic.train_csv.read_text().splitlines()
@@ -47,16 +48,31 @@ def test_demo_small_writes_checkpoint_figure_and_table(tmp_path, capsys):
 def test_train_with_ddp_on_two_cpu_processes(synthetic_rgb6, tmp_path):
     d = synthetic_rgb6
     cmd = [
-        sys.executable, "-m", "polyhead", "train",
-        "--config", str(REPO / "configs/examples/upernet_dual_head.yaml"),
-        f"train_dataset.input_csv_path={d.train_csv}", f"val_dataset.input_csv_path={d.val_csv}",
-        "model.encoder_weights=null", "model.encoder_name=tu-test_convnext",
-        "model.decoder_channels=16", "train_dataset.crop_size=32", "val_dataset.crop_size=32",
-        "train_dataset.samples_per_epoch=8", "train_dataset.data_loader.batch_size=2",
-        "train_dataset.data_loader.num_workers=0", "val_dataset.data_loader.num_workers=0",
-        f"output_dir={tmp_path}", "pl_trainer.max_epochs=1", "pl_trainer.accelerator=cpu",
-        "pl_trainer.devices=2", "+pl_trainer.strategy=ddp", "+pl_trainer.max_steps=2",
-        "+pl_trainer.limit_val_batches=1", "+pl_trainer.enable_progress_bar=false",
+        sys.executable,
+        "-m",
+        "polyhead",
+        "train",
+        "--config",
+        str(REPO / "configs/examples/upernet_dual_head.yaml"),
+        f"train_dataset.input_csv_path={d.train_csv}",
+        f"val_dataset.input_csv_path={d.val_csv}",
+        "model.encoder_weights=null",
+        "model.encoder_name=tu-test_convnext",
+        "model.decoder_channels=16",
+        "train_dataset.crop_size=32",
+        "val_dataset.crop_size=32",
+        "train_dataset.samples_per_epoch=8",
+        "train_dataset.data_loader.batch_size=2",
+        "train_dataset.data_loader.num_workers=0",
+        "val_dataset.data_loader.num_workers=0",
+        f"output_dir={tmp_path}",
+        "pl_trainer.max_epochs=1",
+        "pl_trainer.accelerator=cpu",
+        "pl_trainer.devices=2",
+        "+pl_trainer.strategy=ddp",
+        "+pl_trainer.max_steps=2",
+        "+pl_trainer.limit_val_batches=1",
+        "+pl_trainer.enable_progress_bar=false",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

@@ -7,8 +7,10 @@ from polyhead.errors import ConfigError
 def test_aliases_rewrite_and_report_once():
     lines = []
     cfg = {
-        "model": {"_target_": "pytorch_segmentation_models_trainer.custom_models."
-                              "upernet_dual_head.UPerNetDualHead"},
+        "model": {
+            "_target_": "pytorch_segmentation_models_trainer.custom_models."
+            "upernet_dual_head.UPerNetDualHead"
+        },
         "callbacks": [
             {"_target_": "pytorch_lightning.callbacks.ModelCheckpoint"},
             {"_target_": "pytorch_lightning.callbacks.ModelCheckpoint"},

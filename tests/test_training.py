@@ -16,13 +16,20 @@ from polyhead.models import UPerNetDualHead
 from polyhead.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = {"max_epochs": 2, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
-        "enable_model_summary": False, "log_every_n_steps": 1}
+FAST = {
+    "max_epochs": 2,
+    "accelerator": "cpu",
+    "devices": 1,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "log_every_n_steps": 1,
+}
 
 
 def tiny_config(data, out_dir: Path, **trainer):
-    cfg = demo_config(data, out_dir, epochs=2, encoder_name="resnet18", crop_size=32,
-                      samples_per_epoch=8)
+    cfg = demo_config(
+        data, out_dir, epochs=2, encoder_name="resnet18", crop_size=32, samples_per_epoch=8
+    )
     cfg["model"]["decoder_channels"] = 16
     cfg["train_dataset"]["data_loader"]["batch_size"] = 4
     cfg["pl_trainer"] = {**FAST, **trainer}
@@ -40,9 +47,19 @@ def test_training_logs_each_term_and_checkpoints(trained):
     cfg, result = trained
     assert result.best_checkpoint is not None and result.best_checkpoint.is_file()
     m = result.metrics
-    for key in ("loss/val", "loss/train/A", "loss/train/B", "loss/train/consistency",
-                "val/A/mIoU", "val/B/mIoU", "val/average/mIoU", "val/mIoU", "val/A/ECE",
-                "val/average/pixel_accuracy", "val/B/IoU_0"):
+    for key in (
+        "loss/val",
+        "loss/train/A",
+        "loss/train/B",
+        "loss/train/consistency",
+        "val/A/mIoU",
+        "val/B/mIoU",
+        "val/average/mIoU",
+        "val/mIoU",
+        "val/A/ECE",
+        "val/average/pixel_accuracy",
+        "val/B/IoU_0",
+    ):
         assert key in m, key
     assert m["val/mIoU"] == m["val/average/mIoU"]  # inference_head: average
     log = (Path(cfg["output_dir"]) / "metrics.csv").read_text()
@@ -65,9 +82,16 @@ def test_checkpoint_holds_ema_weights_and_switches_head(trained, synthetic):
 
 def test_predict_writes_georeferenced_maps_and_matches_model(trained, synthetic, tmp_path):
     cfg, result = trained
-    written = predict_files(result.best_checkpoint, [synthetic.val_csv], tmp_path,
-                            overrides=["model.inference_head=A"], tile_size=64, overlap=0,
-                            write_probabilities=True, progress=False)
+    written = predict_files(
+        result.best_checkpoint,
+        [synthetic.val_csv],
+        tmp_path,
+        overrides=["model.inference_head=A"],
+        tile_size=64,
+        overlap=0,
+        write_probabilities=True,
+        progress=False,
+    )
     assert len(written) == 1
     scene = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
     with rasterio.open(written[0]) as out, rasterio.open(scene) as src:
@@ -77,8 +101,13 @@ def test_predict_writes_georeferenced_maps_and_matches_model(trained, synthetic,
         assert proba.count == len(synthetic.class_names)
         np.testing.assert_allclose(proba.read().sum(0), 1.0, atol=1e-4)
     # same as running head A on the dataset's (normalised) whole tile
-    val = RandomCropSegmentationDataset(synthetic.val_csv, 64, 4, grid_mode=True,
-                                        augmentation_list=cfg["val_dataset"]["augmentation_list"])
+    val = RandomCropSegmentationDataset(
+        synthetic.val_csv,
+        64,
+        4,
+        grid_mode=True,
+        augmentation_list=cfg["val_dataset"]["augmentation_list"],
+    )
     model, _ = load_model(result.best_checkpoint, ["model.inference_head=A"])
     with torch.no_grad():
         expected = model(val[0]["image"][None]).argmax(1)[0].numpy()
@@ -94,24 +123,41 @@ def test_seed_config_runs_with_only_paths_changed(synthetic_rgb6, tmp_path, caps
     """The seed's YAML, _target_ lines untouched, through the CLI (in-process)."""
     d = synthetic_rgb6
     overrides = [
-        f"train_dataset.input_csv_path={d.train_csv}", f"val_dataset.input_csv_path={d.val_csv}",
+        f"train_dataset.input_csv_path={d.train_csv}",
+        f"val_dataset.input_csv_path={d.val_csv}",
         "model.encoder_weights=null",
         # sizes for a 2-core test machine; every _target_ stays as the seed wrote it
-        "model.encoder_name=tu-test_convnext", "model.decoder_channels=16",
-        "train_dataset.crop_size=32", "val_dataset.crop_size=32",
-        "train_dataset.samples_per_epoch=4", "train_dataset.data_loader.batch_size=2",
-        "train_dataset.data_loader.num_workers=0", "val_dataset.data_loader.num_workers=0",
-        f"+output_dir={tmp_path}", "+pl_trainer.max_epochs=1", "+pl_trainer.accelerator=cpu",
+        "model.encoder_name=tu-test_convnext",
+        "model.decoder_channels=16",
+        "train_dataset.crop_size=32",
+        "val_dataset.crop_size=32",
+        "train_dataset.samples_per_epoch=4",
+        "train_dataset.data_loader.batch_size=2",
+        "train_dataset.data_loader.num_workers=0",
+        "val_dataset.data_loader.num_workers=0",
+        f"+output_dir={tmp_path}",
+        "+pl_trainer.max_epochs=1",
+        "+pl_trainer.accelerator=cpu",
         "+pl_trainer.enable_progress_bar=false",
     ]
-    rc = main(["train", "--config-dir", str(REPO / "tests/configs"),
-               "--config-name", "seed_full_example", *overrides])
+    rc = main(
+        [
+            "train",
+            "--config-dir",
+            str(REPO / "tests/configs"),
+            "--config-name",
+            "seed_full_example",
+            *overrides,
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
-    for alias in ("upernet_dual_head.UPerNetDualHead -> polyhead.models.UPerNetDualHead",
-                  "RandomCropSegmentationDataset -> polyhead.data.RandomCropSegmentationDataset",
-                  "EMACallback -> polyhead.callbacks.EMACallback",
-                  "pytorch_lightning.callbacks.ModelCheckpoint -> lightning.pytorch.callbacks"):
+    for alias in (
+        "upernet_dual_head.UPerNetDualHead -> polyhead.models.UPerNetDualHead",
+        "RandomCropSegmentationDataset -> polyhead.data.RandomCropSegmentationDataset",
+        "EMACallback -> polyhead.callbacks.EMACallback",
+        "pytorch_lightning.callbacks.ModelCheckpoint -> lightning.pytorch.callbacks",
+    ):
         assert out.count(alias) == 1, alias
     assert list((tmp_path / "checkpoints").glob("*.ckpt"))
 
@@ -119,9 +165,24 @@ def test_seed_config_runs_with_only_paths_changed(synthetic_rgb6, tmp_path, caps
 def test_predict_cli_with_tta_and_uncertainty(trained, synthetic, tmp_path):
     _, result = trained
     scene = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
-    rc = main(["predict", str(result.best_checkpoint), str(scene), "-o", str(tmp_path),
-               "--head", "B", "--tta", "flips", "--uncertainty", "--tile-size", "64",
-               "--overlap", "16"])
+    rc = main(
+        [
+            "predict",
+            str(result.best_checkpoint),
+            str(scene),
+            "-o",
+            str(tmp_path),
+            "--head",
+            "B",
+            "--tta",
+            "flips",
+            "--uncertainty",
+            "--tile-size",
+            "64",
+            "--overlap",
+            "16",
+        ]
+    )
     assert rc == 0
     with rasterio.open(tmp_path / f"{scene.stem}_uncertainty.tif") as unc:
         values = unc.read(1)

@@ -21,7 +21,9 @@ def _compose(config_dir: str | None, config_name: str | None, config: str | None
         path = Path(config)
         config_dir, config_name = str(path.parent), path.stem
     if config_dir is None or config_name is None:
-        raise PolyheadError("give a config: --config FILE.yaml, or --config-dir DIR --config-name NAME")
+        raise PolyheadError(
+            "give a config: --config FILE.yaml, or --config-dir DIR --config-name NAME"
+        )
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
@@ -45,8 +47,10 @@ def _predict_student(args: argparse.Namespace) -> int:
 
     for flag, value in (("--tta", args.tta), ("--crf", args.crf), ("--head", args.head)):
         if value:
-            raise PolyheadError(f"{flag} does not apply to a distilled student checkpoint "
-                                "(one class-map head; uncertainty from its own head); drop it")
+            raise PolyheadError(
+                f"{flag} does not apply to a distilled student checkpoint "
+                "(one class-map head; uncertainty from its own head); drop it"
+            )
     images = expand_inputs(args.inputs)
     refs = None
     if args.teacher_targets:
@@ -54,13 +58,22 @@ def _predict_student(args: argparse.Namespace) -> int:
         unmatched = [p.name for p in images if p.stem not in refs]
         if unmatched:
             more = f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else ""
-            print(f"polyhead predict: warning: no teacher reference in {args.teacher_targets} "
-                  f"for {', '.join(unmatched[:10])}{more}; their figures have 3 panels",
-                  file=sys.stderr)
+            print(
+                f"polyhead predict: warning: no teacher reference in {args.teacher_targets} "
+                f"for {', '.join(unmatched[:10])}{more}; their figures have 3 panels",
+                file=sys.stderr,
+            )
     written = predict_student_files(
-        args.checkpoint, images, args.output, tile_size=args.tile_size, overlap=args.overlap,
-        batch_size=args.batch_size, device=args.device, reference_uncertainty=refs,
-        write_probabilities=args.probabilities, overrides=list(args.set or []),
+        args.checkpoint,
+        images,
+        args.output,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        reference_uncertainty=refs,
+        write_probabilities=args.probabilities,
+        overrides=list(args.set or []),
     )
     print(f"wrote {len(written)} class maps, uncertainty maps and figures to {args.output}")
     return 0
@@ -73,8 +86,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if checkpoint_student_spec(args.checkpoint) is not None:
         return _predict_student(args)
     if args.teacher_targets:
-        raise PolyheadError("--teacher-targets needs a distilled student checkpoint (one trained "
-                            f"with DistillationTask); {args.checkpoint} is not one")
+        raise PolyheadError(
+            "--teacher-targets needs a distilled student checkpoint (one trained "
+            f"with DistillationTask); {args.checkpoint} is not one"
+        )
     overrides = list(args.set or [])
     if args.head:
         overrides.append(f"model.inference_head={args.head}")
@@ -147,21 +162,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files, folders, or CSVs with an image column")
     p.add_argument("--output", "-o", required=True, help="output folder")
     p.add_argument("--head", help="inference head: a head name (A, B) or 'average'")
-    p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
+    p.add_argument(
+        "--probabilities", action="store_true", help="also write per-class probabilities"
+    )
     p.add_argument("--tile-size", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--tta", metavar="SPEC",
-                   help="test-time augmentation, e.g. 'flips' or 'flips+scales=0.75,1,1.25'")
-    p.add_argument("--crf", action="store_true",
-                   help="refine probabilities with a dense CRF (whole image, <= 4096^2 px)")
-    p.add_argument("--uncertainty", action="store_true",
-                   help="also write <stem>_uncertainty.tif (normalised predictive entropy); "
-                   "implied for a distilled student (its uncertainty head)")
-    p.add_argument("--teacher-targets", metavar="CSV",
-                   help="student only: a distill.csv from distill-targets (or its folder); the "
-                   "<stem>_uncertainty.png figure then also shows the ensemble's uncertainty")
+    p.add_argument(
+        "--tta",
+        metavar="SPEC",
+        help="test-time augmentation, e.g. 'flips' or 'flips+scales=0.75,1,1.25'",
+    )
+    p.add_argument(
+        "--crf",
+        action="store_true",
+        help="refine probabilities with a dense CRF (whole image, <= 4096^2 px)",
+    )
+    p.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write <stem>_uncertainty.tif (normalised predictive entropy); "
+        "implied for a distilled student (its uncertainty head)",
+    )
+    p.add_argument(
+        "--teacher-targets",
+        metavar="CSV",
+        help="student only: a distill.csv from distill-targets (or its folder); the "
+        "<stem>_uncertainty.png figure then also shows the ensemble's uncertainty",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the stored config")
     p.set_defaults(func=cmd_predict)
 
@@ -180,9 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_parsers(sub)
 
     p = sub.add_parser("demo", help="synthetic data -> dual-head training -> metrics and figure")
-    p.add_argument("which", nargs="?", choices=["segmentation", "classifier"],
-                   default="segmentation",
-                   help="segmentation (default): the dual head; classifier: polyhead compare --demo")
+    p.add_argument(
+        "which",
+        nargs="?",
+        choices=["segmentation", "classifier"],
+        default="segmentation",
+        help="segmentation (default): the dual head; classifier: polyhead compare --demo",
+    )
     p.add_argument("--out", default="polyhead-demo", help="output folder")
     p.add_argument("--scenes", type=int, default=8, help="training scenes")
     p.add_argument("--size", type=int, default=256, help="scene size in pixels")

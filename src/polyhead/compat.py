@@ -31,7 +31,7 @@ def resolve_target(target: str) -> str | None:
         return TARGET_ALIASES[target]
     for old, new in PREFIX_ALIASES.items():
         if target.startswith(old):
-            return new + target[len(old):]
+            return new + target[len(old) :]
     if target.startswith(SEED_PACKAGE + "."):
         raise ConfigError(
             f"_target_ {target!r} has no polyhead equivalent; supported seed targets: "

@@ -30,16 +30,24 @@ class SegmentationMetrics(Metric):
         k = num_classes
         self.add_state("confmat", torch.zeros(k, k, dtype=torch.long), dist_reduce_fx="sum")
         # one extra slot: confidence exactly 1.0 (torchmetrics bins the same way)
-        self.add_state("bin_count", torch.zeros(n_bins + 1, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("bin_conf", torch.zeros(n_bins + 1, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("bin_acc", torch.zeros(n_bins + 1, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(
+            "bin_count", torch.zeros(n_bins + 1, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+        self.add_state(
+            "bin_conf", torch.zeros(n_bins + 1, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+        self.add_state(
+            "bin_acc", torch.zeros(n_bins + 1, dtype=torch.float64), dist_reduce_fx="sum"
+        )
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
         confidence, prediction = probs.detach().float().max(dim=1)
         valid = target != self.ignore_index
         target, prediction, confidence = target[valid], prediction[valid], confidence[valid]
         if target.numel() and int(target.max()) >= self.num_classes:
-            raise ValueError(f"target has class {int(target.max())} >= num_classes {self.num_classes}")
+            raise ValueError(
+                f"target has class {int(target.max())} >= num_classes {self.num_classes}"
+            )
         k = self.num_classes
         self.confmat += torch.bincount(target * k + prediction, minlength=k * k).view(k, k)
         edges = torch.linspace(0, 1, self.n_bins + 1, device=confidence.device)

@@ -21,8 +21,14 @@ def _run(argv):
 
 def test_example_yaml_is_the_demo_config(digits, tmp_path):
     batch = min(64, digits.counts["train"])  # demo_config clamps it for tiny subsets
-    yaml = load_config(EXAMPLE, [f"data_dir={digits.out_dir}", f"output_dir={tmp_path}",
-                                 f"train_dataset.data_loader.batch_size={batch}"])
+    yaml = load_config(
+        EXAMPLE,
+        [
+            f"data_dir={digits.out_dir}",
+            f"output_dir={tmp_path}",
+            f"train_dataset.data_loader.batch_size={batch}",
+        ],
+    )
     yaml.pop("data_dir")
     ours = demo_config(digits, tmp_path)
     assert yaml.pop("compare") == {"runs": 50} and ours.pop("compare")["runs"] == 50
@@ -48,17 +54,45 @@ def test_baseline_config_is_one_k_class_head_selected_on_the_same_metric(digits,
 
 def test_compare_demo_writes_table_and_figure(tmp_path, capsys):
     out = tmp_path / "cmp"
-    code = _run(["compare", "--demo", "--out", str(out), "--limit", "60", "--epochs", "1",
-                 "--runs", "3", "--threads", "1", "train_dataset.image_size=32", "val_dataset.image_size=32",
-                 "test_dataset.image_size=32", "pl_trainer.enable_progress_bar=false"])
+    code = _run(
+        [
+            "compare",
+            "--demo",
+            "--out",
+            str(out),
+            "--limit",
+            "60",
+            "--epochs",
+            "1",
+            "--runs",
+            "3",
+            "--threads",
+            "1",
+            "train_dataset.image_size=32",
+            "val_dataset.image_size=32",
+            "test_dataset.image_size=32",
+            "pl_trainer.enable_progress_bar=false",
+        ]
+    )
     assert code == 0
     md = (out / "comparison.md").read_text()
     assert "| single 3-class head |" in md and "| 2 heads, split at conv5 |" in md
-    for column in ("screen precision", "screen recall", "other precision", "other recall",
-                   "Latency ms (median of 3)", "Parameters", "ONNX KB"):
+    for column in (
+        "screen precision",
+        "screen recall",
+        "other precision",
+        "other recall",
+        "Latency ms (median of 3)",
+        "Parameters",
+        "ONNX KB",
+    ):
         assert column in md
     assert "Latency ratio multi-head / single head" in md
     assert (out / "comparison.png").stat().st_size > 10_000
-    assert (out / "onnx" / "multihead.onnx").is_file() and (out / "onnx" / "baseline.onnx").is_file()
-    assert (out / "baseline" / "checkpoints").is_dir() and (out / "multihead" / "checkpoints").is_dir()
+    assert (out / "onnx" / "multihead.onnx").is_file() and (
+        out / "onnx" / "baseline.onnx"
+    ).is_file()
+    assert (out / "baseline" / "checkpoints").is_dir() and (
+        out / "multihead" / "checkpoints"
+    ).is_dir()
     assert "| 2 heads, split at conv5 |" in capsys.readouterr().out

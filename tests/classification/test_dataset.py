@@ -37,13 +37,18 @@ def test_digits_class_id_csv_maps_to_two_task_heads(digits):
 
 def test_headerless_article_csv_map_rule_and_per_head_columns(images):
     csv = _write(images, ["im0.png,0", "im1.png,1", "im2.png,2"])  # the article's layout
-    ds = ClassificationCSVDataset(csv, {"kind": {"from": "label", "map": {0: 0, 1: 1, 2: None}},
-                                        "all": {"from": "label"}}, image_size=[8, 16], classes=3)
+    ds = ClassificationCSVDataset(
+        csv,
+        {"kind": {"from": "label", "map": {0: 0, 1: 1, 2: None}}, "all": {"from": "label"}},
+        image_size=[8, 16],
+        classes=3,
+    )
     assert ds.labels("kind").tolist() == [0, 1, -1] and ds.labels("all").tolist() == [0, 1, 2]
     assert ds[2]["image"].shape == (3, 8, 16)
     cols = _write(images, ["path,screen,other", "im0.png,1,", "im1.png,,0", "im2.png,0,1"])
-    ds = ClassificationCSVDataset(cols, {"screen": {"column": "screen"}, "other": "other"},
-                                  image_size=8)
+    ds = ClassificationCSVDataset(
+        cols, {"screen": {"column": "screen"}, "other": "other"}, image_size=8
+    )
     assert ds.labels("screen").tolist() == [1, -1, 0]  # empty cell = missing
     assert ds.labels("other").tolist() == [-1, 0, 1]
     assert ds.ignore_index == -1
@@ -63,8 +68,18 @@ def test_exif_orientation_is_applied_and_rgb(tmp_path):
 
 def test_bad_rows_are_named_before_training(images):
     (images / "broken.png").write_bytes(b"not an image")
-    csv = _write(images, ["path,label", "im0.png,0", "missing.png,1", "im1.png,7", "im2.png,x",
-                          "broken.png,2", ",1"])
+    csv = _write(
+        images,
+        [
+            "path,label",
+            "im0.png,0",
+            "missing.png,1",
+            "im1.png,7",
+            "im2.png,x",
+            "broken.png,2",
+            ",1",
+        ],
+    )
     with pytest.raises(DataError) as err:
         ClassificationCSVDataset(csv, TASK_HEADS, image_size=8, classes=3)
     msg = str(err.value)

@@ -23,10 +23,16 @@ def _parser():
 def checkpoint(tmp_path_factory):
     """A polyhead-style checkpoint (config + state dict) of a split ShuffleNetV2 x0.5."""
     torch.manual_seed(0)
-    cfg = {"model": {"_target_": "polyhead.models.MultiHeadClassifier", "backbone": SHUFFLE,
-                     "heads": {"screen": 2, "other": 1}, "split_at": "conv5",
-                     "encoder_weights": None},
-           "val_dataset": {"image_size": 32}}
+    cfg = {
+        "model": {
+            "_target_": "polyhead.models.MultiHeadClassifier",
+            "backbone": SHUFFLE,
+            "heads": {"screen": 2, "other": 1},
+            "split_at": "conv5",
+            "encoder_weights": None,
+        },
+        "val_dataset": {"image_size": 32},
+    }
     model = MultiHeadClassifier(**{k: v for k, v in cfg["model"].items() if k != "_target_"})
     model.train()
     with torch.no_grad():  # non-trivial BatchNorm statistics, heads no longer identical
@@ -41,8 +47,9 @@ def checkpoint(tmp_path_factory):
 
 def test_all_heads_onnx_matches_pytorch_with_dynamic_batch(checkpoint, tmp_path, capsys):
     out = tmp_path / "all.onnx"
-    args = _parser().parse_args(["export", str(checkpoint), "--format", "onnx", "--all-heads",
-                                 "-o", str(out)])
+    args = _parser().parse_args(
+        ["export", str(checkpoint), "--format", "onnx", "--all-heads", "-o", str(out)]
+    )
     assert args.func(args) == 0
     assert "max abs difference" in capsys.readouterr().out
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

@@ -47,7 +47,8 @@ def test_split_heads_own_copies_of_the_tail_blocks():
     assert "conv5" not in model.shared and list(model.shared)[-1] == "stage4"
     shared_only = MultiHeadClassifier(SHUFFLE, {"a": 2, "b": 2}, split_at=None)
     extra = sum(p.numel() for p in model.parameters()) - sum(
-        p.numel() for p in shared_only.parameters())
+        p.numel() for p in shared_only.parameters()
+    )
     assert extra == sum(p.numel() for p in model.heads["b"].blocks.parameters())
     # heads train independently: a loss on head a leaves head b's conv5 without gradient
     model(torch.randn(2, 3, 32, 32))["a"].sum().backward()
@@ -59,15 +60,18 @@ def test_stage_index_block_names_and_errors():
     m = MultiHeadClassifier(SHUFFLE, HEADS, split_at="stage4.2")  # opens stage4
     assert m.split_blocks == ["stage4.2", "stage4.3", "conv5"]
     assert MultiHeadClassifier("test_resnet", HEADS, split_at=3).split_blocks == [
-        "layer3", "layer4"]
+        "layer3",
+        "layer4",
+    ]
     with pytest.raises(ConfigError, match="not a block.*conv5"):
         MultiHeadClassifier(SHUFFLE, HEADS, split_at="nope")
     with pytest.raises(ConfigError, match="stages 0..4"):
         MultiHeadClassifier(SHUFFLE, HEADS, split_at=7)
     with pytest.raises(ConfigError, match="split_at=null"):
         MultiHeadClassifier("test_vit", HEADS, split_at="last_stage")
-    assert MultiHeadClassifier("test_vit", HEADS, split_at=None)(
-        torch.randn(1, 3, 160, 160))["other"].shape == (1, 1)
+    assert MultiHeadClassifier("test_vit", HEADS, split_at=None)(torch.randn(1, 3, 160, 160))[
+        "other"
+    ].shape == (1, 1)
     with pytest.raises(ConfigError, match="outputs"):
         MultiHeadClassifier(SHUFFLE, {"a": 0})
 

@@ -53,8 +53,15 @@ def test_derived_task_decisions():
 
 
 def test_training_logs_per_head_losses_and_metrics_and_selects_on_a_head(digits, tmp_path):
-    cfg = demo_config(digits, tmp_path, epochs=2, image_size=32, backbone=TINY,
-                      split_at="last_stage", batch_size=16)
+    cfg = demo_config(
+        digits,
+        tmp_path,
+        epochs=2,
+        image_size=32,
+        backbone=TINY,
+        split_at="last_stage",
+        batch_size=16,
+    )
     cfg["task"]["loss_balancing"] = "uncertainty"
     cfg["pl_trainer"].update(enable_progress_bar=False, max_steps=4, log_every_n_steps=1)
     result = train(cfg)

@@ -22,8 +22,9 @@ def conv_teacher(bands: int = 4, n_classes: int = 4, members: int = 2, seed: int
     """An ensemble of small random conv nets (a real, input-dependent spread)."""
     torch.manual_seed(seed)
     nets = [
-        nn.Sequential(nn.Conv2d(bands, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, n_classes, 3,
-                                                                               padding=1))
+        nn.Sequential(
+            nn.Conv2d(bands, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, n_classes, 3, padding=1)
+        )
         for _ in range(members)
     ]
     return EnsembleTeacher(nets)
@@ -41,8 +42,23 @@ def tiny_targets(synthetic, tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny_targets")
     teachers = [train_teacher(synthetic, root / f"t{i}", "unet", i, steps=3) for i in range(2)]
-    assert main(["distill-targets", "--teacher", *map(str, teachers), "--csv",
-                 str(synthetic.train_csv), "--out", str(root / "targets"), "--tile-size", "32",
-                 "--overlap", "16"]) == 0
+    assert (
+        main(
+            [
+                "distill-targets",
+                "--teacher",
+                *map(str, teachers),
+                "--csv",
+                str(synthetic.train_csv),
+                "--out",
+                str(root / "targets"),
+                "--tile-size",
+                "32",
+                "--overlap",
+                "16",
+            ]
+        )
+        == 0
+    )
     torch.set_num_threads(before)
     return teachers, root / "targets" / "distill.csv"

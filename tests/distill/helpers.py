@@ -11,8 +11,14 @@ from hydra.utils import instantiate
 from polyhead.distill.configs import teacher_config
 
 TEACHER_ENCODER = "tu-mobilenetv3_small_050"  # ~0.3 M parameters: quick on a busy CPU
-FAST = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
-        "enable_model_summary": False, "log_every_n_steps": 1, "logger": False}
+FAST = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "log_every_n_steps": 1,
+    "logger": False,
+}
 
 
 def train_teacher(data, out: Path, decoder: str, seed: int, steps: int = 40) -> Path:
@@ -25,8 +31,9 @@ def train_teacher(data, out: Path, decoder: str, seed: int, steps: int = 40) -> 
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for batch in loader:
-        loss = F.cross_entropy(model(batch["image"])["A"], batch["targets"]["hard"],
-                               ignore_index=255)
+        loss = F.cross_entropy(
+            model(batch["image"])["A"], batch["targets"]["hard"], ignore_index=255
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -53,16 +53,19 @@ def test_thread_recipe_parts_and_total():
     total, parts = ThreadRecipeLoss()(logits, z, targets)
     std = targets["uncertainty"][:, 3:].half().float()
     assert parts["uncertainty"].item() == pytest.approx(
-        F.mse_loss(torch.sigmoid(z), std).item(), rel=1e-5)
+        F.mse_loss(torch.sigmoid(z), std).item(), rel=1e-5
+    )
     ce = F.cross_entropy(logits, targets["hard"])
     assert parts["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
-    assert total.item() == pytest.approx(0.1 * ce.item() + parts["kl"].item()
-                                         + parts["uncertainty"].item(), rel=1e-5)
+    assert total.item() == pytest.approx(
+        0.1 * ce.item() + parts["kl"].item() + parts["uncertainty"].item(), rel=1e-5
+    )
     with pytest.raises(ConfigError, match="output channel"):
         ThreadRecipeLoss()(logits, torch.zeros(B, 1, H, W), targets)
     _, normalised = ThreadRecipeLoss(normalize=True)(logits, z, targets)
     assert normalised["uncertainty"].item() == pytest.approx(
-        parts["uncertainty"].item() / std.var(unbiased=False).item(), rel=1e-4)
+        parts["uncertainty"].item() / std.var(unbiased=False).item(), rel=1e-4
+    )
 
 
 def test_uncertainty_gradient_survives_mostly_zero_targets():

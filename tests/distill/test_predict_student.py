@@ -33,10 +33,19 @@ def student(synthetic, tiny_targets, tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("predict_student")
     teachers, distill_csv = tiny_targets
-    cfg = student_config(synthetic, distill_csv, distill_csv, root / "student", epochs=1,
-                         encoder_name=TEACHER_ENCODER, decoder="unet",
-                         decoder_options={"decoder_channels": [16, 8, 8, 8, 8]}, crop_size=32,
-                         samples_per_epoch=16, lr=3e-3)
+    cfg = student_config(
+        synthetic,
+        distill_csv,
+        distill_csv,
+        root / "student",
+        epochs=1,
+        encoder_name=TEACHER_ENCODER,
+        decoder="unet",
+        decoder_options={"decoder_channels": [16, 8, 8, 8, 8]},
+        crop_size=32,
+        samples_per_epoch=16,
+        lr=3e-3,
+    )
     cfg["pl_trainer"] = {**FAST, "max_epochs": 1}
     return train(cfg).last_checkpoint, teachers[0], distill_csv
 
@@ -46,8 +55,18 @@ def test_predict_student_writes_maps_and_figure(student, synthetic, tmp_path, ca
     matched = synthetic.out_dir / "scenes" / f"{synthetic.train_scenes[0]}.tif"
     unmatched = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
     out = tmp_path / "out"
-    argv = ["predict", str(ckpt), str(matched), str(unmatched), "-o", str(out),
-            "--teacher-targets", str(distill_csv), "--probabilities", *TILES]
+    argv = [
+        "predict",
+        str(ckpt),
+        str(matched),
+        str(unmatched),
+        "-o",
+        str(out),
+        "--teacher-targets",
+        str(distill_csv),
+        "--probabilities",
+        *TILES,
+    ]
     assert main(argv) == 0
     std = capsys.readouterr()
     assert "wrote 2 class maps" in std.out and str(out) in std.out
@@ -59,8 +78,11 @@ def test_predict_student_writes_maps_and_figure(student, synthetic, tmp_path, ca
     with rasterio.open(matched) as src:
         image = src.read()
         probs, unc = predict_student(model, image, spec, inference_normalization(cfg), 32, 16)
-        for suffix, dtype, count in (("classes", "uint8", 1), ("uncertainty", "float32", 1),
-                                     ("proba", "float32", probs.shape[0])):
+        for suffix, dtype, count in (
+            ("classes", "uint8", 1),
+            ("uncertainty", "float32", 1),
+            ("proba", "float32", probs.shape[0]),
+        ):
             with rasterio.open(out / f"{matched.stem}_{suffix}.tif") as ds:
                 assert (ds.dtypes[0], ds.count, ds.shape) == (dtype, count, src.shape)
                 assert ds.crs == src.crs and ds.transform == src.transform
@@ -79,8 +101,7 @@ def test_predict_student_writes_maps_and_figure(student, synthetic, tmp_path, ca
 
 
 @pytest.mark.parametrize("option", [["--tta", "flips"], ["--crf"], ["--head", "seg"]])
-def test_student_rejects_options_that_do_not_apply(student, synthetic, tmp_path, capsys,
-                                                   option):
+def test_student_rejects_options_that_do_not_apply(student, synthetic, tmp_path, capsys, option):
     scene = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
     out = tmp_path / "out"
     assert main(["predict", str(student[0]), str(scene), "-o", str(out), *option]) == 2
@@ -98,8 +119,15 @@ def test_teacher_targets_errors(student, synthetic, tmp_path, capsys):
     assert f"teacher targets not found: {missing}" in capsys.readouterr().err
     assert main([*base, str(synthetic.train_csv)]) == 2
     assert "not a distill.csv" in capsys.readouterr().err
-    argv = ["predict", str(teacher), str(scene), "-o", str(out), "--teacher-targets",
-            str(distill_csv)]
+    argv = [
+        "predict",
+        str(teacher),
+        str(scene),
+        "-o",
+        str(out),
+        "--teacher-targets",
+        str(distill_csv),
+    ]
     assert main(argv) == 2
     assert "--teacher-targets needs a distilled student" in capsys.readouterr().err
     assert not out.exists()
@@ -120,9 +148,17 @@ def test_figure_reads_are_decimated_for_large_rasters(tmp_path):
 
     data = np.arange(40 * 2100, dtype=np.uint16).reshape(1, 40, 2100)
     path = tmp_path / "wide.tif"
-    with rasterio.open(path, "w", driver="GTiff", height=40, width=2100, count=1,
-                       dtype="uint16", crs="EPSG:32633",
-                       transform=rasterio.transform.Affine(10, 0, 0, 0, -10, 0)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=40,
+        width=2100,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=rasterio.transform.Affine(10, 0, 0, 0, -10, 0),
+    ) as dst:
         dst.write(data)
     small = read_decimated(path, 4096)
     np.testing.assert_array_equal(small, data)

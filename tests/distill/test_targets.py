@@ -25,8 +25,7 @@ def written(synthetic, tmp_path_factory):
     out = tmp_path_factory.mktemp("targets")
     teacher = conv_teacher()
     teacher.normalize = _norm
-    result = write_distillation_targets(teacher, synthetic.train_csv, out, tile_size=32,
-                                        overlap=8)
+    result = write_distillation_targets(teacher, synthetic.train_csv, out, tile_size=32, overlap=8)
     return teacher, result, out
 
 
@@ -54,8 +53,15 @@ def test_files_bands_georeferencing_and_values(written, synthetic):
 
 def _dataset(csv, augmentation=None, **kw):
     return RandomCropSegmentationDataset(
-        csv, crop_size=32, n_classes=4, soft_labels=True, grid_mode=True,
-        extra_targets={"uncertainty": "uncertainty"}, augmentation_list=augmentation, **kw)
+        csv,
+        crop_size=32,
+        n_classes=4,
+        soft_labels=True,
+        grid_mode=True,
+        extra_targets={"uncertainty": "uncertainty"},
+        augmentation_list=augmentation,
+        **kw,
+    )
 
 
 def test_round_trip_through_the_dataset_with_flips_aligned(written):
@@ -82,15 +88,25 @@ def test_extra_target_validation_names_row_and_file(written, tmp_path):
     _, result, out = written
     text = result.csv_path.read_text()
     with pytest.raises(DataError, match="extra_targets column"):
-        RandomCropSegmentationDataset(result.csv_path, 32, 4, grid_mode=True,
-                                      extra_targets={"u": "missing_column"})
+        RandomCropSegmentationDataset(
+            result.csv_path, 32, 4, grid_mode=True, extra_targets={"u": "missing_column"}
+        )
     bad = out / "bad.csv"
     bad.write_text(text.replace("scene_001_uncertainty.tif", "nowhere.tif"))
     with pytest.raises(DataError, match=r"row 2 .*nowhere\.tif: file not found"):
         _dataset(bad)
     small = out / "teacher" / "small.tif"
-    with rasterio.open(small, "w", driver="GTiff", width=8, height=8, count=7, dtype="float32",
-                       crs="EPSG:32633", transform=rasterio.Affine(10, 0, 0, 0, -10, 0)) as dst:
+    with rasterio.open(
+        small,
+        "w",
+        driver="GTiff",
+        width=8,
+        height=8,
+        count=7,
+        dtype="float32",
+        crs="EPSG:32633",
+        transform=rasterio.Affine(10, 0, 0, 0, -10, 0),
+    ) as dst:
         dst.write(np.zeros((7, 8, 8), np.float32))
     bad.write_text(text.replace("teacher/scene_002_uncertainty.tif", "teacher/small.tif"))
     with pytest.raises(DataError, match=r"row 3 .*small\.tif: size 8 x 8 differs"):
@@ -111,8 +127,9 @@ def test_no_partial_outputs_when_an_image_fails(synthetic, tmp_path):
 
     member.forward = flaky
     with pytest.raises(RuntimeError, match="boom"):
-        write_distillation_targets(teacher, synthetic.train_csv, tmp_path / "t", tile_size=32,
-                                   overlap=0)
+        write_distillation_targets(
+            teacher, synthetic.train_csv, tmp_path / "t", tile_size=32, overlap=0
+        )
     assert [p for p in (tmp_path / "t").rglob("*") if p.is_file()] == []
     assert Path(tmp_path / "t" / "distill.csv").exists() is False
 
@@ -130,10 +147,12 @@ def test_extra_targets_from_npy_float16_and_uint8(synthetic, tmp_path):
         lines.append(f"{base / image},{base / mask},h{i}.npy,b{i}.npy")
     csv_path = tmp_path / "extra.csv"
     csv_path.write_text("\n".join(lines) + "\n")
-    ds = RandomCropSegmentationDataset(csv_path, 32, 4, grid_mode=True,
-                                       extra_targets={"half": "half", "bytes": "bytes"})
+    ds = RandomCropSegmentationDataset(
+        csv_path, 32, 4, grid_mode=True, extra_targets={"half": "half", "bytes": "bytes"}
+    )
     item = ds[0]
     assert item["targets"]["half"].dtype == torch.float32
-    assert torch.equal(item["targets"]["half"], torch.from_numpy(arrays[0][:, :32, :32].astype(
-        np.float32)))
+    assert torch.equal(
+        item["targets"]["half"], torch.from_numpy(arrays[0][:, :32, :32].astype(np.float32))
+    )
     assert torch.allclose(item["targets"]["bytes"], torch.full((1, 32, 32), 0.2))

@@ -17,25 +17,39 @@ def _model(unc_classes=None, roles=("soft", "uncertainty")):
     unc = {**HEAD, "role": roles[1]}
     if unc_classes:
         unc["classes"] = unc_classes
-    return MultiHeadSegmentationModel({"seg": {**HEAD, "role": roles[0]}, "unc": unc},
-                                      encoder_name="resnet18", encoder_depth=5, in_channels=3,
-                                      classes=4)
+    return MultiHeadSegmentationModel(
+        {"seg": {**HEAD, "role": roles[0]}, "unc": unc},
+        encoder_name="resnet18",
+        encoder_depth=5,
+        in_channels=3,
+        classes=4,
+    )
 
 
 def _batch(b=2, k=4, s=32):
     g = torch.Generator().manual_seed(0)
     soft = torch.randn(b, k, s, s, generator=g).softmax(1)
-    return {"image": torch.randn(b, 3, s, s, generator=g),
-            "targets": {"soft": soft, "hard": soft.argmax(1),
-                        "uncertainty": torch.rand(b, 3 + k, s, s, generator=g) * 0.1}}
+    return {
+        "image": torch.randn(b, 3, s, s, generator=g),
+        "targets": {
+            "soft": soft,
+            "hard": soft.argmax(1),
+            "uncertainty": torch.rand(b, 3 + k, s, s, generator=g) * 0.1,
+        },
+    }
 
 
 def test_heads_by_role_and_config_entry():
     task = DistillationTask(_model(), config={"model": {}})
     assert (task.seg_head, task.unc_head) == ("seg", "unc")
     assert task.run_config["distillation"] == {
-        "seg_head": "seg", "uncertainty_head": "unc", "transform": "sqrt", "activation": "none",
-        "log_eps": 1e-3, "uncertainty_target": "entropy"}
+        "seg_head": "seg",
+        "uncertainty_head": "unc",
+        "transform": "sqrt",
+        "activation": "none",
+        "log_eps": 1e-3,
+        "uncertainty_target": "entropy",
+    }
     thread = DistillationTask(_model(4), loss=ThreadRecipeLoss(), config={})
     assert thread.run_config["distillation"]["activation"] == "sigmoid"
     assert thread.criterion.ignore_index == 255  # the data's, set by the task

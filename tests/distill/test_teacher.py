@@ -61,8 +61,13 @@ def test_streaming_matches_stacked_statistics_and_population_std():
     assert stacked.shape == (2, 3 + 4, 5, 6)
     assert torch.equal(stacked[:, uncertainty_channels("entropy", 4)], out["entropy"])
     assert torch.equal(stacked[:, uncertainty_channels("std_per_class", 4)], out["std_per_class"])
-    assert band_names(2) == ["std_winning", "entropy", "mutual_information", "std_class_0",
-                             "std_class_1"]
+    assert band_names(2) == [
+        "std_winning",
+        "entropy",
+        "mutual_information",
+        "std_class_0",
+        "std_class_1",
+    ]
 
 
 def test_identical_members_have_no_uncertainty_and_teacher_stays_in_eval():

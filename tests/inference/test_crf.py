@@ -122,8 +122,11 @@ def test_boundary_mask_and_f1_on_hand_made_masks() -> None:
     assert boundary_f1(shifted, ignored, tolerance=0)["f1"] == 1.0
     ignored = truth.copy()
     ignored[:, 9:11] = 255  # hides the true edge only
-    assert boundary_f1(shifted, ignored, tolerance=0) == {"precision": 0.0, "recall": 0.0,
-                                                          "f1": 0.0}
+    assert boundary_f1(shifted, ignored, tolerance=0) == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+    }
     assert boundary_mask(truth, truth != 1).sum() == 0
     acc = BoundaryF1(tolerance=0)
     acc.update(truth, truth)
@@ -137,8 +140,17 @@ def test_boundary_mask_and_f1_on_hand_made_masks() -> None:
 
 def _scene(path: Path, h: int = 40, w: int = 56) -> tuple[Path, np.ndarray]:
     _, image, truth = _edge_case(h=h, w=w)
-    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=3, dtype="uint8",
-                       crs="EPSG:32633", transform=TRANSFORM) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=h,
+        width=w,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=TRANSFORM,
+    ) as dst:
         dst.write(image)
     return path, image
 
@@ -148,14 +160,24 @@ def test_predict_raster_crf_writes_refined_outputs(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1))
     path, image = _scene(tmp_path / "scene.tif")
     kw = {"sxy_bilateral": 20, "n_iter": 3}
-    result = predict_raster_crf(model, path, tmp_path / "o.tif", crf_kwargs=kw,
-                                write_probabilities=True, write_uncertainty=True,
-                                tile_size=32, overlap=8)
-    expected = dense_crf(predict_array(model, image.astype(np.float32), tile_size=32,
-                                       overlap=8), image, **kw)
-    with rasterio.open(result.class_map_path) as cls, rasterio.open(
-        result.probabilities_path
-    ) as proba, rasterio.open(result.uncertainty_path) as unc:
+    result = predict_raster_crf(
+        model,
+        path,
+        tmp_path / "o.tif",
+        crf_kwargs=kw,
+        write_probabilities=True,
+        write_uncertainty=True,
+        tile_size=32,
+        overlap=8,
+    )
+    expected = dense_crf(
+        predict_array(model, image.astype(np.float32), tile_size=32, overlap=8), image, **kw
+    )
+    with (
+        rasterio.open(result.class_map_path) as cls,
+        rasterio.open(result.probabilities_path) as proba,
+        rasterio.open(result.uncertainty_path) as unc,
+    ):
         assert cls.transform == TRANSFORM and unc.transform == TRANSFORM
         assert (cls.read(1) == expected.argmax(0)).all()
         np.testing.assert_allclose(proba.read(), expected, atol=1e-5)
@@ -170,18 +192,45 @@ def test_predict_files_with_tta_crf_and_uncertainty(tmp_path: Path) -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 2, 1)
     ckpt = tmp_path / "m.ckpt"
-    torch.save({"polyhead_config": {"model": {"_target_": "torch.nn.Conv2d", "in_channels": 3,
-                                              "out_channels": 2, "kernel_size": 1}},
-                "state_dict": {f"model.{k}": v for k, v in conv.state_dict().items()}}, ckpt)
+    torch.save(
+        {
+            "polyhead_config": {
+                "model": {
+                    "_target_": "torch.nn.Conv2d",
+                    "in_channels": 3,
+                    "out_channels": 2,
+                    "kernel_size": 1,
+                }
+            },
+            "state_dict": {f"model.{k}": v for k, v in conv.state_dict().items()},
+        },
+        ckpt,
+    )
     path, _ = _scene(tmp_path / "scene.tif")
     out = tmp_path / "pred"
-    written = predict_files(ckpt, [path], out, tile_size=32, overlap=8, progress=False,
-                            tta="flips+scales=1,1.5", crf=True, write_uncertainty=True)
+    written = predict_files(
+        ckpt,
+        [path],
+        out,
+        tile_size=32,
+        overlap=8,
+        progress=False,
+        tta="flips+scales=1,1.5",
+        crf=True,
+        write_uncertainty=True,
+    )
     assert written == [out / "scene_classes.tif"]
-    assert sorted(p.name for p in out.iterdir()) == ["scene_classes.tif",
-                                                     "scene_uncertainty.tif"]
-    plain = predict_files(ckpt, [path], tmp_path / "plain", tile_size=32, overlap=8,
-                          progress=False, write_uncertainty=True, write_probabilities=True)
+    assert sorted(p.name for p in out.iterdir()) == ["scene_classes.tif", "scene_uncertainty.tif"]
+    plain = predict_files(
+        ckpt,
+        [path],
+        tmp_path / "plain",
+        tile_size=32,
+        overlap=8,
+        progress=False,
+        write_uncertainty=True,
+        write_probabilities=True,
+    )
     assert (tmp_path / "plain" / "scene_uncertainty.tif").is_file() and plain
     with pytest.raises(ConfigError, match="TTA"):
         predict_files(ckpt, [path], out, tta="spin")

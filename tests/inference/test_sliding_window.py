@@ -450,12 +450,23 @@ def test_activation_and_own_uncertainty_band(tmp_path: Path) -> None:
     model = _ProbsAndOwnUncertainty()
     ref = predict_array(model, image, tile_size=T, overlap=OV, activation=nn.Identity())
     assert ref.shape == (K + 1, 70, 90)
-    np.testing.assert_allclose(ref[:K], predict_array(model.net, image, tile_size=T, overlap=OV),
-                               atol=1e-6)  # blending probabilities is linear
+    np.testing.assert_allclose(
+        ref[:K], predict_array(model.net, image, tile_size=T, overlap=OV), atol=1e-6
+    )  # blending probabilities is linear
     for block in (4096, 40):
-        res = predict_raster(model, src, tmp_path / f"b{block}.tif", tile_size=T, overlap=OV,
-                             write_probabilities=True, write_uncertainty=True, progress=False,
-                             block_size=block, activation=nn.Identity(), uncertainty_band=True)
+        res = predict_raster(
+            model,
+            src,
+            tmp_path / f"b{block}.tif",
+            tile_size=T,
+            overlap=OV,
+            write_probabilities=True,
+            write_uncertainty=True,
+            progress=False,
+            block_size=block,
+            activation=nn.Identity(),
+            uncertainty_band=True,
+        )
         assert res.n_classes == K
         np.testing.assert_allclose(_read(res.probabilities_path), ref[:K], atol=1e-6)
         np.testing.assert_array_equal(_read(res.class_map_path)[0], ref[:K].argmax(axis=0))

@@ -112,12 +112,27 @@ def test_works_with_predict_array_and_raster(tmp_path: Path) -> None:
     probs = predict_array(tta, image, tile_size=64, overlap=0)
     np.testing.assert_allclose(probs, hand, atol=1e-5)
     path = tmp_path / "in.tif"
-    with rasterio.open(path, "w", driver="GTiff", height=64, width=64, count=C,
-                       dtype="float32", crs="EPSG:32633",
-                       transform=Affine(10, 0, 4e5, 0, -10, 5e6)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=64,
+        width=64,
+        count=C,
+        dtype="float32",
+        crs="EPSG:32633",
+        transform=Affine(10, 0, 4e5, 0, -10, 5e6),
+    ) as dst:
         dst.write(image)
-    result = predict_raster(tta, path, tmp_path / "out.tif", tile_size=64, overlap=0,
-                            write_probabilities=True, progress=False)
+    result = predict_raster(
+        tta,
+        path,
+        tmp_path / "out.tif",
+        tile_size=64,
+        overlap=0,
+        write_probabilities=True,
+        progress=False,
+    )
     with rasterio.open(result.probabilities_path) as src:
         np.testing.assert_allclose(src.read(), hand, atol=1e-5)
     with rasterio.open(result.class_map_path) as src:
@@ -127,10 +142,15 @@ def test_works_with_predict_array_and_raster(tmp_path: Path) -> None:
 def test_build_tta_parses_specs() -> None:
     assert build_tta("flips") == {"flips": ("none", "h", "v", "hv"), "scales": (1.0,)}
     assert build_tta("flips+scales=0.75,1,1.25") == {
-        "flips": ("none", "h", "v", "hv"), "scales": (0.75, 1.0, 1.25)}
+        "flips": ("none", "h", "v", "hv"),
+        "scales": (0.75, 1.0, 1.25),
+    }
     assert build_tta("hflip+scales") == {"flips": ("none", "h"), "scales": (0.75, 1.0, 1.25)}
     assert build_tta("flips=v + size_divisor=16") == {
-        "flips": ("none", "v"), "scales": (1.0,), "size_divisor": 16}
+        "flips": ("none", "v"),
+        "scales": (1.0,),
+        "size_divisor": 16,
+    }
     assert build_tta("none") == {"flips": ("none",), "scales": (1.0,)}
     for bad in ("", "rotate", "scales=a,b", "flips=x", "scales=0", "size_divisor=x"):
         with pytest.raises(ConfigError):
@@ -142,7 +162,10 @@ def test_tta_from_config() -> None:
     assert tta_from_config({"enabled": False}) is None
     assert tta_from_config("vflip") == {"flips": ("none", "v"), "scales": (1.0,)}
     assert tta_from_config({"flips": ["none", "h"], "scales": [1, 1.5]}) == {
-        "flips": ("none", "h"), "scales": (1.0, 1.5), "size_divisor": 32}
+        "flips": ("none", "h"),
+        "scales": (1.0, 1.5),
+        "size_divisor": 32,
+    }
     kwargs = tta_from_config({"flips": True, "scales": 1})
     assert kwargs is not None and TTAModel(nn.Identity(), **kwargs).n_passes == 4
     for bad in ({"flip": ["h"]}, {"scales": []}, {"flips": ["z"]}, 3):

@@ -37,8 +37,9 @@ def test_entropy_and_max_prob_values() -> None:
     np.testing.assert_allclose(raw[0, 1], np.log(K), rtol=1e-6)
     t = torch.from_numpy(probs)
     torch.testing.assert_close(predictive_entropy(t), torch.from_numpy(ent))
-    torch.testing.assert_close(uncertainty_map(t, "max_prob"),
-                               torch.from_numpy(max_prob_uncertainty(probs)))
+    torch.testing.assert_close(
+        uncertainty_map(t, "max_prob"), torch.from_numpy(max_prob_uncertainty(probs))
+    )
     np.testing.assert_array_equal(uncertainty_map(probs), ent)
     # class axis elsewhere, one class
     np.testing.assert_allclose(predictive_entropy(np.moveaxis(probs, 0, -1), axis=-1), ent)
@@ -49,8 +50,17 @@ def test_entropy_and_max_prob_values() -> None:
 
 def _raster(path: Path, h: int, w: int) -> Path:
     image = np.random.default_rng(0).random((C, h, w), dtype=np.float32)
-    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=C, dtype="float32",
-                       crs="EPSG:32633", transform=TRANSFORM) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=h,
+        width=w,
+        count=C,
+        dtype="float32",
+        crs="EPSG:32633",
+        transform=TRANSFORM,
+    ) as dst:
         dst.write(image)
     return path
 
@@ -59,8 +69,15 @@ def test_predict_raster_writes_uncertainty_band(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(C, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, K, 1))
     src_path = _raster(tmp_path / "scene.tif", 90, 70)
-    result = predict_raster(model, src_path, tmp_path / "out" / "map.tif", tile_size=32,
-                            overlap=8, write_uncertainty=True, progress=False)
+    result = predict_raster(
+        model,
+        src_path,
+        tmp_path / "out" / "map.tif",
+        tile_size=32,
+        overlap=8,
+        write_uncertainty=True,
+        progress=False,
+    )
     unc_path = tmp_path / "out" / "map_uncertainty.tif"
     assert result.uncertainty_path == unc_path and result.probabilities_path is None
     with rasterio.open(src_path) as src:
@@ -71,13 +88,29 @@ def test_predict_raster_writes_uncertainty_band(tmp_path: Path) -> None:
         assert unc.crs.to_epsg() == 32633 and unc.transform == TRANSFORM
         np.testing.assert_allclose(unc.read(1), predictive_entropy(probs), atol=1e-5)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "map.tif", "map_uncertainty.tif"]  # no temp files left
+        "map.tif",
+        "map_uncertainty.tif",
+    ]  # no temp files left
     # explicit path, with probabilities; colliding paths are refused
     custom = tmp_path / "u.tif"
-    predict_raster(model, src_path, tmp_path / "m2.tif", tile_size=32, overlap=8,
-                   write_probabilities=True, write_uncertainty=True, uncertainty_path=custom,
-                   progress=False)
+    predict_raster(
+        model,
+        src_path,
+        tmp_path / "m2.tif",
+        tile_size=32,
+        overlap=8,
+        write_probabilities=True,
+        write_uncertainty=True,
+        uncertainty_path=custom,
+        progress=False,
+    )
     assert custom.is_file() and (tmp_path / "m2_proba.tif").is_file()
     with pytest.raises(ConfigError, match="differ"):
-        predict_raster(model, src_path, tmp_path / "m3.tif", write_uncertainty=True,
-                       uncertainty_path=tmp_path / "m3.tif", progress=False)
+        predict_raster(
+            model,
+            src_path,
+            tmp_path / "m3.tif",
+            write_uncertainty=True,
+            uncertainty_path=tmp_path / "m3.tif",
+            progress=False,
+        )

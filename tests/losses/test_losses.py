@@ -55,8 +55,12 @@ def test_multihead_loss_routes_targets_and_warms_up():
     hard[0, 0, 0] = 255
     soft = torch.softmax(torch.randn(2, 3, 4, 4), 1)
     dice = smp.losses.DiceLoss("multiclass")  # ignore_index left at None
-    loss = MultiHeadLoss({"A": "hard", "B": "soft"}, hard_loss=dice, consistency_weight=0.5,
-                         consistency_warmup_epochs=2)
+    loss = MultiHeadLoss(
+        {"A": "hard", "B": "soft"},
+        hard_loss=dice,
+        consistency_weight=0.5,
+        consistency_warmup_epochs=2,
+    )
     assert dice.ignore_index == 255
     total0, parts = loss(outputs, {"hard": hard, "soft": soft}, epoch=0)
     torch.testing.assert_close(total0, parts["A"] + parts["B"])

@@ -16,8 +16,11 @@ ENC = "resnet18"
 TINY = "tu-test_convnext"  # tiny timm encoder (its level 1 has 0 channels)
 SMALL = {  # small decoder widths keep the tests fast
     "upernet": {"decoder_channels": 32},
-    "fpn": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32,
-            "decoder_dropout": 0.0},
+    "fpn": {
+        "decoder_pyramid_channels": 32,
+        "decoder_segmentation_channels": 32,
+        "decoder_dropout": 0.0,
+    },
     "unet": {"decoder_channels": (64, 32, 16, 16, 8)},
     "segformer": {"decoder_segmentation_channels": 32},
     "pspnet": {"psp_out_channels": 32, "psp_dropout": 0.0},

@@ -52,8 +52,14 @@ def test_dual_head_outputs_and_switching():
 
 @pytest.mark.parametrize(
     "decoder,extra",
-    [("upernet", {}), ("fpn", {}), ("unet", {}), ("segformer", {}), ("pspnet", {}),
-     ("deeplabv3plus", {"encoder_output_stride": 16})],
+    [
+        ("upernet", {}),
+        ("fpn", {}),
+        ("unet", {}),
+        ("segformer", {}),
+        ("pspnet", {}),
+        ("deeplabv3plus", {"encoder_output_stride": 16}),
+    ],
 )
 def test_head_types_shapes(decoder, extra):
     model = MultiHeadSegmentationModel(
@@ -77,7 +83,9 @@ def test_errors_name_what_to_change():
         MultiHeadSegmentationModel(heads={"a": "deeplabv3plus"}, encoder_name="resnet18")
     with pytest.raises(ConfigError, match="encoder_output_stride 32"):
         MultiHeadSegmentationModel(
-            heads={"a": "deeplabv3plus", "b": "fpn"}, encoder_name="resnet18", encoder_output_stride=16
+            heads={"a": "deeplabv3plus", "b": "fpn"},
+            encoder_name="resnet18",
+            encoder_output_stride=16,
         )
     model = MultiHeadSegmentationModel(heads={"a": "fpn"}, encoder_name="resnet18")
     with pytest.raises(RuntimeError, match=r"pad it to \(64, 64\)"):

@@ -39,8 +39,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         config = args.config
     if args.epochs:
         overrides.append(f"pl_trainer.max_epochs={args.epochs}")
-    result = run_compare(config, out_dir=args.out, overrides=overrides, runs=args.runs,
-                         threads=args.threads)
+    result = run_compare(
+        config, out_dir=args.out, overrides=overrides, runs=args.runs, threads=args.threads
+    )
     print(markdown_table(result))
     print(f"wrote {result.markdown} and {result.figure}")
     return 0
@@ -52,9 +53,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from polyhead.classification.export import compare_onnx, export_checkpoint
 
     heads = None if args.all_heads else args.head
-    path = export_checkpoint(args.checkpoint, args.output, heads=heads,
-                             image_size=args.image_size, probabilities=args.probabilities,
-                             opset=args.opset, overrides=args.set or [])
+    path = export_checkpoint(
+        args.checkpoint,
+        args.output,
+        heads=heads,
+        image_size=args.image_size,
+        probabilities=args.probabilities,
+        opset=args.opset,
+        overrides=args.set or [],
+    )
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
     if not args.no_check:
         diff = compare_onnx(load_model(args.checkpoint, args.set or [])[0], path)
@@ -67,11 +74,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``compare`` and ``export`` on polyhead's sub-command parser."""
     p = subparsers.add_parser(
-        "compare", help="single K-class head vs multi-head: precision/recall, latency, size")
+        "compare", help="single K-class head vs multi-head: precision/recall, latency, size"
+    )
     p.add_argument("config", nargs="?", help="multi-head classifier YAML (optional with --demo)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. pl_trainer.max_epochs=5")
-    p.add_argument("--demo", action="store_true",
-                   help="first write scikit-learn's digits (no download) and use them")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="first write scikit-learn's digits (no download) and use them",
+    )
     p.add_argument("--out", help="output folder (default: the config's output_dir)")
     p.add_argument("--runs", type=int, help="latency runs per model (default 50)")
     p.add_argument("--epochs", type=int, help="training epochs of both models")
@@ -83,15 +94,16 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a checkpoint written by polyhead train / compare")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--head", action="append", metavar="NAME", help="export this head "
-                       "(repeatable)")
+    which.add_argument(
+        "--head", action="append", metavar="NAME", help="export this head (repeatable)"
+    )
     which.add_argument("--all-heads", action="store_true", help="export every head (default)")
     p.add_argument("--output", "-o", help="ONNX file (default: beside the checkpoint)")
     p.add_argument("--image-size", type=int, help="input size (default: the training data's)")
-    p.add_argument("--probabilities", action="store_true",
-                   help="output probabilities instead of logits")
+    p.add_argument(
+        "--probabilities", action="store_true", help="output probabilities instead of logits"
+    )
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override the stored config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the stored config")
     p.set_defaults(func=cmd_export)

@@ -76,11 +76,15 @@ class Comparison:
         return self.multihead.latency_ms / self.baseline.latency_ms
 
 
-def load_config(config: str | os.PathLike | Mapping[str, Any],
-                overrides: Sequence[str] = ()) -> dict[str, Any]:
+def load_config(
+    config: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = ()
+) -> dict[str, Any]:
     """A YAML path or mapping, with ``key=value`` overrides, as a resolved plain dict."""
-    cfg = OmegaConf.load(config) if isinstance(config, str | os.PathLike) else OmegaConf.create(
-        dict(config))
+    cfg = (
+        OmegaConf.load(config)
+        if isinstance(config, str | os.PathLike)
+        else OmegaConf.create(dict(config))
+    )
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     return OmegaConf.to_container(cfg, resolve=True)
@@ -100,8 +104,10 @@ def task_rules(cfg: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], int]
         tasks[name] = tuple(int(p) for p in ([positive] if isinstance(positive, int) else positive))
     classes = (cfg.get("compare") or {}).get("classes", data.get("classes"))
     if not tasks or classes is None:
-        raise ConfigError("compare: needs train_dataset.heads (binary tasks) and "
-                          "train_dataset.classes (K, the number of class ids)")
+        raise ConfigError(
+            "compare: needs train_dataset.heads (binary tasks) and "
+            "train_dataset.classes (K, the number of class ids)"
+        )
     return tasks, int(classes)
 
 
@@ -116,10 +122,14 @@ def derive_configs(cfg: Mapping[str, Any], out_dir: Path) -> tuple[dict, dict]:
     for key in ("train_dataset", "val_dataset", "test_dataset"):
         if base.get(key):
             base[key] = {**base[key], "heads": {BASELINE_HEAD: {"from": "label"}}, "classes": k}
-    task = {key: v for key, v in (base.get("task") or {}).items()
-            if key not in ("head_weights", "loss_balancing", "derived_tasks")}
-    task["derived_tasks"] = {t: {"head": BASELINE_HEAD, "positive": list(p)}
-                             for t, p in tasks.items()}
+    task = {
+        key: v
+        for key, v in (base.get("task") or {}).items()
+        if key not in ("head_weights", "loss_balancing", "derived_tasks")
+    }
+    task["derived_tasks"] = {
+        t: {"head": BASELINE_HEAD, "positive": list(p)} for t, p in tasks.items()
+    }
     base["task"] = task
     return multi, base
 
@@ -128,8 +138,12 @@ def _eval_dataset(cfg: Mapping[str, Any], k: int) -> tuple[Any, str]:
     split = "test_dataset" if cfg.get("test_dataset") else "val_dataset"
     if not cfg.get(split):
         raise ConfigError("compare: the config needs a val_dataset (or test_dataset)")
-    spec = {**cfg[split], "heads": {BASELINE_HEAD: {"from": "label"}}, "classes": k,
-            "augmentation_list": None}
+    spec = {
+        **cfg[split],
+        "heads": {BASELINE_HEAD: {"from": "label"}},
+        "classes": k,
+        "augmentation_list": None,
+    }
     loader = {**(spec.get("data_loader") or {}), "shuffle": False, "drop_last": False}
     return instantiate({**spec, "data_loader": loader}, _convert_="all"), split.split("_")[0]
 
@@ -160,9 +174,13 @@ def task_scores(
 
 @torch.inference_mode()
 def measure_latency(
-    models: Mapping[str, torch.nn.Module], paths: Sequence[Path], image_size: Any,
-    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-    runs: int = 50, warmup: int = 5,
+    models: Mapping[str, torch.nn.Module],
+    paths: Sequence[Path],
+    image_size: Any,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    runs: int = 50,
+    warmup: int = 5,
 ) -> dict[str, float]:
     """Median seconds per image (read, EXIF, RGB, resize, normalise, forward, softmax), batch
     1, the models interleaved run by run (the order alternating) so load affects them alike."""
@@ -183,22 +201,35 @@ def measure_latency(
 def markdown_table(result: Comparison) -> str:
     """The comparison as a markdown table (one row per model) with a header and notes."""
     tasks = list(result.tasks)
-    cols = ["Model", *(f"{t} {m}" for t in tasks for m in ("precision", "recall")),
-            f"Latency ms (median of {result.runs})", "Parameters", "ONNX KB"]
+    cols = [
+        "Model",
+        *(f"{t} {m}" for t in tasks for m in ("precision", "recall")),
+        f"Latency ms (median of {result.runs})",
+        "Parameters",
+        "ONNX KB",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in (result.baseline, result.multihead):
-        cells = [row.name, *(f"{getattr(row, m)[t]:.3f}" for t in tasks
-                             for m in ("precision", "recall")),
-                 f"{row.latency_ms:.2f}", f"{row.parameters:,}", f"{row.onnx_kb:.0f}"]
+        cells = [
+            row.name,
+            *(f"{getattr(row, m)[t]:.3f}" for t in tasks for m in ("precision", "recall")),
+            f"{row.latency_ms:.2f}",
+            f"{row.parameters:,}",
+            f"{row.onnx_kb:.0f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     rules = ", ".join(f"{t} = class {'/'.join(map(str, p))}" for t, p in result.tasks.items())
-    return "\n".join([
-        f"Scored on the {result.eval_split} split ({result.n_images} images); tasks: {rules}.",
-        "", *lines, "",
-        f"Latency ratio multi-head / single head: {result.latency_ratio:.3f} (per image, batch 1, "
-        f"CPU, {result.threads} thread(s), including image reading, preprocessing and softmax).",
-        *(f"- {note}" for note in result.notes),
-    ])
+    return "\n".join(
+        [
+            f"Scored on the {result.eval_split} split ({result.n_images} images); tasks: {rules}.",
+            "",
+            *lines,
+            "",
+            f"Latency ratio multi-head / single head: {result.latency_ratio:.3f} (per image, batch 1, "
+            f"CPU, {result.threads} thread(s), including image reading, preprocessing and softmax).",
+            *(f"- {note}" for note in result.notes),
+        ]
+    )
 
 
 def write_markdown(result: Comparison, path: Path) -> Path:
@@ -230,13 +261,16 @@ def write_figure(result: Comparison, path: Path) -> Path:
     ax.legend(loc="upper center", ncol=2, fontsize=8)
     ax.set_title(f"{result.eval_split} split, {result.n_images} images")
     tab.axis("off")
-    cells = [[r.name, f"{r.latency_ms:.2f}", f"{r.parameters:,}", f"{r.onnx_kb:.0f}"]
-             for r in rows]
-    table = tab.table(cellText=cells, colLabels=["model", "latency ms", "parameters", "ONNX KB"],
-                      loc="center")
+    cells = [[r.name, f"{r.latency_ms:.2f}", f"{r.parameters:,}", f"{r.onnx_kb:.0f}"] for r in rows]
+    table = tab.table(
+        cellText=cells, colLabels=["model", "latency ms", "parameters", "ONNX KB"], loc="center"
+    )
     table.scale(1, 1.4)
-    tab.set_title(f"latency: median of {result.runs} runs, batch 1, CPU; multi/single = "
-                  f"{result.latency_ratio:.3f}", fontsize=9)
+    tab.set_title(
+        f"latency: median of {result.runs} runs, batch 1, CPU; multi/single = "
+        f"{result.latency_ratio:.3f}",
+        fontsize=9,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -283,22 +317,31 @@ def _compare(config: Any, out_dir: Any, overrides: Sequence[str], runs: int | No
     models = {name: load_model(path)[0] for name, path in checkpoints.items()}
     dataset, split = _eval_dataset(cfg, k)
     size = dataset.image_size
-    latency = measure_latency(models, [row.path for row in dataset.rows], size,
-                              dataset.mean, dataset.std, runs=runs)
+    latency = measure_latency(
+        models, [row.path for row in dataset.rows], size, dataset.mean, dataset.std, runs=runs
+    )
     reports = {}
     for name, model in models.items():
         precision, recall = task_scores(model, dataset, tasks, single=name == BASELINE)
         onnx_path = export_model(model, out / "onnx" / f"{name}.onnx", size)
         heads = getattr(model, "head_outputs", {})
-        label = (f"single {k}-class head" if name == BASELINE else
-                 f"{len(heads)} heads, split at {configs[MULTI]['model'].get('split_at')}")
+        label = (
+            f"single {k}-class head"
+            if name == BASELINE
+            else f"{len(heads)} heads, split at {configs[MULTI]['model'].get('split_at')}"
+        )
         reports[name] = ModelReport(
-            label, precision, recall, 1000.0 * latency[name],
-            sum(p.numel() for p in model.parameters()), onnx_path.stat().st_size / 1024.0,
+            label,
+            precision,
+            recall,
+            1000.0 * latency[name],
+            sum(p.numel() for p in model.parameters()),
+            onnx_path.stat().st_size / 1024.0,
             checkpoints[name],
         )
-    result = Comparison(reports[BASELINE], reports[MULTI], tasks, split, len(dataset), runs,
-                        torch.get_num_threads())
+    result = Comparison(
+        reports[BASELINE], reports[MULTI], tasks, split, len(dataset), runs, torch.get_num_threads()
+    )
     model_cfg = configs[MULTI]["model"]
     weights = (configs[MULTI].get("task") or {}).get("head_weights")
     result.notes = [

@@ -31,8 +31,10 @@ from PIL import Image
 CLASS_NAMES = {0: "neither", 1: "other-like", 2: "screen-like"}
 DIGIT_CLASS = {0: 0, 1: 1, 2: 0, 3: 2, 4: 0, 5: 0, 6: 0, 7: 1, 8: 2, 9: 0}
 #: the two task heads, read off the class-id column as the article does
-TASK_HEADS = {"screen": {"from": "label", "positive": [2]},
-              "other": {"from": "label", "positive": [1]}}
+TASK_HEADS = {
+    "screen": {"from": "label", "positive": [2]},
+    "other": {"from": "label", "positive": [1]},
+}
 SPLITS = ("train", "val", "test")
 
 
@@ -76,10 +78,12 @@ def write_digits(
     if limit is not None and limit < len(index):
         index, _ = train_test_split(index, train_size=limit, stratify=target, random_state=seed)
     holdout = val_fraction + test_fraction
-    train, rest = train_test_split(index, test_size=holdout, stratify=target[index],
-                                   random_state=seed)
-    val, test = train_test_split(rest, test_size=test_fraction / holdout,
-                                 stratify=target[rest], random_state=seed)
+    train, rest = train_test_split(
+        index, test_size=holdout, stratify=target[index], random_state=seed
+    )
+    val, test = train_test_split(
+        rest, test_size=test_fraction / holdout, stratify=target[rest], random_state=seed
+    )
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -111,33 +115,69 @@ def demo_config(
     return {
         "output_dir": str(out_dir),
         "seed": 0,
-        "model": {"_target_": "polyhead.models.MultiHeadClassifier", "backbone": backbone,
-                  "heads": {"screen": 2, "other": 2}, "split_at": split_at,
-                  "encoder_weights": None},
-        "task": {"_target_": "polyhead.tasks.classification.ClassificationTask",
-                 "head_weights": {"screen": 2.0, "other": 1.0}},
-        "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.003,
-                      "weight_decay": 0.0001},
-        "scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
-                      "_partial_": True, "T_max": epochs},
+        "model": {
+            "_target_": "polyhead.models.MultiHeadClassifier",
+            "backbone": backbone,
+            "heads": {"screen": 2, "other": 2},
+            "split_at": split_at,
+            "encoder_weights": None,
+        },
+        "task": {
+            "_target_": "polyhead.tasks.classification.ClassificationTask",
+            "head_weights": {"screen": 2.0, "other": 1.0},
+        },
+        "optimizer": {
+            "_target_": "torch.optim.AdamW",
+            "_partial_": True,
+            "lr": 0.003,
+            "weight_decay": 0.0001,
+        },
+        "scheduler": {
+            "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+            "_partial_": True,
+            "T_max": epochs,
+        },
         "train_dataset": {
             "_target_": "polyhead.data.classification.ClassificationCSVDataset",
-            "input_csv_path": str(data.train_csv), **heads_data,
-            "augmentation_list": [{"_target_": "torchvision.transforms.RandomRotation",
-                                   "degrees": 10}],
-            "data_loader": {**loader, "batch_size": min(batch_size, data.counts["train"]),
-                            "shuffle": True, "drop_last": True},
+            "input_csv_path": str(data.train_csv),
+            **heads_data,
+            "augmentation_list": [
+                {"_target_": "torchvision.transforms.RandomRotation", "degrees": 10}
+            ],
+            "data_loader": {
+                **loader,
+                "batch_size": min(batch_size, data.counts["train"]),
+                "shuffle": True,
+                "drop_last": True,
+            },
         },
-        "val_dataset": {"_target_": "polyhead.data.classification.ClassificationCSVDataset",
-                        "input_csv_path": str(data.val_csv), **heads_data,
-                        "data_loader": loader},
-        "test_dataset": {"_target_": "polyhead.data.classification.ClassificationCSVDataset",
-                         "input_csv_path": str(data.test_csv), **heads_data,
-                         "data_loader": loader},
-        "callbacks": [{"_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
-                       "monitor": "val/screen/f1", "mode": "max", "save_top_k": 1,
-                       "save_last": True}],
-        "pl_trainer": {"max_epochs": epochs, "accelerator": "cpu", "devices": 1,
-                       "log_every_n_steps": 5, "enable_model_summary": False},
+        "val_dataset": {
+            "_target_": "polyhead.data.classification.ClassificationCSVDataset",
+            "input_csv_path": str(data.val_csv),
+            **heads_data,
+            "data_loader": loader,
+        },
+        "test_dataset": {
+            "_target_": "polyhead.data.classification.ClassificationCSVDataset",
+            "input_csv_path": str(data.test_csv),
+            **heads_data,
+            "data_loader": loader,
+        },
+        "callbacks": [
+            {
+                "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "monitor": "val/screen/f1",
+                "mode": "max",
+                "save_top_k": 1,
+                "save_last": True,
+            }
+        ],
+        "pl_trainer": {
+            "max_epochs": epochs,
+            "accelerator": "cpu",
+            "devices": 1,
+            "log_every_n_steps": 5,
+            "enable_model_summary": False,
+        },
         "compare": {"classes": 3, "runs": 50},
     }

@@ -56,8 +56,9 @@ def select_heads(model: nn.Module, heads: Sequence[str] | None) -> list[str]:
         return available
     unknown = [h for h in heads if available and h not in available]
     if unknown or not heads:
-        raise ConfigError(f"--head {', '.join(unknown) or '(none)'}: the model's heads are "
-                          f"{', '.join(available)}")
+        raise ConfigError(
+            f"--head {', '.join(unknown) or '(none)'}: the model's heads are {', '.join(available)}"
+        )
     return list(heads)
 
 
@@ -85,15 +86,26 @@ def export_model(
     axes = {name: {0: "batch"} for name in [INPUT_NAME, *names]}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(wrapper, (dummy,), str(output), input_names=[INPUT_NAME],
-                          output_names=names, dynamic_axes=axes, opset_version=opset,
-                          dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            wrapper,
+            (dummy,),
+            str(output),
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
     import onnx
 
     proto = onnx.load(str(output))
-    props = {"polyhead.heads": json.dumps({n: outputs.get(n) for n in names}),
-             "polyhead.outputs": "probabilities" if probabilities else "logits",
-             "polyhead.image_size": json.dumps([h, w]), **(metadata or {})}
+    props = {
+        "polyhead.heads": json.dumps({n: outputs.get(n) for n in names}),
+        "polyhead.outputs": "probabilities" if probabilities else "logits",
+        "polyhead.image_size": json.dumps([h, w]),
+        **(metadata or {}),
+    }
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
@@ -102,7 +114,9 @@ def export_model(
 
 
 def compare_onnx(
-    model: nn.Module, path: str | os.PathLike, batch_sizes: Sequence[int] = (1, 3),
+    model: nn.Module,
+    path: str | os.PathLike,
+    batch_sizes: Sequence[int] = (1, 3),
     seed: int = 0,
 ) -> float:
     """Largest absolute difference between onnxruntime and PyTorch on random batches."""
@@ -112,7 +126,8 @@ def compare_onnx(
     names = [o.name for o in session.get_outputs()]
     shape = session.get_inputs()[0].shape
     probs = "probabilities" in session.get_modelmeta().custom_metadata_map.get(
-        "polyhead.outputs", "")
+        "polyhead.outputs", ""
+    )
     wrapper = HeadsForExport(model, names, probs).eval()
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
@@ -141,8 +156,10 @@ def export_checkpoint(
     model, cfg = load_model(checkpoint, overrides)
     data = cfg.get("val_dataset") or cfg.get("train_dataset") or {}
     size = image_size or data.get("image_size") or 224
-    meta = {"polyhead.mean": list(data.get("mean", IMAGENET_MEAN)),
-            "polyhead.std": list(data.get("std", IMAGENET_STD))}
+    meta = {
+        "polyhead.mean": list(data.get("mean", IMAGENET_MEAN)),
+        "polyhead.std": list(data.get("std", IMAGENET_STD)),
+    }
     if output is None:
         suffix = f"-{'-'.join(heads)}" if heads else ""
         output = Path(checkpoint).with_name(f"{Path(checkpoint).stem}{suffix}.onnx")

@@ -119,7 +119,10 @@ class ClassificationRow:
 
 
 def read_rows(
-    csv_path: Path, rules: Sequence[HeadRule], root: Path | None, classes: int | None,
+    csv_path: Path,
+    rules: Sequence[HeadRule],
+    root: Path | None,
+    classes: int | None,
 ) -> tuple[list[ClassificationRow], list[str]]:
     """Parse the CSV into rows; returns (good rows, problem lines naming bad rows)."""
     if not csv_path.is_file():
@@ -188,8 +191,10 @@ def _loader_options(data_loader: Any) -> dict[str, Any]:
     allowed = set(inspect.signature(DataLoader.__init__).parameters) - {"self", "dataset"}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise ConfigError(f"data_loader: unknown key(s) {', '.join(unknown)}; DataLoader "
-                          f"accepts {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"data_loader: unknown key(s) {', '.join(unknown)}; DataLoader "
+            f"accepts {', '.join(sorted(allowed))}"
+        )
     return options
 
 
@@ -242,8 +247,9 @@ class ClassificationCSVDataset(Dataset):
         validate: bool = True,
     ) -> None:
         if not heads:
-            raise ConfigError("heads: give at least one head rule, e.g. {screen: {from: label, "
-                              "positive: [2]}}")
+            raise ConfigError(
+                "heads: give at least one head rule, e.g. {screen: {from: label, positive: [2]}}"
+            )
         self.csv_path = Path(input_csv_path)
         self.rules = [HeadRule.from_config(str(n), s, classes) for n, s in dict(heads).items()]
         self.head_names = [r.name for r in self.rules]
@@ -261,10 +267,15 @@ class ClassificationCSVDataset(Dataset):
             problems += self._check_images()
         if problems:
             more = f" (first {MAX_PROBLEMS} shown)" if len(problems) > MAX_PROBLEMS else ""
-            raise DataError("\n".join(
-                [f"{self.csv_path}: {len(problems)} bad row(s){more}; rows count from 1 after "
-                 "the header:", *(f"  - {p}" for p in problems[:MAX_PROBLEMS])]
-            ))
+            raise DataError(
+                "\n".join(
+                    [
+                        f"{self.csv_path}: {len(problems)} bad row(s){more}; rows count from 1 after "
+                        "the header:",
+                        *(f"  - {p}" for p in problems[:MAX_PROBLEMS]),
+                    ]
+                )
+            )
 
     def _check_images(self) -> list[str]:
         problems = []
@@ -300,8 +311,7 @@ class ClassificationCSVDataset(Dataset):
             name: torch.tensor(label, dtype=torch.int64)
             for name, label in zip(self.head_names, row.labels, strict=True)
         }
-        return {"image": to_tensor(image, self.mean, self.std), "targets": targets,
-                "index": index}
+        return {"image": to_tensor(image, self.mean, self.std), "targets": targets, "index": index}
 
     def make_loader(self) -> DataLoader:
         """A DataLoader with the ``data_loader`` options given at construction."""

@@ -149,7 +149,12 @@ class ExtraTargets:
         return list(self.columns)
 
     def read(
-        self, image: int, row_off: int, col_off: int, h: int, w: int,
+        self,
+        image: int,
+        row_off: int,
+        col_off: int,
+        h: int,
+        w: int,
         cache: raster_io.HandleCache | None = None,
     ) -> dict[str, np.ndarray]:
         """Window of every extra target of row ``image`` as float32 ``[bands, h, w]``."""
@@ -166,7 +171,9 @@ def pad(arrays: dict[str, np.ndarray], crop: int) -> dict[str, np.ndarray]:
     out = {}
     for key, arr in arrays.items():
         h, w = arr.shape[-2:]
-        out[key] = arr if (h, w) == (crop, crop) else np.pad(arr, ((0, 0), (0, crop - h), (0, crop - w)))
+        out[key] = (
+            arr if (h, w) == (crop, crop) else np.pad(arr, ((0, 0), (0, crop - h), (0, crop - w)))
+        )
     return out
 
 
@@ -174,7 +181,9 @@ def register(transform: Any, keys: list[str]) -> None:
     """Make an ``A.Compose`` move each extra target like a mask (idempotent)."""
     if transform is None:
         return
-    new = {target_name(k): "mask" for k in keys if target_name(k) not in transform.additional_targets}
+    new = {
+        target_name(k): "mask" for k in keys if target_name(k) not in transform.additional_targets
+    }
     if new:
         transform.add_targets(new)
 
@@ -193,11 +202,15 @@ def mask_to_chw(value: Any, transposed: bool) -> torch.Tensor:
     return tensor.float().contiguous()
 
 
-def from_outputs(out: Mapping[str, Any], keys: list[str], transposed: bool) -> dict[str, torch.Tensor]:
+def from_outputs(
+    out: Mapping[str, Any], keys: list[str], transposed: bool
+) -> dict[str, torch.Tensor]:
     """The augmented extra targets as float32 ``[bands, c, c]`` tensors."""
     return {k: mask_to_chw(out[target_name(k)], transposed) for k in keys}
 
 
 def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Un-augmented extra targets as float32 tensors."""
-    return {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for k, a in arrays.items()}
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for k, a in arrays.items()
+    }

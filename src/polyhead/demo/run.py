@@ -53,40 +53,78 @@ def demo_config(
     val_csv = val_csv or data.val_csv
     mean, std = band_statistics(data)
     n_classes = len(data.class_names)
-    normalize = {"_target_": "albumentations.Normalize", "mean": mean, "std": std,
-                 "max_pixel_value": REFLECTANCE_SCALE}
-    dataset = {"_target_": "polyhead.data.RandomCropSegmentationDataset", "crop_size": crop_size,
-               "n_classes": n_classes, "soft_labels": True}
+    normalize = {
+        "_target_": "albumentations.Normalize",
+        "mean": mean,
+        "std": std,
+        "max_pixel_value": REFLECTANCE_SCALE,
+    }
+    dataset = {
+        "_target_": "polyhead.data.RandomCropSegmentationDataset",
+        "crop_size": crop_size,
+        "n_classes": n_classes,
+        "soft_labels": True,
+    }
     return {
         "output_dir": str(out_dir / "run"),
         "seed": 0,
-        "model": {"_target_": "polyhead.models.UPerNetDualHead", "encoder_name": encoder_name,
-                  "encoder_weights": None, "in_channels": data.bands, "classes": n_classes,
-                  "decoder_channels": 64, "inference_head": "average"},
+        "model": {
+            "_target_": "polyhead.models.UPerNetDualHead",
+            "encoder_name": encoder_name,
+            "encoder_weights": None,
+            "in_channels": data.bands,
+            "classes": n_classes,
+            "decoder_channels": 64,
+            "inference_head": "average",
+        },
         "loss": {"_target_": "torch.nn.CrossEntropyLoss", "ignore_index": 255},
         "task": {"consistency_weight": 0.1, "consistency_warmup_epochs": 1},
-        "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 2e-3,
-                      "weight_decay": 1e-4},
-        "scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
-                      "_partial_": True, "T_max": epochs},
-        "train_dataset": {**dataset, "input_csv_path": str(train_csv),
-                          "samples_per_epoch": samples_per_epoch,
-                          "augmentation_list": [
-                              {"_target_": "albumentations.HorizontalFlip", "p": 0.5},
-                              {"_target_": "albumentations.RandomRotate90", "p": 0.5},
-                              normalize],
-                          "data_loader": {"batch_size": 8, "shuffle": True, "num_workers": 0,
-                                          "drop_last": True}},
-        "val_dataset": {**dataset, "input_csv_path": str(val_csv), "grid_mode": True,
-                        "augmentation_list": [normalize],
-                        "data_loader": {"batch_size": 8, "num_workers": 0}},
+        "optimizer": {
+            "_target_": "torch.optim.AdamW",
+            "_partial_": True,
+            "lr": 2e-3,
+            "weight_decay": 1e-4,
+        },
+        "scheduler": {
+            "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+            "_partial_": True,
+            "T_max": epochs,
+        },
+        "train_dataset": {
+            **dataset,
+            "input_csv_path": str(train_csv),
+            "samples_per_epoch": samples_per_epoch,
+            "augmentation_list": [
+                {"_target_": "albumentations.HorizontalFlip", "p": 0.5},
+                {"_target_": "albumentations.RandomRotate90", "p": 0.5},
+                normalize,
+            ],
+            "data_loader": {"batch_size": 8, "shuffle": True, "num_workers": 0, "drop_last": True},
+        },
+        "val_dataset": {
+            **dataset,
+            "input_csv_path": str(val_csv),
+            "grid_mode": True,
+            "augmentation_list": [normalize],
+            "data_loader": {"batch_size": 8, "num_workers": 0},
+        },
         "callbacks": [
             {"_target_": "polyhead.callbacks.EMACallback", "decay": 0.99},
-            {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "monitor": "loss/val",
-             "mode": "min", "save_top_k": 1, "save_last": True},
+            {
+                "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "monitor": "loss/val",
+                "mode": "min",
+                "save_top_k": 1,
+                "save_last": True,
+            },
         ],
-        "pl_trainer": {"max_epochs": epochs, "accelerator": "cpu", "devices": 1,
-                       "log_every_n_steps": 4, "enable_model_summary": False},
+        "pl_trainer": {
+            "max_epochs": epochs,
+            "accelerator": "cpu",
+            "devices": 1,
+            "log_every_n_steps": 4,
+            "enable_model_summary": False,
+        },
     }
 
 
@@ -94,11 +132,14 @@ def dawid_skene_csvs(data: SyntheticDataset, console: Console) -> tuple[Path, Pa
     """Aggregate the annotators' masks with Dawid-Skene; split its CSV into train and val."""
     out = data.out_dir / "dawid_skene"
     result = aggregate_masks(data.annotator_csv, out, len(data.class_names), progress=False)
-    estimated = {a: float(np.diag(result.confusion[i]).mean())
-                 for i, a in enumerate(result.annotators)}
-    console.print(f"[bold]Dawid-Skene[/bold]: {result.n_iter} EM iterations; estimated "
-                  "mean per-class accuracy of each annotator "
-                  + ", ".join(f"{a} {v:.2f}" for a, v in estimated.items()))
+    estimated = {
+        a: float(np.diag(result.confusion[i]).mean()) for i, a in enumerate(result.annotators)
+    }
+    console.print(
+        f"[bold]Dawid-Skene[/bold]: {result.n_iter} EM iterations; estimated "
+        "mean per-class accuracy of each annotator "
+        + ", ".join(f"{a} {v:.2f}" for a, v in estimated.items())
+    )
     header, *rows = (out / "train.csv").read_text().splitlines()
     val_stems = set(data.val_scenes)
     split = {"train": [], "val": []}
@@ -145,26 +186,41 @@ def run_demo(
     start = time.perf_counter()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = generate_synthetic_dataset(out_dir / "data", n_train=n_train, n_val=n_val, size=size)
-    console.print(f"[bold]data[/bold]: {n_train} training and {n_val} validation scenes of "
-                  f"{size}x{size} px, {data.bands} bands, classes {list(data.class_names)}, "
-                  "annotator accuracy vs truth "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in data.measured_accuracy.items()))
+    console.print(
+        f"[bold]data[/bold]: {n_train} training and {n_val} validation scenes of "
+        f"{size}x{size} px, {data.bands} bands, classes {list(data.class_names)}, "
+        "annotator accuracy vs truth "
+        + ", ".join(f"{k} {v:.2f}" for k, v in data.measured_accuracy.items())
+    )
     train_csv, val_csv = dawid_skene_csvs(data, console)
-    cfg = demo_config(data, out_dir, epochs, encoder_name, crop_size=min(128, size),
-                      train_csv=train_csv, val_csv=val_csv)
+    cfg = demo_config(
+        data,
+        out_dir,
+        epochs,
+        encoder_name,
+        crop_size=min(128, size),
+        train_csv=train_csv,
+        val_csv=val_csv,
+    )
     result = train(cfg)
     checkpoint = result.best_checkpoint or result.last_checkpoint
     model, _ = load_model(checkpoint)
     val = RandomCropSegmentationDataset(
-        val_csv, crop_size=min(128, size), n_classes=len(data.class_names),
-        soft_labels=True, grid_mode=True, augmentation_list=cfg["val_dataset"]["augmentation_list"],
+        val_csv,
+        crop_size=min(128, size),
+        n_classes=len(data.class_names),
+        soft_labels=True,
+        grid_mode=True,
+        augmentation_list=cfg["val_dataset"]["augmentation_list"],
     )
     results = evaluate_heads(model, val, len(data.class_names))
     console.print(metrics_table(results, "validation metrics per head (best checkpoint, EMA)"))
     figure = out_dir / "predictions.png"
     _write_figure(figure, model, val, data)
-    console.print(f"checkpoint: {checkpoint}\nfigure:     {figure}\n"
-                  f"done in {time.perf_counter() - start:.0f} s")
+    console.print(
+        f"checkpoint: {checkpoint}\nfigure:     {figure}\n"
+        f"done in {time.perf_counter() - start:.0f} s"
+    )
     return {"checkpoint": checkpoint, "figure": figure, "metrics": results, "data": data}
 
 
@@ -174,8 +230,10 @@ def _write_figure(path: Path, model, val: RandomCropSegmentationDataset, data: S
     image = torch.stack([it["image"] for it in items])
     with torch.inference_mode():
         outputs = model.forward_heads(image)
-        preds = {f"head {h}" if h != "average" else h:
-                 model.select(outputs, h).argmax(1).numpy() for h in ("A", "B", "average")}
+        preds = {
+            f"head {h}" if h != "average" else h: model.select(outputs, h).argmax(1).numpy()
+            for h in ("A", "B", "average")
+        }
     raw = []
     for it in items:  # undo Normalize for display
         row, r0, c0, h, w = (int(v) for v in it["window"])
@@ -185,6 +243,10 @@ def _write_figure(path: Path, model, val: RandomCropSegmentationDataset, data: S
             tile[:, :h, :w] = src.read(window=window)
             raw.append(tile)
     save_prediction_figure(
-        path, np.stack(raw), np.stack([it["targets"]["hard"].numpy() for it in items]),
-        np.stack([it["targets"]["soft"].numpy() for it in items]), preds, data.class_names,
+        path,
+        np.stack(raw),
+        np.stack([it["targets"]["hard"].numpy() for it in items]),
+        np.stack([it["targets"]["soft"].numpy() for it in items]),
+        preds,
+        data.class_names,
     )

@@ -23,7 +23,9 @@ def build_teacher(
     if mode == "ensemble":
         return EnsembleTeacher.from_checkpoints(checkpoints, head=head)
     if len(checkpoints) != 1:
-        raise ConfigError(f"--teacher-mode {mode} takes exactly one checkpoint, got {len(checkpoints)}")
+        raise ConfigError(
+            f"--teacher-mode {mode} takes exactly one checkpoint, got {len(checkpoints)}"
+        )
     model, cfg = load_model(checkpoints[0])
     normalize = inference_normalization(cfg)
     if mode == "flip":
@@ -61,11 +63,19 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
         "distill-targets",
         help="cache a teacher ensemble's probabilities and uncertainty maps for distillation",
     )
-    p.add_argument("--teacher", nargs="+", required=True, metavar="CKPT",
-                   help="teacher checkpoints: 2 or more (ensemble), or 1 with --teacher-mode")
-    p.add_argument("--teacher-mode", choices=("ensemble", "flip", "mc-dropout"),
-                   default="ensemble", help="ensemble of checkpoints, or one model's flip "
-                   "TTA / MC-dropout samples")
+    p.add_argument(
+        "--teacher",
+        nargs="+",
+        required=True,
+        metavar="CKPT",
+        help="teacher checkpoints: 2 or more (ensemble), or 1 with --teacher-mode",
+    )
+    p.add_argument(
+        "--teacher-mode",
+        choices=("ensemble", "flip", "mc-dropout"),
+        default="ensemble",
+        help="ensemble of checkpoints, or one model's flip TTA / MC-dropout samples",
+    )
     p.add_argument("--samples", type=int, default=8, help="MC-dropout samples")
     p.add_argument("--head", help="head of multi-head teachers (default: their inference head)")
     p.add_argument("--csv", required=True, help="CSV with image,mask columns")

@@ -49,14 +49,22 @@ def teacher_config(
     cfg["seed"] = seed
     cfg["model"] = {
         "_target_": "polyhead.models.MultiHeadSegmentationModel",
-        "encoder_name": encoder_name, "encoder_weights": None, "in_channels": data.bands,
+        "encoder_name": encoder_name,
+        "encoder_weights": None,
+        "in_channels": data.bands,
         "classes": len(data.class_names),
         "heads": {"A": {"decoder": decoder, "role": "hard", **TEACHER_DECODERS.get(decoder, {})}},
     }
     cfg["task"] = {}
-    cfg["callbacks"] = [{"_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
-                         "monitor": "loss/val", "mode": "min", "save_top_k": 1,
-                         "save_last": True}]
+    cfg["callbacks"] = [
+        {
+            "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "monitor": "loss/val",
+            "mode": "min",
+            "save_top_k": 1,
+            "save_last": True,
+        }
+    ]
     cfg["pl_trainer"].update(_QUIET)
     return cfg
 
@@ -87,18 +95,28 @@ def student_config(
     loss_cfg = dict(RECIPES[loss]) if isinstance(loss, str) else dict(loss)
     cfg = demo_config(data, out_dir, epochs, encoder_name, crop_size, samples_per_epoch)
     n_classes = len(data.class_names)
-    per_class = loss_cfg.get("uncertainty_target",
-                             "std_per_class" if loss_cfg["_target_"].endswith("ThreadRecipeLoss")
-                             else "entropy") == "std_per_class"
+    per_class = (
+        loss_cfg.get(
+            "uncertainty_target",
+            "std_per_class" if loss_cfg["_target_"].endswith("ThreadRecipeLoss") else "entropy",
+        )
+        == "std_per_class"
+    )
     options, stride = STUDENT_DECODERS.get(decoder, ({}, 32))
     head = {"decoder": decoder, **options, **(decoder_options or {})}
     cfg["seed"] = seed
     cfg["model"] = {
         "_target_": "polyhead.models.MultiHeadSegmentationModel",
-        "encoder_name": encoder_name, "encoder_weights": None, "in_channels": data.bands,
-        "classes": n_classes, "encoder_output_stride": stride, "inference_head": "seg",
-        "heads": {"seg": {**head, "role": "soft"},
-                  "unc": {**head, "role": "uncertainty", "classes": n_classes if per_class else 1}},
+        "encoder_name": encoder_name,
+        "encoder_weights": None,
+        "in_channels": data.bands,
+        "classes": n_classes,
+        "encoder_output_stride": stride,
+        "inference_head": "seg",
+        "heads": {
+            "seg": {**head, "role": "soft"},
+            "unc": {**head, "role": "uncertainty", "classes": n_classes if per_class else 1},
+        },
     }
     cfg["loss"] = loss_cfg
     cfg["task"] = {"_target_": "polyhead.tasks.distillation.DistillationTask"}
@@ -107,7 +125,12 @@ def student_config(
     cfg["train_dataset"].update(input_csv_path=str(train_csv), **extra)
     cfg["train_dataset"]["data_loader"]["batch_size"] = batch_size
     cfg["val_dataset"].update(input_csv_path=str(val_csv), **extra)
-    cfg["callbacks"] = [{"_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
-                         "monitor": None, "save_last": True}]
+    cfg["callbacks"] = [
+        {
+            "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "monitor": None,
+            "save_last": True,
+        }
+    ]
     cfg["pl_trainer"].update(_QUIET)
     return cfg

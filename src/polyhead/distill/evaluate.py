@@ -70,8 +70,9 @@ def evaluate_student(
     maps = []
     for row in _rows(Path(distill_csv)):
         image = _read(row["image"])
-        probs, unc = predict_student(model, image, spec, normalize, tile_size, overlap,
-                                     device=device)
+        probs, unc = predict_student(
+            model, image, spec, normalize, tile_size, overlap, device=device
+        )
         hard = torch.from_numpy(_read(row["mask"])[0].astype(np.int64))[None]
         stored = _read(row["soft_mask"])
         teacher_probs = stored.astype(np.float32) / (raster_io.soft_scale(stored.dtype) or 1.0)

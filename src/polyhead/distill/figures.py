@@ -74,8 +74,9 @@ def save_uncertainty_figure(
         from matplotlib.patches import Patch
 
         handles = [Patch(color=cmap(i), label=str(c)) for i, c in enumerate(class_names)]
-        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
-                   frameon=False)
+        fig.legend(
+            handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False
+        )
     if title:
         fig.suptitle(title)
     path = Path(path)

@@ -72,7 +72,9 @@ def target_variance(
 
 def _check_target(name: str) -> str:
     if name not in UNCERTAINTY_TARGETS:
-        raise ConfigError(f"uncertainty_target {name!r} unknown; valid: {list(UNCERTAINTY_TARGETS)}")
+        raise ConfigError(
+            f"uncertainty_target {name!r} unknown; valid: {list(UNCERTAINTY_TARGETS)}"
+        )
     return name
 
 
@@ -263,7 +265,9 @@ class ThreadRecipeLoss(nn.Module):
         if self.kl == "element_mean":
             with warnings.catch_warnings():  # torch warns that "mean" is not "batchmean": the point
                 warnings.simplefilter("ignore", UserWarning)
-                kl = self.distillation_criterion(torch.log_softmax(seg_logits.float(), dim=1), probs)
+                kl = self.distillation_criterion(
+                    torch.log_softmax(seg_logits.float(), dim=1), probs
+                )
         else:
             kl = self.per_pixel_kl(seg_logits, probs)
         parts = {"kl": kl}

@@ -62,8 +62,9 @@ def target_band(target: str) -> int:
     if target == "std_per_class":
         target = "std_winning"
     if target not in UNCERTAINTY_BANDS:
-        raise ConfigError(f"uncertainty target {target!r} unknown; valid: "
-                          f"{[*UNCERTAINTY_BANDS, 'std_per_class']}")
+        raise ConfigError(
+            f"uncertainty target {target!r} unknown; valid: {[*UNCERTAINTY_BANDS, 'std_per_class']}"
+        )
     return UNCERTAINTY_BANDS.index(target)
 
 
@@ -74,14 +75,20 @@ def teacher_uncertainty_paths(path: str | Path) -> dict[str, Path]:
     if csv_path.is_dir():
         csv_path = csv_path / DISTILL_CSV
     if not csv_path.is_file():
-        raise DataError(f"teacher targets not found: {csv_path} (give the distill.csv written "
-                        "by `polyhead distill-targets`, or its folder)")
+        raise DataError(
+            f"teacher targets not found: {csv_path} (give the distill.csv written "
+            "by `polyhead distill-targets`, or its folder)"
+        )
     with open(csv_path, newline="") as fh:
         reader = csv.DictReader(fh)
         if not {"image", "uncertainty"} <= set(reader.fieldnames or ()):
-            raise DataError(f"{csv_path}: not a distill.csv (needs columns image and "
-                            f"uncertainty; has {reader.fieldnames})")
-        refs = {Path(r["image"]).stem: resolve_cell(r["uncertainty"], csv_path.parent) for r in reader}
+            raise DataError(
+                f"{csv_path}: not a distill.csv (needs columns image and "
+                f"uncertainty; has {reader.fieldnames})"
+            )
+        refs = {
+            Path(r["image"]).stem: resolve_cell(r["uncertainty"], csv_path.parent) for r in reader
+        }
     missing = [str(p) for p in refs.values() if not p.is_file()]
     if missing:
         raise DataError(f"{csv_path}: uncertainty raster(s) not found: {', '.join(missing[:5])}")
@@ -122,8 +129,16 @@ def predict_student(
     `predict_student_files`)."""
     from polyhead.inference.sliding_window import predict_array
 
-    maps = predict_array(StudentMaps(model, spec), image, tile_size, overlap, batch_size,
-                         device, normalize=normalize, activation=torch.nn.Identity())
+    maps = predict_array(
+        StudentMaps(model, spec),
+        image,
+        tile_size,
+        overlap,
+        batch_size,
+        device,
+        normalize=normalize,
+        activation=torch.nn.Identity(),
+    )
     return maps[:-1], maps[-1]
 
 
@@ -215,24 +230,35 @@ def predict_student_files(
         class_path = out_dir / f"{stem}_classes.tif"
         unc_path = out_dir / f"{stem}_uncertainty.tif"
         result = predict_raster(
-            student, image_path, class_path, tile_size=tile_size, overlap=overlap,
-            batch_size=batch_size, device=device, normalize=normalize,
+            student,
+            image_path,
+            class_path,
+            tile_size=tile_size,
+            overlap=overlap,
+            batch_size=batch_size,
+            device=device,
+            normalize=normalize,
             write_probabilities=write_probabilities,
-            probabilities_path=out_dir / f"{stem}_proba.tif", write_uncertainty=True,
-            uncertainty_path=unc_path, activation=torch.nn.Identity(), uncertainty_band=True,
+            probabilities_path=out_dir / f"{stem}_proba.tif",
+            write_uncertainty=True,
+            uncertainty_path=unc_path,
+            activation=torch.nn.Identity(),
+            uncertainty_band=True,
         )
         fig_path = None
         if figure:
             ref = None
             if reference_uncertainty and stem in reference_uncertainty:
-                ref = read_uncertainty_band(reference_uncertainty[stem], reference_band,
-                                            FIGURE_SIDE)
+                ref = read_uncertainty_band(
+                    reference_uncertainty[stem], reference_band, FIGURE_SIDE
+                )
             fig_path = save_uncertainty_figure(
-                out_dir / f"{stem}_uncertainty.png", read_decimated(image_path, FIGURE_SIDE),
+                out_dir / f"{stem}_uncertainty.png",
+                read_decimated(image_path, FIGURE_SIDE),
                 read_decimated(class_path, FIGURE_SIDE)[0],
-                read_decimated(unc_path, FIGURE_SIDE)[0], ref,
+                read_decimated(unc_path, FIGURE_SIDE)[0],
+                ref,
                 title=f"{stem}: {'std of the winning class' if 'std' in target else target}",
             )
-        results.append(StudentPrediction(class_path, unc_path, fig_path,
-                                          result.probabilities_path))
+        results.append(StudentPrediction(class_path, unc_path, fig_path, result.probabilities_path))
     return results

@@ -56,9 +56,7 @@ class DistillTargets:
 class _Writer(AtomicGeoTiff):
     """An `AtomicGeoTiff` that also sets band descriptions, scales and tags."""
 
-    def describe(
-        self, names: list[str], scales: list[float] | None = None, **tags: str
-    ) -> None:
+    def describe(self, names: list[str], scales: list[float] | None = None, **tags: str) -> None:
         for i, name in enumerate(names, start=1):
             self._dst.set_band_description(i, name)
         if scales is not None:
@@ -86,8 +84,16 @@ def teacher_maps(
         stats = teacher(x)
         return torch.cat([stats["probs"], stack_uncertainty(stats)], dim=1)
 
-    maps = predict_array(fn, image, tile_size, overlap, batch_size, device, normalize=normalize,
-                         activation=torch.nn.Identity())
+    maps = predict_array(
+        fn,
+        image,
+        tile_size,
+        overlap,
+        batch_size,
+        device,
+        normalize=normalize,
+        activation=torch.nn.Identity(),
+    )
     k = (maps.shape[0] - 3) // 2
     probs = maps[:k] / np.maximum(maps[:k].sum(axis=0, keepdims=True), 1e-12)
     return probs, np.maximum(maps[k:], 0.0)
@@ -117,10 +123,18 @@ def quantize_uncertainty(maps: np.ndarray) -> tuple[np.ndarray, list[float]]:
     return np.clip(stored, 0, _UINT16_MAX).astype(np.uint16), scales
 
 
-def _write(path: Path, data: np.ndarray, crs: Any, transform: Any, names: list[str],
-           scales: list[float] | None, tags: dict[str, str]) -> None:
-    profile = geotiff_profile(data.shape[1], data.shape[2], data.shape[0], data.dtype.name,
-                              crs, transform)
+def _write(
+    path: Path,
+    data: np.ndarray,
+    crs: Any,
+    transform: Any,
+    names: list[str],
+    scales: list[float] | None,
+    tags: dict[str, str],
+) -> None:
+    profile = geotiff_profile(
+        data.shape[1], data.shape[2], data.shape[0], data.dtype.name, crs, transform
+    )
     with _Writer(path, profile) as writer:
         writer.write(data, 0)
         writer.describe(names, scales, **tags)
@@ -149,7 +163,9 @@ def write_distillation_targets(
     docstring for the layout.
     """
     if uncertainty_dtype not in ("uint16", "float32"):
-        raise ConfigError(f"uncertainty_dtype must be 'uint16' or 'float32', got {uncertainty_dtype!r}")
+        raise ConfigError(
+            f"uncertainty_dtype must be 'uint16' or 'float32', got {uncertainty_dtype!r}"
+        )
     start = time.perf_counter()
     rows = read_csv_rows(csv_path, soft_labels=False)
     stems = [r.image.stem for r in rows]
@@ -166,13 +182,21 @@ def write_distillation_targets(
         for row in rows:
             info = raster_io.raster_info(row.image)
             image = raster_io.read_window(row.image, 0, 0, info.height, info.width)
-            probs, unc = teacher_maps(teacher, image, normalize, tile_size, overlap,
-                                      batch_size, device)
+            probs, unc = teacher_maps(
+                teacher, image, normalize, tile_size, overlap, batch_size, device
+            )
             crs, transform = _georef(row.image)
             k = probs.shape[0]
             probs_path = teacher_dir / f"{row.image.stem}_probs.tif"
-            _write(probs_path, quantize_probs(probs), crs, transform,
-                   [f"prob_class_{i}" for i in range(k)], None, tags)
+            _write(
+                probs_path,
+                quantize_probs(probs),
+                crs,
+                transform,
+                [f"prob_class_{i}" for i in range(k)],
+                None,
+                tags,
+            )
             result.probs_paths.append(probs_path)
             unc_path = teacher_dir / f"{row.image.stem}_uncertainty.tif"
             if uncertainty_dtype == "uint16":
@@ -181,7 +205,9 @@ def write_distillation_targets(
                 stored, scales = unc.astype(np.float32), None
             _write(unc_path, stored, crs, transform, band_names(k), scales, tags)
             result.uncertainty_paths.append(unc_path)
-            lines.append([_relative(p, out_dir) for p in (row.image, row.mask, probs_path, unc_path)])
+            lines.append(
+                [_relative(p, out_dir) for p in (row.image, row.mask, probs_path, unc_path)]
+            )
         tmp = out_dir / f".{DISTILL_CSV}.tmp"
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)

@@ -120,9 +120,7 @@ class EnsembleTeacher(nn.Module):
     and ``normalize`` (optional) records the input normalisation the members were trained with.
     """
 
-    def __init__(
-        self, members: Sequence[nn.Module], ddof: int = 1, normalize: Any = None
-    ) -> None:
+    def __init__(self, members: Sequence[nn.Module], ddof: int = 1, normalize: Any = None) -> None:
         super().__init__()
         if len(members) < 2:
             raise ConfigError(f"an ensemble teacher needs at least 2 members, got {len(members)}")
@@ -169,8 +167,11 @@ class EnsembleTeacher(nn.Module):
 
     @classmethod
     def from_checkpoints(
-        cls, paths: Sequence[str | Path], head: str | None = None,
-        overrides: Sequence[str] = (), ddof: int = 1,
+        cls,
+        paths: Sequence[str | Path],
+        head: str | None = None,
+        overrides: Sequence[str] = (),
+        ddof: int = 1,
     ) -> EnsembleTeacher:
         """Members loaded with `polyhead.checkpoint.load_model` (multi-head: ``head`` or their
         inference head). Their validation ``Normalize`` steps must agree; it becomes
@@ -207,8 +208,12 @@ class EnsembleTeacher(nn.Module):
 
     @classmethod
     def mc_dropout(
-        cls, model: nn.Module, n_samples: int = 8, head: str | None = None,
-        normalize: Any = None, ddof: int = 1,
+        cls,
+        model: nn.Module,
+        n_samples: int = 8,
+        head: str | None = None,
+        normalize: Any = None,
+        ddof: int = 1,
     ) -> EnsembleTeacher:
         """Members: ``n_samples`` passes of ``model`` with its dropout layers active.
 

@@ -102,8 +102,7 @@ class BoundaryF1:
     def compute(self) -> dict[str, float | list[float]]:
         """``precision``, ``recall``, ``f1`` (all classes) and per-class F1 if configured."""
         precision, recall, f1 = self._prf(self.counts[0])
-        out: dict[str, float | list[float]] = {"precision": precision, "recall": recall,
-                                               "f1": f1}
+        out: dict[str, float | list[float]] = {"precision": precision, "recall": recall, "f1": f1}
         if self.num_classes:
             per = [self._prf(r)[2] if r[1] + r[3] else float("nan") for r in self.counts[1:]]
             out["per_class_f1"] = per

@@ -282,8 +282,9 @@ def dense_crf(
         del feats
         norm_b = 1.0 / np.sqrt(np.maximum(lattice.filter(np.ones((1, h * w), np.float32)), 1e-20))
     if w_gaussian:
-        norm_g = 1.0 / np.sqrt(np.maximum(_gaussian_filter(np.ones((1, h, w), np.float32),
-                                                           sxy_gaussian), 1e-20))
+        norm_g = 1.0 / np.sqrt(
+            np.maximum(_gaussian_filter(np.ones((1, h, w), np.float32), sxy_gaussian), 1e-20)
+        )
         norm_g = norm_g.reshape(1, -1)
     unary = np.log(np.maximum(p, np.float32(eps))).reshape(k, -1)  # -U, [K, N]
     q = _softmax0(unary.copy())
@@ -346,7 +347,9 @@ def predict_raster_crf(
         raise DataError(f"input raster not found: {image_path}")
     outputs = {"classes": out_path}
     if write_probabilities:
-        outputs["proba"] = Path(probabilities_path or out_path.with_name(f"{out_path.stem}_proba.tif"))
+        outputs["proba"] = Path(
+            probabilities_path or out_path.with_name(f"{out_path.stem}_proba.tif")
+        )
     if write_uncertainty:
         outputs["uncertainty"] = Path(
             uncertainty_path or out_path.with_name(f"{out_path.stem}_uncertainty.tif")
@@ -389,8 +392,9 @@ def predict_raster_crf(
         probabilities_path=outputs.get("proba"),
         shape=(height, width),
         n_classes=k,
-        n_tiles=n_tiles(height, width, predict_kwargs.get("tile_size", 512),
-                        predict_kwargs.get("overlap", 64)),
+        n_tiles=n_tiles(
+            height, width, predict_kwargs.get("tile_size", 512), predict_kwargs.get("overlap", 64)
+        ),
         seconds=time.perf_counter() - start,
         uncertainty_path=outputs.get("uncertainty"),
     )

@@ -377,7 +377,9 @@ def predict_raster(
                         writers[key] = stack.enter_context(AtomicGeoTiff(path, profile))
             writers["classes"].write(proba.argmax(axis=0)[None].astype(np.uint8), y, x)
             if "uncertainty" in writers:
-                unc = predictive_entropy(proba)[None] if own_uncertainty is None else own_uncertainty
+                unc = (
+                    predictive_entropy(proba)[None] if own_uncertainty is None else own_uncertainty
+                )
                 writers["uncertainty"].write(unc, y, x)
             if "proba" in writers:
                 if probabilities_dtype == "uint8":

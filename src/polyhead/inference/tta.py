@@ -94,18 +94,24 @@ class TTAModel(nn.Module):
         for scale in self.scales:
             size = (h, w)
             if scale != 1.0:
-                size = (scaled_size(h, scale, self.size_divisor),
-                        scaled_size(w, scale, self.size_divisor))
-            xs = x if size == (h, w) else F.interpolate(
-                x, size=size, mode="bilinear", align_corners=False)
+                size = (
+                    scaled_size(h, scale, self.size_divisor),
+                    scaled_size(w, scale, self.size_divisor),
+                )
+            xs = (
+                x
+                if size == (h, w)
+                else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            )
             for flip in self.flips:
                 dims = FLIPS[flip]
                 logits = self._logits(torch.flip(xs, dims) if dims else xs)
                 if dims:
                     logits = torch.flip(logits, dims)
                 if logits.shape[-2:] != (h, w):
-                    logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear",
-                                           align_corners=False)
+                    logits = F.interpolate(
+                        logits.float(), size=(h, w), mode="bilinear", align_corners=False
+                    )
                 probs = torch.softmax(logits.float(), dim=1)
                 total = probs if total is None else total.add_(probs)
         assert total is not None
@@ -175,8 +181,11 @@ def tta_from_config(spec: str | Mapping[str, Any] | None) -> dict[str, Any] | No
     (and ``enabled: false`` to switch it off), e.g. from a YAML ``tta:`` block.
     Use as ``TTAModel(model, **kwargs)``.
     """
-    if spec is None or spec is False or (isinstance(spec, str) and spec.strip().lower() in
-                                          ("", "none", "off", "false")):
+    if (
+        spec is None
+        or spec is False
+        or (isinstance(spec, str) and spec.strip().lower() in ("", "none", "off", "false"))
+    ):
         return None
     if isinstance(spec, str):
         return build_tta(spec)

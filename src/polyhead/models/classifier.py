@@ -77,7 +77,9 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> int:
 
 
 def _is_path(w: Any) -> bool:
-    return isinstance(w, os.PathLike) or (isinstance(w, str) and (os.sep in w or bool(Path(w).suffix)))
+    return isinstance(w, os.PathLike) or (
+        isinstance(w, str) and (os.sep in w or bool(Path(w).suffix))
+    )
 
 
 @dataclass
@@ -294,7 +296,7 @@ class MultiHeadClassifier(nn.Module):
             tail = {_key(n): m for n, m in blocks[cut:]}
             for name in names:  # what stays in ``model`` is the timm head template
                 _set_child(model, name, nn.Identity())
-        self.split_blocks = names[len(self.shared):] if tail else []
+        self.split_blocks = names[len(self.shared) :] if tail else []
         pool = _TimmPool(model) if self.family == "timm" else _MeanPool()
         with torch.no_grad():  # the pooled feature size, from one small eval pass
             x = self.eval().forward_features(torch.randn(1, in_channels, size, size))

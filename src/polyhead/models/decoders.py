@@ -39,7 +39,9 @@ def _require_undilated(name: str, stride: int) -> None:
         )
 
 
-def _upernet(channels, depth, stride, classes, decoder_channels: int = 256, decoder_use_norm="batchnorm"):
+def _upernet(
+    channels, depth, stride, classes, decoder_channels: int = 256, decoder_use_norm="batchnorm"
+):
     _require_undilated("upernet", stride)
     decoder = UPerNetDecoder(
         encoder_channels=channels,
@@ -241,6 +243,8 @@ def build_decoder(
     if key not in DECODERS:
         raise ConfigError(f"unknown decoder {name!r}; valid decoders: {sorted(DECODERS)}")
     try:
-        return DECODERS[key](list(encoder_channels), encoder_depth, output_stride, classes, **kwargs)
+        return DECODERS[key](
+            list(encoder_channels), encoder_depth, output_stride, classes, **kwargs
+        )
     except TypeError as err:
         raise ConfigError(f"decoder {name!r}: {err}") from err

@@ -109,7 +109,9 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> tuple[i
         want = target[key]
         if value.shape != want.shape:
             same_but_bands = (
-                value.ndim == 4 and value.shape[0] == want.shape[0] and value.shape[2:] == want.shape[2:]
+                value.ndim == 4
+                and value.shape[0] == want.shape[0]
+                and value.shape[2:] == want.shape[2:]
             )
             if not same_but_bands:
                 raise WeightsError(
@@ -165,7 +167,9 @@ def build_encoder(
     except (OSError, RuntimeError) as err:
         if named is None:
             raise
-        raise WeightsError(f"{_offline_message(encoder_name, str(encoder_weights))} ({err})") from err
+        raise WeightsError(
+            f"{_offline_message(encoder_name, str(encoder_weights))} ({err})"
+        ) from err
     if local_file is not None:
         load_encoder_weights(encoder, local_file)
     return encoder

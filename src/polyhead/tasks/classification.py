@@ -31,12 +31,23 @@ def head_metrics(num_outputs: int, ignore_index: int = -1) -> MetricCollection:
     macro-averaged otherwise."""
     if num_outputs <= 2:
         kw: dict[str, Any] = {"ignore_index": ignore_index}
-        return MetricCollection({"precision": BinaryPrecision(**kw), "recall": BinaryRecall(**kw),
-                                 "f1": BinaryF1Score(**kw), "accuracy": BinaryAccuracy(**kw)})
+        return MetricCollection(
+            {
+                "precision": BinaryPrecision(**kw),
+                "recall": BinaryRecall(**kw),
+                "f1": BinaryF1Score(**kw),
+                "accuracy": BinaryAccuracy(**kw),
+            }
+        )
     kw = {"num_classes": num_outputs, "ignore_index": ignore_index, "average": "macro"}
-    return MetricCollection({"precision": MulticlassPrecision(**kw),
-                             "recall": MulticlassRecall(**kw), "f1": MulticlassF1Score(**kw),
-                             "accuracy": MulticlassAccuracy(**kw)})
+    return MetricCollection(
+        {
+            "precision": MulticlassPrecision(**kw),
+            "recall": MulticlassRecall(**kw),
+            "f1": MulticlassF1Score(**kw),
+            "accuracy": MulticlassAccuracy(**kw),
+        }
+    )
 
 
 def _scores(logits: torch.Tensor) -> torch.Tensor:
@@ -95,16 +106,19 @@ class ClassificationTask(BaseTask):
         weights = dict(head_weights or {})
         unknown = sorted(set(weights) - set(self.head_outputs))
         if unknown:
-            raise ConfigError(f"task.head_weights: no head(s) {unknown}; heads are "
-                              f"{list(self.head_outputs)}")
+            raise ConfigError(
+                f"task.head_weights: no head(s) {unknown}; heads are {list(self.head_outputs)}"
+            )
         self.head_weights = {h: float(weights.get(h, 1.0)) for h in self.head_outputs}
         if loss_balancing not in BALANCING:
-            raise ConfigError(f"task.loss_balancing must be one of {BALANCING}, "
-                              f"got {loss_balancing!r}")
+            raise ConfigError(
+                f"task.loss_balancing must be one of {BALANCING}, got {loss_balancing!r}"
+            )
         self.loss_balancing = loss_balancing
         self.log_vars = (
             nn.ParameterDict({h: nn.Parameter(torch.zeros(())) for h in self.head_outputs})
-            if loss_balancing == "uncertainty" else None
+            if loss_balancing == "uncertainty"
+            else None
         )
         self.derived = self._check_derived(derived_tasks or {})
         metric_outputs = {**self.head_outputs, **{t: 2 for t in self.derived}}
@@ -117,8 +131,10 @@ class ClassificationTask(BaseTask):
         for name, spec in tasks.items():
             head = spec.get("head")
             if head not in self.head_outputs or self.head_outputs[head] < 2:
-                raise ConfigError(f"task.derived_tasks.{name}: 'head' must name a head with 2+ "
-                                  f"outputs, one of {list(self.head_outputs)}")
+                raise ConfigError(
+                    f"task.derived_tasks.{name}: 'head' must name a head with 2+ "
+                    f"outputs, one of {list(self.head_outputs)}"
+                )
             if name in self.head_outputs:
                 raise ConfigError(f"task.derived_tasks.{name}: a head has that name already")
             positive = spec.get("positive")
@@ -157,11 +173,24 @@ class ClassificationTask(BaseTask):
         parts = {h: self.head_loss(h, outputs[h], targets[h]) for h in self.head_outputs}
         loss = self.combine(parts)
         bs, train = image.shape[0], stage == "train"
-        self.log(f"loss/{stage}", loss, prog_bar=True, batch_size=bs, on_step=train,
-                 on_epoch=True, sync_dist=not train)
+        self.log(
+            f"loss/{stage}",
+            loss,
+            prog_bar=True,
+            batch_size=bs,
+            on_step=train,
+            on_epoch=True,
+            sync_dist=not train,
+        )
         for head, value in parts.items():
-            self.log(f"loss/{stage}/{head}", value, batch_size=bs, on_step=False, on_epoch=True,
-                     sync_dist=not train)
+            self.log(
+                f"loss/{stage}/{head}",
+                value,
+                batch_size=bs,
+                on_step=False,
+                on_epoch=True,
+                sync_dist=not train,
+            )
         if train and self.log_vars is not None:
             for head, s in self.log_vars.items():
                 self.log(f"weight/{head}", torch.exp(-s.detach()), on_step=False, on_epoch=True)
@@ -177,8 +206,9 @@ class ClassificationTask(BaseTask):
         for head in self.head_outputs:
             self.val_metrics[head].update(_scores(outputs[head].detach()), targets[head])
         for name, (head, positive) in self.derived.items():
-            pred, target = derived_decisions(outputs[head].detach(), targets[head], positive,
-                                             self.ignore_index)
+            pred, target = derived_decisions(
+                outputs[head].detach(), targets[head], positive, self.ignore_index
+            )
             self.val_metrics[name].update(pred.float(), target)
 
     def on_validation_epoch_end(self) -> None:

@@ -46,8 +46,12 @@ def student_uncertainty(
     ``spec`` is the ``distillation`` entry of a student's run config (``transform``,
     ``activation``); a per-class head is read at the student's own arg-max class.
     """
-    u = to_uncertainty(unc_out, spec.get("transform", "sqrt"), spec.get("activation", "none"),
-                       spec.get("log_eps", 1e-3))
+    u = to_uncertainty(
+        unc_out,
+        spec.get("transform", "sqrt"),
+        spec.get("activation", "none"),
+        spec.get("log_eps", 1e-3),
+    )
     if u.shape[1] > 1:
         u = u.gather(1, seg_logits.argmax(dim=1, keepdim=True))
     return u
@@ -147,11 +151,24 @@ class DistillationTask(BaseTask):
         loss, parts, out, targets = self.compute_loss(batch)
         seg, unc = out["seg"], out["unc"]
         bs, on_step, sync = image.shape[0], stage == "train", stage != "train"
-        self.log(f"loss/{stage}", loss, prog_bar=True, batch_size=bs, on_step=on_step,
-                 on_epoch=True, sync_dist=sync)
+        self.log(
+            f"loss/{stage}",
+            loss,
+            prog_bar=True,
+            batch_size=bs,
+            on_step=on_step,
+            on_epoch=True,
+            sync_dist=sync,
+        )
         for name, value in parts.items():
-            self.log(f"loss/{stage}/{name}", value, batch_size=bs, on_step=False, on_epoch=True,
-                     sync_dist=sync)
+            self.log(
+                f"loss/{stage}/{name}",
+                value,
+                batch_size=bs,
+                on_step=False,
+                on_epoch=True,
+                sync_dist=sync,
+            )
         return loss, seg, unc, targets
 
     def training_step(self, batch, batch_idx):

@@ -92,11 +92,24 @@ class SegmentationTask(BaseTask):
             loss, parts = self.criterion(outputs[SINGLE], targets["hard"]), {}
         bs = image.shape[0]
         on_step = stage == "train"
-        self.log(f"loss/{stage}", loss, prog_bar=True, batch_size=bs, on_step=on_step,
-                 on_epoch=True, sync_dist=stage != "train")
+        self.log(
+            f"loss/{stage}",
+            loss,
+            prog_bar=True,
+            batch_size=bs,
+            on_step=on_step,
+            on_epoch=True,
+            sync_dist=stage != "train",
+        )
         for name, value in parts.items():
-            self.log(f"loss/{stage}/{name}", value, batch_size=bs, on_step=False, on_epoch=True,
-                     sync_dist=stage != "train")
+            self.log(
+                f"loss/{stage}/{name}",
+                value,
+                batch_size=bs,
+                on_step=False,
+                on_epoch=True,
+                sync_dist=stage != "train",
+            )
         return loss, outputs
 
     def training_step(self, batch, batch_idx):
