@@ -1,0 +1,194 @@
+"""GeoTIFF outputs written atomically and checked before they are moved into place.
+
+GDAL does not always report a failed write: a block still in its cache when the file is
+closed is flushed by the close, and a write error there (a full disk, say) is only logged;
+the file then reads back with zeros where the block should be. `AtomicGeoTiff` therefore
+re-opens the closed temp file and checks its size, data type, every block's location
+(within the file) and its last window before renaming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NoReturn
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+
+from polyhead.io.atomic import AtomicPath, PathLike, WriteError, write_error
+
+_BLOCK = 256
+
+
+def geotiff_profile(
+    height: int, width: int, count: int, dtype: str, crs: Any = None, transform: Any = None
+) -> dict[str, Any]:
+    """Tiled, deflate-compressed GTiff profile with the given georeferencing."""
+    block = _BLOCK if max(height, width) > _BLOCK else 16 * -(-max(height, width) // 16)
+    profile: dict[str, Any] = dict(
+        driver="GTiff",
+        height=height,
+        width=width,
+        count=count,
+        dtype=dtype,
+        tiled=True,
+        blockxsize=block,
+        blockysize=block,
+        compress="deflate",
+        predictor=3 if np.dtype(dtype).kind == "f" else 2,
+        BIGTIFF="IF_SAFER",
+    )
+    if crs is not None:
+        profile["crs"] = crs
+    if transform is not None:
+        profile["transform"] = transform
+    return profile
+
+
+def _flag(value: Any) -> bool:
+    return str(value).upper() in ("TRUE", "YES", "ON", "1")
+
+
+def _check_blocks(src: Any, size: int, sparse_ok: bool) -> str | None:
+    """Why the TIFF's block table is wrong (a block missing or past the end), or None."""
+    block_h, block_w = src.block_shapes[0]
+    rows, cols = -(-src.height // block_h), -(-src.width // block_w)
+    pixel_interleaved = src.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE", "").upper() == "PIXEL"
+    for band in [1] if pixel_interleaved else range(1, src.count + 1):
+        for r in range(rows):
+            for c in range(cols):
+                offset = src.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx=band)
+                nbytes = src.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx=band)
+                if not offset or not nbytes:
+                    if sparse_ok:
+                        continue
+                    return f"block ({r}, {c}) of band {band} was not written"
+                if int(offset) + int(nbytes) > size:
+                    return f"block ({r}, {c}) of band {band} lies past the end of the file"
+    return None
+
+
+def verify_geotiff(path: PathLike, profile: dict[str, Any]) -> None:
+    """Check that ``path`` opens as the raster ``profile`` describes and is complete.
+
+    Raises `WriteError` naming ``path`` otherwise.
+    """
+    path = Path(path)
+    expected = (
+        int(profile["width"]),
+        int(profile["height"]),
+        int(profile["count"]),
+        np.dtype(profile["dtype"]).name,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            found = (src.width, src.height, src.count, src.dtypes[0])
+            if found != expected:
+                problem = f"(width, height, count, dtype) is {found}, expected {expected}"
+            elif src.driver == "GTiff":
+                sparse = any(_flag(v) for k, v in profile.items() if k.lower() == "sparse_ok")
+                problem = _check_blocks(src, os.path.getsize(path), sparse)
+            else:
+                problem = None
+            if problem is None:
+                block_h, block_w = src.block_shapes[0]
+                row = (src.height - 1) // block_h * block_h
+                col = (src.width - 1) // block_w * block_w
+                src.read(window=Window(col, row, src.width - col, src.height - row))
+    if problem is not None:
+        raise WriteError(f"{path} failed its check: {problem}")
+
+
+class AtomicGeoTiff:
+    """Write a GeoTIFF to a temp file beside ``path``; `commit` checks it and renames it.
+
+    Used as a context manager: leaving the block with an exception (or without `commit`)
+    closes and deletes the temp file, so ``path`` is never partial. A GDAL/libtiff error in
+    `write`, `close` or the check after closing deletes the temp file and raises `WriteError`
+    (an `OSError`) naming ``path``.
+    """
+
+    def __init__(self, path: PathLike, profile: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.profile = profile
+        self._target = AtomicPath(self.path)
+        self.tmp_path = self._target.tmp_path
+        self._dst: Any = None
+        self._verified = False
+
+    def __enter__(self) -> AtomicGeoTiff:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._dst = rasterio.open(self.tmp_path, "w", **self.profile)
+        except (RasterioError, OSError) as exc:
+            self._fail(exc)
+        return self
+
+    @property
+    def dataset(self) -> Any:
+        """The open rasterio dataset (band descriptions, scales, tags)."""
+        if self._dst is None:
+            raise WriteError(f"{self.path}: the GeoTIFF is not open for writing")
+        return self._dst
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        self.abort()
+        raise write_error(self.path, exc) from exc
+
+    def write(self, data: np.ndarray, row: int, col: int = 0) -> None:
+        """Write ``data`` ``[count, h, w]`` at rows ``row .. row + h`` and columns
+        ``col .. col + w``."""
+        window = Window(col, row, data.shape[2], data.shape[1])
+        try:
+            self.dataset.write(data.astype(self.profile["dtype"], copy=False), window=window)
+        except (RasterioError, OSError) as exc:
+            self._fail(exc)
+
+    def close(self) -> None:
+        """Flush and close the temp file, then check it (idempotent)."""
+        if self._dst is not None:
+            dst, self._dst = self._dst, None
+            try:
+                dst.close()
+            except (RasterioError, OSError) as exc:
+                self._fail(exc)
+        if not self._verified and self.tmp_path.exists():
+            try:
+                verify_geotiff(self.tmp_path, self.profile)
+            except Exception as exc:
+                self.abort()
+                raise WriteError(f"could not write {self.path}: {exc}") from exc
+            self._verified = True
+
+    def commit(self) -> Path:
+        """Close, check and atomically move the temp file to ``path``."""
+        self.close()
+        return self._target.commit()
+
+    def abort(self) -> None:
+        """Close and delete the temp file."""
+        try:
+            if self._dst is not None:
+                dst, self._dst = self._dst, None
+                with contextlib.suppress(Exception):  # deleted anyway; the first error matters
+                    dst.close()
+        finally:
+            self._target.abort()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.tmp_path.exists() or self._dst is not None:
+            self.abort()
