@@ -27,13 +27,9 @@ from polyhead.aggregation.dawid_skene import (
     vote_fractions_labels,
 )
 from polyhead.aggregation.inputs import LABEL_COLUMNS, iter_csv
-from polyhead.aggregation.outputs import (
-    AggregationResult,
-    Staging,
-    write_csv,
-    write_report,
-)
+from polyhead.aggregation.outputs import AggregationResult, write_report
 from polyhead.errors import ConfigError, DataError
+from polyhead.io import Staging, write_csv
 
 
 def read_label_csv(

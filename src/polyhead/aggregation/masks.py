@@ -53,17 +53,11 @@ from polyhead.aggregation.dawid_skene import (
     vote_fractions_labels,
 )
 from polyhead.aggregation.inputs import ImageEntry, MaskReader, read_mask_csv
-from polyhead.aggregation.outputs import (
-    AggregationResult,
-    Staging,
-    relative_to,
-    write_csv,
-    write_report,
-)
+from polyhead.aggregation.outputs import AggregationResult, relative_to, write_report
 from polyhead.aggregation.patterns import CountAccumulator, PatternCodec, merge_counts
 from polyhead.data import raster_io
 from polyhead.errors import ConfigError, DataError
-from polyhead.inference.writers import AtomicGeoTiff, geotiff_profile
+from polyhead.io import AtomicGeoTiff, Staging, geotiff_profile, write_csv
 
 HARD_IGNORE = 255
 DEFAULT_SMOOTHING = 0.01

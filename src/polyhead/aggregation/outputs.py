@@ -1,67 +1,20 @@
-"""Output side of aggregation: a staging folder moved into place only on success.
+"""Output side of aggregation: the confusion document, its figures and the result record.
 
-Everything is written under a hidden sibling folder of ``out_dir``
-(``.<name>.partial-<random>``). `Staging.commit` moves the files into ``out_dir``
-(a single rename when ``out_dir`` does not exist yet); any exception before that
-deletes the staging folder, so a failed run leaves no new file in ``out_dir``.
-Existing files in ``out_dir`` with the same names are replaced on commit; other
-files there are left alone.
+Every output is staged with `polyhead.io.Staging` (a temp folder beside ``out_dir``, moved
+into place only when every step succeeded; see `polyhead.io.atomic` for the rules).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import shutil
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-
-class Staging:
-    """Context manager handing out paths inside a temp folder next to ``out_dir``."""
-
-    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
-        self.out_dir = Path(out_dir).resolve()
-        self.root = self.out_dir.parent / f".{self.out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-        self.committed = False
-
-    def __enter__(self) -> Staging:
-        self.root.mkdir(parents=True)
-        return self
-
-    def path(self, relative: str | os.PathLike[str]) -> Path:
-        """Where to write the file that will end up at ``out_dir / relative``."""
-        target = self.root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target
-
-    def commit(self) -> None:
-        """Move every staged file into ``out_dir``."""
-        if not self.out_dir.exists():
-            os.replace(self.root, self.out_dir)
-        else:
-            for src in sorted(p for p in self.root.rglob("*") if p.is_file()):
-                dst = self.out_dir / src.relative_to(self.root)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
-            shutil.rmtree(self.root, ignore_errors=True)
-        self.committed = True
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not self.committed:
-            shutil.rmtree(self.root, ignore_errors=True)
+from polyhead.io import Staging, save_figure, write_json
 
 
 def _rounded(array: np.ndarray, digits: int = 8) -> Any:
@@ -99,19 +52,6 @@ def confusion_document(
     return doc
 
 
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc`` as indented JSON."""
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-
-
-def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Write a CSV with a header line."""
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
 def plot_confusions(path: Path, confusion: np.ndarray, annotators: Sequence[str]) -> None:
     """One heat-map panel per annotator (rows: true class, columns: given label).
 
@@ -137,7 +77,7 @@ def plot_confusions(path: Path, confusion: np.ndarray, annotators: Sequence[str]
         ax.imshow(mosaic, vmin=0.0, vmax=1.0, cmap="Blues")
         ax.set_axis_off()
         ax.set_title("confusion per annotator (rows: true class, columns: given label)", fontsize=8)
-        fig.savefig(path, dpi=100)
+        save_figure(fig, path, dpi=100)
         return
     side = 1.2 + 0.45 * k
     fig = Figure(figsize=(side * cols, side * rows + 0.4))
@@ -156,7 +96,7 @@ def plot_confusions(path: Path, confusion: np.ndarray, annotators: Sequence[str]
                 color = "white" if v > 0.5 else "black"
                 ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color=color)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_trace(path: Path, trace: Sequence[float]) -> None:
@@ -172,7 +112,7 @@ def plot_trace(path: Path, trace: Sequence[float]) -> None:
     ax.set_ylabel("mean log-likelihood")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 def relative_to(path: Path, start: Path) -> str:
@@ -211,7 +151,7 @@ class AggregationResult:
 
 
 def write_report(
-    stage: Any,
+    stage: Staging,
     method: str,
     annotators: list[str],
     confusion: np.ndarray,

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from polyhead.errors import DataError
+from polyhead.io import save_figure
 
 TITLE_PX = 28
 LEGEND_PX = 48
@@ -160,7 +161,4 @@ def save_prediction_figure(
         frameon=False,
         bbox_to_anchor=(0.5, 0.0),
     )
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI, format="png")
-    return out
+    return save_figure(fig, path, dpi=DPI, format="png")

@@ -8,19 +8,17 @@ mask (per-class vote fractions).
 
 from __future__ import annotations
 
-import csv
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from rasterio.transform import Affine
 from scipy import ndimage
 
 from polyhead.demo.scenes import CLASS_NAMES, land_cover_map, render_scene, smooth_field
 from polyhead.errors import ConfigError, DataError
+from polyhead.io import AtomicGeoTiff, write_csv
 
 DEFAULT_ANNOTATORS: dict[str, float] = {"expert": 0.95, "trained": 0.8, "novice": 0.6}
 CRS = "EPSG:32633"
@@ -197,7 +195,7 @@ def corrupt_mask(
 
 
 def _write_tif(path: Path, data: np.ndarray, transform: Affine) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` ``[H, W]`` or ``[C, H, W]`` atomically: a reader never sees a partial file."""
     data = data[None] if data.ndim == 2 else data
     profile = dict(
         driver="GTiff",
@@ -209,20 +207,9 @@ def _write_tif(path: Path, data: np.ndarray, transform: Affine) -> None:
         transform=transform,
         compress="deflate",
     )
-    # written aside and renamed: a reader of an earlier run's file never sees a partial one
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(data)
-    os.replace(tmp, path)
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: list[Sequence[str]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    with AtomicGeoTiff(path, profile) as writer:
+        writer.write(data, 0)
+        writer.commit()
 
 
 def generate_synthetic_dataset(
@@ -291,9 +278,9 @@ def generate_synthetic_dataset(
             [f"scenes/{name}.tif", f"masks/hard/{name}.tif", f"masks/soft/{name}.tif"]
         )
     header = ("image", "mask", "soft_mask")
-    _write_csv(out / "train.csv", header, splits["train"])
-    _write_csv(out / "val.csv", header, splits["val"])
-    _write_csv(out / "annotators.csv", ("image", "annotator", "mask"), ann_rows)
+    write_csv(out / "train.csv", header, splits["train"])
+    write_csv(out / "val.csv", header, splits["val"])
+    write_csv(out / "annotators.csv", ("image", "annotator", "mask"), ann_rows)
     rows_total = {a: np.maximum(c.sum(axis=1, keepdims=True), 1) for a, c in counts.items()}
     return SyntheticDataset(
         out_dir=out,

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from polyhead.demo.figures import class_colors, stretch_rgb
 from polyhead.errors import DataError
+from polyhead.io import save_figure
 
 
 def _as_map(name: str, value: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -79,10 +80,7 @@ def save_uncertainty_figure(
         )
     if title:
         fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 #: panels of `save_agreement_curves`: (title, numerator key, denominator key or None)
@@ -138,7 +136,4 @@ def save_agreement_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)

@@ -13,13 +13,13 @@ image and its maps are held in memory) and writes, georeferencing copied from th
   plain floats. (GDAL 3.10, as bundled with rasterio 1.4, has no float16 GeoTIFF type.)
 
 and ``distill.csv`` with columns ``image,mask,soft_mask,uncertainty`` (paths relative to the
-CSV). Every file is written to a temp file and renamed; if any image fails, the files
-already written by this call are removed and no CSV is written.
+CSV). Every file is staged in a temp folder beside ``out_dir`` (`polyhead.io.Staging`) and
+moved into place once all images are done; if any image fails, nothing under ``out_dir``
+changes.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 import warnings
@@ -36,7 +36,7 @@ from polyhead.data import raster_io
 from polyhead.data.validation import read_csv_rows
 from polyhead.distill.teacher import EnsembleTeacher, band_names, stack_uncertainty
 from polyhead.errors import ConfigError
-from polyhead.inference.writers import AtomicGeoTiff, geotiff_profile
+from polyhead.io import AtomicGeoTiff, Staging, geotiff_profile, write_csv
 
 DISTILL_CSV = "distill.csv"
 COLUMNS = ("image", "mask", "soft_mask", "uncertainty")
@@ -53,18 +53,6 @@ class DistillTargets:
     seconds: float = 0.0
 
 
-class _Writer(AtomicGeoTiff):
-    """An `AtomicGeoTiff` that also sets band descriptions, scales and tags."""
-
-    def describe(self, names: list[str], scales: list[float] | None = None, **tags: str) -> None:
-        for i, name in enumerate(names, start=1):
-            self._dst.set_band_description(i, name)
-        if scales is not None:
-            self._dst.scales = tuple(float(s) for s in scales)
-        if tags:
-            self._dst.update_tags(**tags)
-
-
 def teacher_maps(
     teacher: EnsembleTeacher,
     image: np.ndarray,
@@ -76,27 +64,17 @@ def teacher_maps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Teacher mean probabilities ``[K, H, W]`` and uncertainty ``[3 + K, H, W]`` for a raw
     ``image [C, H, W]`` (``normalize`` applied first)."""
-    from polyhead.inference.sliding_window import predict_array
+    from polyhead.inference.sliding_window import predict_maps
 
     teacher = teacher.to(device)
 
-    def fn(x: torch.Tensor) -> torch.Tensor:
+    def maps_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
         stats = teacher(x)
-        return torch.cat([stats["probs"], stack_uncertainty(stats)], dim=1)
+        return {"probs": stats["probs"], "uncertainty": stack_uncertainty(stats)}
 
-    maps = predict_array(
-        fn,
-        image,
-        tile_size,
-        overlap,
-        batch_size,
-        device,
-        normalize=normalize,
-        activation=torch.nn.Identity(),
-    )
-    k = (maps.shape[0] - 3) // 2
-    probs = maps[:k] / np.maximum(maps[:k].sum(axis=0, keepdims=True), 1e-12)
-    return probs, np.maximum(maps[k:], 0.0)
+    maps = predict_maps(maps_fn, image, tile_size, overlap, batch_size, device, normalize)
+    probs = maps["probs"] / np.maximum(maps["probs"].sum(axis=0, keepdims=True), 1e-12)
+    return probs, np.maximum(maps["uncertainty"], 0.0)
 
 
 def _georef(path: Path) -> tuple[Any, Any]:
@@ -135,9 +113,15 @@ def _write(
     profile = geotiff_profile(
         data.shape[1], data.shape[2], data.shape[0], data.dtype.name, crs, transform
     )
-    with _Writer(path, profile) as writer:
+    with AtomicGeoTiff(path, profile) as writer:
         writer.write(data, 0)
-        writer.describe(names, scales, **tags)
+        dst = writer.dataset
+        for i, name in enumerate(names, start=1):
+            dst.set_band_description(i, name)
+        if scales is not None:
+            dst.scales = tuple(float(s) for s in scales)
+        if tags:
+            dst.update_tags(**tags)
         writer.commit()
 
 
@@ -158,7 +142,7 @@ def write_distillation_targets(
 ) -> DistillTargets:
     """Run ``teacher`` on every image of an ``image,mask`` CSV and cache its targets.
 
-    ``normalize`` defaults to ``teacher.normalize`` (set by `EnsembleTeacher.from_checkpoints`
+    ``normalize`` defaults to ``teacher.normalize`` (set by `polyhead.checkpoint.load_teacher`
     from the checkpoints' validation ``Normalize``). Returns the paths written; see the module
     docstring for the layout.
     """
@@ -173,12 +157,11 @@ def write_distillation_targets(
     if dupes:
         raise ConfigError(f"{csv_path}: image file names must be unique, repeated: {dupes[:5]}")
     out_dir = Path(out_dir)
-    teacher_dir = out_dir / "teacher"
     normalize = normalize if normalize is not None else getattr(teacher, "normalize", None)
     result = DistillTargets(out_dir / DISTILL_CSV)
     tags = {"POLYHEAD_MEMBERS": str(len(teacher.members)), "POLYHEAD_DDOF": str(teacher.ddof)}
     lines = []
-    try:
+    with Staging(out_dir) as stage:
         for row in rows:
             info = raster_io.raster_info(row.image)
             image = raster_io.read_window(row.image, 0, 0, info.height, info.width)
@@ -187,37 +170,20 @@ def write_distillation_targets(
             )
             crs, transform = _georef(row.image)
             k = probs.shape[0]
-            probs_path = teacher_dir / f"{row.image.stem}_probs.tif"
-            _write(
-                probs_path,
-                quantize_probs(probs),
-                crs,
-                transform,
-                [f"prob_class_{i}" for i in range(k)],
-                None,
-                tags,
-            )
-            result.probs_paths.append(probs_path)
-            unc_path = teacher_dir / f"{row.image.stem}_uncertainty.tif"
+            probs_rel = f"teacher/{row.image.stem}_probs.tif"
+            names = [f"prob_class_{i}" for i in range(k)]
+            _write(stage.path(probs_rel), quantize_probs(probs), crs, transform, names, None, tags)
+            unc_rel = f"teacher/{row.image.stem}_uncertainty.tif"
             if uncertainty_dtype == "uint16":
                 stored, scales = quantize_uncertainty(unc)
             else:
                 stored, scales = unc.astype(np.float32), None
-            _write(unc_path, stored, crs, transform, band_names(k), scales, tags)
-            result.uncertainty_paths.append(unc_path)
-            lines.append(
-                [_relative(p, out_dir) for p in (row.image, row.mask, probs_path, unc_path)]
-            )
-        tmp = out_dir / f".{DISTILL_CSV}.tmp"
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(COLUMNS)
-            writer.writerows(lines)
-        os.replace(tmp, result.csv_path)
-    except BaseException:
-        for path in (*result.probs_paths, *result.uncertainty_paths):
-            path.unlink(missing_ok=True)
-        (out_dir / f".{DISTILL_CSV}.tmp").unlink(missing_ok=True)
-        raise
+            _write(stage.path(unc_rel), stored, crs, transform, band_names(k), scales, tags)
+            result.probs_paths.append(out_dir / probs_rel)
+            result.uncertainty_paths.append(out_dir / unc_rel)
+            paths = (row.image, row.mask, result.probs_paths[-1], result.uncertainty_paths[-1])
+            lines.append([_relative(p, out_dir) for p in paths])
+        write_csv(stage.path(DISTILL_CSV), COLUMNS, lines)
+        stage.commit()
     result.seconds = time.perf_counter() - start
     return result
