@@ -9,6 +9,7 @@ import torch
 
 from polyhead.checkpoint import load_model
 from polyhead.cli import main
+from polyhead.config import build
 from polyhead.data import RandomCropSegmentationDataset
 from polyhead.demo.run import demo_config
 from polyhead.inference.predict import predict_files
@@ -106,7 +107,7 @@ def test_predict_writes_georeferenced_maps_and_matches_model(trained, synthetic,
         64,
         4,
         grid_mode=True,
-        augmentation_list=cfg["val_dataset"]["augmentation_list"],
+        augmentation_list=build(cfg["val_dataset"]["augmentation_list"], "augmentation_list"),
     )
     model, _ = load_model(result.best_checkpoint, ["model.inference_head=A"])
     with torch.no_grad():

@@ -1,10 +1,16 @@
-"""Build and run a training job from a config (a plain mapping of ``_target_`` entries).
+"""Application layer: build and run a training job from a config.
 
-Top-level keys (all but ``model`` and ``train_dataset`` optional):
-``model``, ``loss``, ``train_dataset``, ``val_dataset`` (datasets carry their ``data_loader``
-options), ``callbacks`` (list), ``optimizer`` (``_partial_: true``), ``scheduler``
-(``_partial_: true``), ``task`` (SegmentationTask options, e.g. ``consistency_weight``),
-``pl_trainer`` (``lightning.pytorch.Trainer`` arguments), ``output_dir``, ``seed``.
+The config is a plain mapping of ``_target_`` entries in either layout `polyhead.config`
+describes: the config groups of ``configs/train.yaml`` (``model``, ``data``, ``task``,
+``trainer``) or the flat layout of ``configs/examples`` (``model``, ``loss``,
+``train_dataset``, ``val_dataset`` (datasets carry their ``data_loader`` options),
+``optimizer``/``scheduler`` (``_partial_: true``), ``task``, ``pl_trainer``). Both take
+``callbacks`` (list), ``output_dir`` and ``seed``.
+
+Everything is instantiated here and handed over built: datasets (with built transforms) to a
+`polyhead.data.DataModule`, which owns the loaders; model, losses and optimizer factories to
+the task; the DataModule to ``trainer.fit``. The task never reads the config; it only stores
+the resolved one in checkpoints.
 """
 
 from __future__ import annotations
@@ -16,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from polyhead.compat import resolve_aliases
+from polyhead.config import DATAMODULE, build, flatten_layout, load_config, target_class
 from polyhead.errors import ConfigError
 
 #: what a config gets when it leaves a key out
@@ -30,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "task": {},
     "callbacks": [],
 }
+DEFAULT_TASK = "polyhead.tasks.SegmentationTask"
+#: task arguments that may also sit at the top level (the flat layout)
+TOP_LEVEL_TASK_ARGS = ("loss", "optimizer", "scheduler")
 
 
 @dataclass
@@ -41,34 +50,38 @@ class TrainResult:
 
 
 def to_plain_config(cfg: Mapping[str, Any] | DictConfig | str | Path) -> dict[str, Any]:
-    """Load/resolve a config (YAML path, DictConfig or mapping) to plain containers + defaults."""
-    if isinstance(cfg, (str, Path)):
-        cfg = OmegaConf.load(cfg)
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
-    plain = resolve_aliases(dict(cfg))
+    """Load/resolve a config (YAML path, DictConfig or mapping) to the flat layout + defaults."""
+    if isinstance(cfg, str | Path | DictConfig):
+        cfg = load_config(cfg)
+    plain = flatten_layout(resolve_aliases(dict(cfg)))
     merged = {**DEFAULTS, **plain}
     merged["pl_trainer"] = {**DEFAULTS["pl_trainer"], **(plain.get("pl_trainer") or {})}
-    for key in ("model", "train_dataset"):
-        if key not in merged:
-            raise ConfigError(f"config has no {key!r} section")
+    if not merged.get("model"):
+        raise ConfigError("config has no 'model' section")
+    if not merged.get("train_dataset"):
+        raise ConfigError("config has no 'train_dataset' section (or data.train_dataset)")
     return merged
 
 
-def _build(node: Any, key: str) -> Any:
-    if not isinstance(node, dict | list):
-        return node
+def build_datamodule(cfg: Mapping[str, Any], splits: tuple[str, ...] = ("train", "val")) -> Any:
+    """The DataModule of a flat config: its datasets built (transforms included), its own
+    arguments from ``data`` (``batch_size``, ``num_workers``, ...)."""
+    spec = dict(cfg.get("data") or {})
+    cls = target_class(spec.pop("_target_", DATAMODULE), "data")
+    datasets = {
+        f"{split}_dataset": build(cfg[f"{split}_dataset"], f"{split}_dataset")
+        for split in splits
+        if cfg.get(f"{split}_dataset")
+    }
+    options = {k: build(v, f"data.{k}") for k, v in spec.items()}
     try:
-        return instantiate(node, _convert_="all")
-    except Exception as err:  # hydra wraps the real cause; name the config key at fault
-        cause = err.__cause__ or err
-        if isinstance(cause, ConfigError | ValueError | FileNotFoundError):
-            raise cause from None
-        raise ConfigError(f"config key {key!r}: {err}") from err
+        return cls(**datasets, **options)
+    except TypeError as err:
+        raise ConfigError(f"data: {err}") from None
 
 
 def build_callbacks(cfg: Mapping[str, Any], output_dir: Path) -> list[pl.Callback]:
-    callbacks = [_build(c, f"callbacks[{i}]") for i, c in enumerate(cfg.get("callbacks") or [])]
+    callbacks = [build(c, f"callbacks[{i}]") for i, c in enumerate(cfg.get("callbacks") or [])]
     for cb in callbacks:
         if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = str(output_dir / "checkpoints")
@@ -89,19 +102,33 @@ def build_task(cfg: Mapping[str, Any], ignore_index: int | None = None) -> pl.Li
 
     ``ignore_index`` (the training data's) is passed to the task unless ``task`` sets one.
     """
-    model = _build(cfg["model"], "model")
+    model = build(cfg["model"], "model")
     task_cfg = dict(cfg.get("task") or {})
-    task_cls = get_class(task_cfg.pop("_target_", "polyhead.tasks.SegmentationTask"))
-    built = {k: _build(v, f"task.{k}") for k, v in task_cfg.items()}
-    if cfg.get("loss") is not None:
-        built["loss"] = _build(cfg["loss"], "loss")
-    if cfg.get("optimizer") is not None:
-        built["optimizer"] = _build(cfg["optimizer"], "optimizer")
-    if cfg.get("scheduler") is not None:
-        built["scheduler"] = _build(cfg["scheduler"], "scheduler")
-    if ignore_index is not None:
-        built.setdefault("ignore_index", ignore_index)
+    if "model" in task_cfg:
+        raise ConfigError("task.model: the model is the top-level 'model' entry; move it there")
+    task_cls = target_class(task_cfg.pop("_target_", DEFAULT_TASK), "task")
+    for key in TOP_LEVEL_TASK_ARGS:
+        if cfg.get(key) is not None:
+            if task_cfg.get(key) is not None:
+                raise ConfigError(f"{key} is set both at the top level and under task; keep one")
+            task_cfg[key] = cfg[key]
+    built = {
+        k: build(v, k if k in TOP_LEVEL_TASK_ARGS else f"task.{k}") for k, v in task_cfg.items()
+    }
+    if ignore_index is not None and built.get("ignore_index") is None:
+        built["ignore_index"] = ignore_index
     return task_cls(model=model, config=cfg, **built)
+
+
+def build_trainer(cfg: Mapping[str, Any], output_dir: Path) -> pl.Trainer:
+    """``lightning.pytorch.Trainer`` from ``pl_trainer``, with callbacks and a CSV logger."""
+    kwargs = dict(cfg["pl_trainer"])
+    kwargs.setdefault("default_root_dir", str(output_dir))
+    if "logger" not in kwargs:
+        kwargs["logger"] = pl.loggers.CSVLogger(str(output_dir), name="", version="")
+    elif isinstance(kwargs["logger"], Mapping):
+        kwargs["logger"] = build(kwargs["logger"], "pl_trainer.logger")
+    return pl.Trainer(callbacks=build_callbacks(cfg, output_dir), **kwargs)
 
 
 def train(cfg: Mapping[str, Any] | DictConfig | str | Path) -> TrainResult:
@@ -109,21 +136,13 @@ def train(cfg: Mapping[str, Any] | DictConfig | str | Path) -> TrainResult:
     cfg = to_plain_config(cfg)
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
     output_dir = Path(cfg["output_dir"])
-    train_ds = _build(cfg["train_dataset"], "train_dataset")
-    val_ds = _build(cfg["val_dataset"], "val_dataset") if cfg.get("val_dataset") else None
-    task = build_task(cfg, getattr(train_ds, "ignore_index", None))
-    trainer_kwargs = dict(cfg["pl_trainer"])
-    trainer_kwargs.setdefault("default_root_dir", str(output_dir))
-    if "logger" not in trainer_kwargs:
-        trainer_kwargs["logger"] = pl.loggers.CSVLogger(str(output_dir), name="", version="")
-    elif isinstance(trainer_kwargs["logger"], Mapping):
-        trainer_kwargs["logger"] = _build(trainer_kwargs["logger"], "pl_trainer.logger")
-    trainer = pl.Trainer(callbacks=build_callbacks(cfg, output_dir), **trainer_kwargs)
-    val_loader = val_ds.make_loader() if val_ds is not None else None
+    datamodule = build_datamodule(cfg)
+    task = build_task(cfg, getattr(datamodule.train_dataset, "ignore_index", None))
+    trainer = build_trainer(cfg, output_dir)
     with warnings.catch_warnings():
         # raised inside Lightning's own pytree helper on torch >= 2.10; not actionable here
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-        trainer.fit(task, train_ds.make_loader(), val_loader)
+        trainer.fit(task, datamodule=datamodule)
     ckpt = trainer.checkpoint_callback
     best = Path(ckpt.best_model_path) if ckpt is not None and ckpt.best_model_path else None
     last = Path(ckpt.last_model_path) if ckpt is not None and ckpt.last_model_path else None

@@ -12,6 +12,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from omegaconf import OmegaConf
 
+from polyhead.config import build
 from polyhead.data import RandomCropSegmentationDataset, build_augmentations, raster_io
 from polyhead.errors import ConfigError
 
@@ -237,7 +238,9 @@ def test_normalize_leaves_soft_mask_alone_and_dict_specs_work(seg_set):
             {"_target_": "albumentations.Normalize", "mean": [0.0] * 4, "std": [1.0] * 4}
         ),
     ]
-    ds = make_ds(seg_set, soft_labels=True, grid_mode=True, augmentation_list=specs)
+    # configs are built by the application layer; the dataset gets transforms
+    built = [build(spec, "augmentation_list") for spec in specs]
+    ds = make_ds(seg_set, soft_labels=True, grid_mode=True, augmentation_list=built)
     item = ds[0]
     soft_src = seg_set.softs[0][:, :CROP, :CROP][:, :, ::-1]
     assert np.allclose(item["targets"]["soft"].numpy(), soft_src)
@@ -257,6 +260,14 @@ def test_build_augmentations_variants():
         build_augmentations([{"p": 1.0}])
     with pytest.raises(ConfigError, match="augmentation_list"):
         build_augmentations(["HorizontalFlip"])
+
+
+def test_augmentation_configs_are_built_by_the_app_layer():
+    with pytest.raises(ConfigError, match=r"augmentation_list\[0\].*polyhead.config.build"):
+        build_augmentations([{"_target_": "torchvision.transforms.RandomRotation", "degrees": 5}])
+    with pytest.warns(DeprecationWarning, match="built albumentations transforms"):
+        legacy = build_augmentations([{"_target_": "albumentations.HorizontalFlip", "p": 1.0}])
+    assert isinstance(legacy.transforms[0], A.HorizontalFlip)
 
 
 def test_make_loader_batches(seg_set):

@@ -6,12 +6,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from polyhead.data import (
-    RandomCropSegmentationDataset,
-    check_data,
-    check_data_from_config,
-    raster_io,
-)
+from polyhead.config import check_data_from_config
+from polyhead.data import RandomCropSegmentationDataset, check_data, raster_io
 from polyhead.errors import ConfigError, DataError
 
 from .conftest import HEIGHT, N_CLASSES, WIDTH, write_csv, write_tif

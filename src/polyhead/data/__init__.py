@@ -1,13 +1,40 @@
-"""Data loading and checking for semantic segmentation (images, hard masks, soft masks)."""
+"""Data loading and checking for segmentation and classification (images, hard masks, soft
+masks, image labels), and the DataModule that owns the loaders.
 
-from polyhead.data.datasets import RandomCropSegmentationDataset, check_data_from_config
+Everything here takes built objects and plain values; configs are loaded and instantiated by
+the application layer (`polyhead.config`, `polyhead.train`).
+"""
+
+from typing import Any
+
+from polyhead.data.config_check import check_data_in_config
+from polyhead.data.datasets import RandomCropSegmentationDataset
+from polyhead.data.loader import loader_options, make_loader
 from polyhead.data.transforms import build_augmentations
 from polyhead.data.validation import DataSummary, check_data
 
 __all__ = [
+    "DataModule",
     "DataSummary",
     "RandomCropSegmentationDataset",
     "build_augmentations",
     "check_data",
-    "check_data_from_config",
+    "check_data_in_config",
+    "loader_options",
+    "make_loader",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DataModule":  # imported on use: Lightning takes seconds to import
+        from polyhead.data.datamodule import DataModule
+
+        return DataModule
+    # Transitional: `polyhead check-data` (polyhead/cli.py) still imports this name from here.
+    # It reads a YAML file, so it lives in the application layer; import it from
+    # polyhead.config. Remove this hook once cli.py does.
+    if name == "check_data_from_config":
+        from polyhead.config import check_data_from_config
+
+        return check_data_from_config
+    raise AttributeError(f"module 'polyhead.data' has no attribute {name!r}")

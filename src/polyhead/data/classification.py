@@ -20,7 +20,6 @@ Images are read with PIL, EXIF orientation applied, converted to RGB, resized to
 from __future__ import annotations
 
 import csv
-import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from polyhead.data.loader import loader_options, make_loader
 from polyhead.errors import ConfigError, DataError
 from polyhead.paths import resolve_cell
 
@@ -185,28 +185,17 @@ def to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -
     return (x - m) / s
 
 
-def _loader_options(data_loader: Any) -> dict[str, Any]:
-    """Check ``data_loader`` keys against ``torch.utils.data.DataLoader``'s arguments."""
-    options = dict(data_loader or {})
-    allowed = set(inspect.signature(DataLoader.__init__).parameters) - {"self", "dataset"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"data_loader: unknown key(s) {', '.join(unknown)}; DataLoader "
-            f"accepts {', '.join(sorted(allowed))}"
-        )
-    return options
-
-
 def _build_transforms(augmentation_list: Any) -> list[Callable[[Image.Image], Image.Image]]:
+    """Check that every augmentation is a built callable (configs are built by the app layer)."""
     if not augmentation_list:
         return []
     out = []
     for i, item in enumerate(augmentation_list):
         if isinstance(item, Mapping):
-            from hydra.utils import instantiate
-
-            item = instantiate(dict(item))
+            raise ConfigError(
+                f"augmentation_list[{i}]: got the config {dict(item).get('_target_', item)!r}; "
+                "pass a built transform (polyhead.config.build instantiates a config)"
+            )
         if not callable(item):
             raise ConfigError(f"augmentation_list[{i}]: {item!r} is not callable")
         out.append(item)
@@ -223,7 +212,7 @@ class ClassificationCSVDataset(Dataset):
         image_size: output size, an int (square) or ``[H, W]``.
         classes: number of class ids in the ``label`` column; when given, ids outside
             ``0..classes-1`` are rejected as unknown labels.
-        augmentation_list: PIL-image transforms (or ``_target_`` configs of them, e.g.
+        augmentation_list: built PIL-image transforms (e.g. a
             ``torchvision.transforms.RandomRotation``) applied after resizing.
         mean, std: normalisation (ImageNet by default).
         root: folder that relative paths resolve against (default: the CSV's folder).
@@ -260,7 +249,7 @@ class ClassificationCSVDataset(Dataset):
         self.image_size = size
         self.mean, self.std = tuple(mean), tuple(std)
         self.transforms = _build_transforms(augmentation_list)
-        self.loader_options = _loader_options(data_loader)
+        self.loader_options = loader_options(data_loader)
         root_path = Path(root) if root is not None else None
         self.rows, problems = read_rows(self.csv_path, self.rules, root_path, classes)
         if validate:
@@ -313,6 +302,7 @@ class ClassificationCSVDataset(Dataset):
         }
         return {"image": to_tensor(image, self.mean, self.std), "targets": targets, "index": index}
 
-    def make_loader(self) -> DataLoader:
-        """A DataLoader with the ``data_loader`` options given at construction."""
-        return DataLoader(self, **self.loader_options)
+    def make_loader(self, **overrides: Any) -> DataLoader:
+        """A DataLoader with the ``data_loader`` options given at construction (``overrides``
+        win); see `polyhead.data.loader.make_loader`."""
+        return make_loader(self, self.loader_options, **overrides)

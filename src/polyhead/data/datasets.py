@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,42 +13,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from polyhead.data import extra_targets as extra
 from polyhead.data import raster_io
+from polyhead.data.loader import loader_options, make_loader
 from polyhead.data.transforms import SOFT_TARGET, build_augmentations, mask_is_transposed
 from polyhead.data.validation import (
     CsvRow,
     DataSummary,
-    check_data,
     read_csv_rows,
     validate_rows,
 )
 from polyhead.errors import ConfigError, DataError
-
-_LOADER_KEYS = frozenset(inspect.signature(DataLoader.__init__).parameters) - {"self", "dataset"}
 
 
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def _loader_options(data_loader: Any) -> dict[str, Any]:
-    if data_loader is None:
-        return {}
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(data_loader, DictConfig):
-        data_loader = OmegaConf.to_container(data_loader, resolve=True)
-    if not isinstance(data_loader, Mapping):
-        raise ConfigError(f"data_loader must be a mapping, got {type(data_loader).__name__}")
-    options = dict(data_loader)
-    unknown = sorted(set(options) - _LOADER_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"data_loader: unknown key(s) {', '.join(map(str, unknown))}; "
-            f"torch DataLoader accepts {', '.join(sorted(_LOADER_KEYS))}"
-        )
-    return options
 
 
 def _grid_tiles(sizes: list[tuple[int, int]], crop: int) -> np.ndarray:
@@ -130,7 +108,7 @@ class RandomCropSegmentationDataset(Dataset):
                 raise ConfigError("samples_per_epoch is required when grid_mode is false")
             samples_per_epoch = _positive_int(samples_per_epoch, "samples_per_epoch")
         self.samples_per_epoch = samples_per_epoch
-        self.loader_options = _loader_options(data_loader)
+        self.loader_options = loader_options(data_loader)
         self.transform = build_augmentations(augmentation_list)
         self._soft_transposed = mask_is_transposed(self.transform)
 
@@ -303,14 +281,9 @@ class RandomCropSegmentationDataset(Dataset):
         return image_t.contiguous(), hard_t.contiguous(), soft_t, more_t
 
     def make_loader(self, **overrides: Any) -> DataLoader:
-        """Build a DataLoader from ``loader_options`` (``overrides`` win).
-
-        ``persistent_workers`` defaults to True when ``num_workers > 0``.
-        """
-        options = {**self.loader_options, **overrides}
-        if options.get("num_workers", 0) > 0:
-            options.setdefault("persistent_workers", True)
-        return DataLoader(self, **options)
+        """A DataLoader with the ``data_loader`` options (``overrides`` win); see
+        `polyhead.data.loader.make_loader`."""
+        return make_loader(self, self.loader_options, **overrides)
 
     def close(self) -> None:
         """Close the raster handles this process opened."""
@@ -324,70 +297,3 @@ class RandomCropSegmentationDataset(Dataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._handles = raster_io.HandleCache()
-
-
-def _find_data_configs(node: Any, parents: tuple[Mapping[str, Any], ...] = ()) -> list[Any]:
-    """Every mapping holding ``input_csv_path``, with its enclosing mappings (outermost first)."""
-    found = []
-    if isinstance(node, Mapping):
-        if "input_csv_path" in node:
-            found.append((node, parents))
-        children = [(v, (*parents, node)) for v in node.values()]
-    elif isinstance(node, list):
-        children = [(v, parents) for v in node]
-    else:
-        children = []
-    for child, child_parents in children:
-        found += _find_data_configs(child, child_parents)
-    return found
-
-
-def _lookup(key: str, chain: list[Mapping[str, Any]], default: Any = None) -> Any:
-    return next((m[key] for m in chain if m.get(key) is not None), default)
-
-
-def check_data_from_config(path_or_mapping: Any) -> list[DataSummary]:
-    """Check every mapping in a training config (YAML path or mapping) that has ``input_csv_path``.
-
-    Each such mapping (at any depth) is checked with its ``n_classes``, ``crop_size``,
-    ``soft_labels`` and ``ignore_index``; a key missing there is taken from the nearest
-    enclosing mapping. Relative CSV paths resolve against the working directory, then
-    against the YAML file's folder.
-    """
-    from omegaconf import OmegaConf
-
-    yaml_dir = None
-    if isinstance(path_or_mapping, (str, os.PathLike)):
-        if not Path(path_or_mapping).is_file():
-            raise ConfigError(f"config file not found: {path_or_mapping}")
-        cfg = OmegaConf.load(path_or_mapping)
-        yaml_dir = Path(path_or_mapping).resolve().parent
-    else:
-        cfg = OmegaConf.create(path_or_mapping)
-    try:
-        tree = OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # e.g. ${hydra:...} interpolations outside a Hydra run
-        tree = OmegaConf.to_container(cfg, resolve=False)
-
-    found = _find_data_configs(tree)
-    if not found:
-        raise ConfigError("no mapping with an input_csv_path key found in the config")
-    summaries = []
-    for node, parents in found:
-        chain = [node, *reversed(parents)]
-        n_classes = _lookup("n_classes", chain)
-        if n_classes is None:
-            raise ConfigError(f"input_csv_path {node['input_csv_path']}: no n_classes set for it")
-        csv_path = Path(str(node["input_csv_path"])).expanduser()
-        if yaml_dir is not None and not csv_path.exists() and (yaml_dir / csv_path).exists():
-            csv_path = yaml_dir / csv_path
-        crop, soft = _lookup("crop_size", chain), _lookup("soft_labels", chain)
-        summary = check_data(
-            csv_path,
-            int(n_classes),
-            crop_size=int(crop) if crop is not None else None,
-            soft_labels=bool(soft) if soft is not None else None,
-            ignore_index=int(_lookup("ignore_index", chain, 255)),
-        )
-        summaries.append(summary)
-    return summaries

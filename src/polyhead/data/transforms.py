@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import importlib
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,35 +19,45 @@ SOFT_TARGET = "soft_mask"
 ADDITIONAL_TARGETS = {SOFT_TARGET: "mask"}
 
 
-def _instantiate(spec: Any, where: str) -> Any:
-    from hydra.utils import instantiate
+def _legacy_spec(item: Mapping[str, Any], where: str) -> Any:
+    """Build a flat albumentations ``_target_`` mapping (deprecated Python-API input).
 
+    Configs are instantiated by the application layer (`polyhead.config`) before they reach a
+    dataset; this shim only keeps old Python callers working and goes away with them.
+    """
+    target = str(item["_target_"])
+    kwargs = {k: v for k, v in item.items() if not str(k).startswith("_")}
+    nested = any(isinstance(v, Mapping) and "_target_" in v for v in kwargs.values())
+    if not target.startswith("albumentations.") or nested:
+        raise ConfigError(
+            f"{where}: got the config {target!r}; pass a built transform (instantiate configs "
+            "with polyhead.config.build before calling the dataset)"
+        )
+    warnings.warn(
+        f"{where}: _target_ mappings are deprecated in the Python API; pass built albumentations "
+        "transforms (polyhead.config.build instantiates a config)",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+    module, _, name = target.rpartition(".")
     try:
-        return instantiate(spec)
+        return getattr(importlib.import_module(module), name)(**kwargs)
     except Exception as err:
-        target = spec.get("_target_") if isinstance(spec, Mapping) else spec
-        raise ConfigError(f"{where}: cannot instantiate {target!r}: {err}") from err
+        raise ConfigError(f"{where}: cannot build {target!r}: {err}") from err
 
 
 def _as_transform(item: Any, where: str) -> Any:
-    if isinstance(item, Mapping) or _is_dictconfig(item):
+    if isinstance(item, Mapping):
         if "_target_" not in item:
             raise ConfigError(
-                f"{where}: a dict augmentation needs a _target_ key, got {dict(item)}"
+                f"{where}: expected an albumentations transform, got a mapping {dict(item)}"
             )
-        item = _instantiate(item, where)
+        item = _legacy_spec(item, where)
     if not isinstance(item, (A.BasicTransform, A.BaseCompose)):
         raise ConfigError(
-            f"{where}: expected an albumentations transform or a dict with _target_, "
-            f"got {type(item).__name__}"
+            f"{where}: expected an albumentations transform, got {type(item).__name__}"
         )
     return item
-
-
-def _is_dictconfig(obj: Any) -> bool:
-    from omegaconf import DictConfig
-
-    return isinstance(obj, DictConfig)
 
 
 def _with_soft_target(compose: A.Compose) -> A.Compose:
@@ -58,15 +70,13 @@ def _with_soft_target(compose: A.Compose) -> A.Compose:
 def build_augmentations(augmentation_list: Any) -> A.Compose | None:
     """Turn an augmentation spec into one ``A.Compose`` that also moves a ``soft_mask`` target.
 
-    Accepts None, an ``A.Compose``, a single transform, a dict with ``_target_``,
-    or a list mixing transforms and ``_target_`` dicts (instantiated with Hydra).
-    Returns None when there is nothing to apply.
+    Accepts None, an ``A.Compose``, a single transform or a list of built transforms (configs
+    are instantiated by the application layer first). Returns None when there is nothing to
+    apply.
     """
     if augmentation_list is None:
         return None
-    if isinstance(augmentation_list, (Mapping, A.BasicTransform, A.BaseCompose)) or _is_dictconfig(
-        augmentation_list
-    ):
+    if isinstance(augmentation_list, (Mapping, A.BasicTransform, A.BaseCompose)):
         augmentation_list = [augmentation_list]
     if isinstance(augmentation_list, (str, bytes)) or not isinstance(augmentation_list, Iterable):
         raise ConfigError(
