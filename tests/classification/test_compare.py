@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 
 from polyhead.classification.cli import add_parsers
-from polyhead.classification.compare import derive_configs, load_config, task_rules
+from polyhead.classification.compare import derive_configs, task_rules
 from polyhead.classification.digits import demo_config
+from polyhead.config import load_config
 from polyhead.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,19 +5,125 @@ multi-head model of CONFIG and writes ``comparison.md`` / ``comparison.png``;
 ``polyhead compare --demo`` first writes scikit-learn's bundled digits as a class-id CSV and
 runs the built-in digits config (``configs/examples/classifier_digits.yaml`` as a dict).
 ``polyhead export CHECKPOINT --format onnx [--head NAME | --all-heads]`` writes ONNX.
+
+This is the application layer of :mod:`polyhead.classification`: it reads configs and
+checkpoints, trains and instantiates (`run_compare`, `export_checkpoint`); the modules beside
+it take built models and datasets.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from polyhead.errors import PolyheadError
+from polyhead.errors import ConfigError, PolyheadError
+
+
+def run_compare(
+    config: str | os.PathLike | Mapping[str, Any],
+    out_dir: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    runs: int | None = None,
+    threads: int | None = None,
+) -> Any:
+    """Train baseline and multi-head, score both, write ``comparison.md`` and ``.png``
+    (see `polyhead.classification.compare`); returns the `Comparison`.
+
+    ``threads`` sets torch's CPU threads for the whole comparison (restored afterwards).
+    """
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return _compare(config, out_dir, overrides, runs)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_runs(configs: Mapping[str, dict]) -> dict[str, Path]:
+    from polyhead.train import train
+
+    checkpoints = {}
+    for name, run_cfg in configs.items():
+        result = train(run_cfg)
+        checkpoints[name] = result.best_checkpoint or result.last_checkpoint
+        if checkpoints[name] is None:
+            raise ConfigError(f"compare: the {name} run wrote no checkpoint")
+    return checkpoints
+
+
+def _compare(config: Any, out_dir: Any, overrides: Sequence[str], runs: int | None) -> Any:
+    from polyhead.checkpoint import load_model
+    from polyhead.classification import compare as cmp
+    from polyhead.config import build, load_config
+    from polyhead.train import to_plain_config
+
+    cfg = to_plain_config(load_config(config, overrides))
+    options = cfg.get("compare") or {}
+    out = Path(out_dir or options.get("output_dir") or cfg["output_dir"])
+    tasks, k = cmp.task_rules(cfg)
+    configs = dict(zip((cmp.MULTI, cmp.BASELINE), cmp.derive_configs(cfg, out), strict=True))
+    checkpoints = _train_runs(configs)
+    models = {name: load_model(path)[0] for name, path in checkpoints.items()}
+    spec, split = cmp.eval_dataset_config(cfg, k)
+    dataset = build(spec, f"{split}_dataset")
+    model_cfg = configs[cmp.MULTI]["model"]
+    weights = (configs[cmp.MULTI].get("task") or {}).get("head_weights")
+    note = (
+        f"backbone {model_cfg.get('backbone')}, input {dataset.image_size} px, seed "
+        f"{cfg['seed']}, {cfg['pl_trainer'].get('max_epochs')} epochs, head loss weights "
+        f"{weights or 'equal'}"
+    )
+    return cmp.compare_models(
+        models,
+        dataset,
+        tasks,
+        k,
+        out,
+        split=split,
+        runs=int(runs or options.get("runs", 50)),
+        split_at=model_cfg.get("split_at"),
+        notes=[note],
+        checkpoints=checkpoints,
+    )
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    heads: Sequence[str] | None = None,
+    image_size: int | Sequence[int] | None = None,
+    probabilities: bool = False,
+    opset: int = 17,
+    overrides: Sequence[str] = (),
+) -> Path:
+    """Export a ``polyhead train`` checkpoint; the input size defaults to the training data's."""
+    from polyhead.checkpoint import load_model
+    from polyhead.classification.export import export_model
+    from polyhead.data.classification import IMAGENET_MEAN, IMAGENET_STD
+
+    model, cfg = load_model(checkpoint, overrides)
+    data = cfg.get("val_dataset") or cfg.get("train_dataset") or {}
+    size = image_size or data.get("image_size") or 224
+    meta = {
+        "polyhead.mean": list(data.get("mean", IMAGENET_MEAN)),
+        "polyhead.std": list(data.get("std", IMAGENET_STD)),
+    }
+    if output is None:
+        suffix = f"-{'-'.join(heads)}" if heads else ""
+        output = Path(checkpoint).with_name(f"{Path(checkpoint).stem}{suffix}.onnx")
+    return export_model(model, output, size, heads, probabilities, opset, meta)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run the comparison; print the markdown table."""
-    from polyhead.classification.compare import load_config, markdown_table, run_compare
+    from polyhead.classification.compare import markdown_table
+    from polyhead.config import load_config
 
     overrides = list(args.overrides or [])
     if args.config is not None and "=" in args.config:  # `compare --demo key=value`
@@ -50,7 +156,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint to ONNX and check it against PyTorch with onnxruntime."""
     from polyhead.checkpoint import load_model
-    from polyhead.classification.export import compare_onnx, export_checkpoint
+    from polyhead.classification.export import compare_onnx
 
     heads = None if args.all_heads else args.head
     path = export_checkpoint(

@@ -15,12 +15,15 @@ decision; baseline: argmax in the task's classes), latency per image on the CPU 
 including reading/preprocessing the image and the softmax (median of ``runs``, the two models
 interleaved run by run), parameter count and exported ONNX size. Results go to
 ``comparison.md`` and ``comparison.png`` in the output folder.
+
+This module derives the two run configs and measures built models (`compare_models`); the
+application layer (`polyhead.classification.cli.run_compare`) loads the config, trains the
+runs and builds the models and the scored dataset.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -29,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from polyhead.classification.export import export_model
 from polyhead.data.classification import IMAGENET_MEAN, IMAGENET_STD, load_image, to_tensor
@@ -74,20 +75,6 @@ class Comparison:
     def latency_ratio(self) -> float:
         """Multi-head latency over baseline latency."""
         return self.multihead.latency_ms / self.baseline.latency_ms
-
-
-def load_config(
-    config: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = ()
-) -> dict[str, Any]:
-    """A YAML path or mapping, with ``key=value`` overrides, as a resolved plain dict."""
-    cfg = (
-        OmegaConf.load(config)
-        if isinstance(config, str | os.PathLike)
-        else OmegaConf.create(dict(config))
-    )
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def task_rules(cfg: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], int]:
@@ -134,7 +121,9 @@ def derive_configs(cfg: Mapping[str, Any], out_dir: Path) -> tuple[dict, dict]:
     return multi, base
 
 
-def _eval_dataset(cfg: Mapping[str, Any], k: int) -> tuple[Any, str]:
+def eval_dataset_config(cfg: Mapping[str, Any], k: int) -> tuple[dict[str, Any], str]:
+    """The scored split's dataset config (``test_dataset``, else ``val_dataset``) reading class
+    ids under one ``classes`` head, without augmentation and in order; and the split name."""
     split = "test_dataset" if cfg.get("test_dataset") else "val_dataset"
     if not cfg.get(split):
         raise ConfigError("compare: the config needs a val_dataset (or test_dataset)")
@@ -145,7 +134,7 @@ def _eval_dataset(cfg: Mapping[str, Any], k: int) -> tuple[Any, str]:
         "augmentation_list": None,
     }
     loader = {**(spec.get("data_loader") or {}), "shuffle": False, "drop_last": False}
-    return instantiate({**spec, "data_loader": loader}, _convert_="all"), split.split("_")[0]
+    return {**spec, "data_loader": loader}, split.split("_")[0]
 
 
 @torch.inference_mode()
@@ -278,75 +267,62 @@ def write_figure(result: Comparison, path: Path) -> Path:
     return path
 
 
-def run_compare(
-    config: str | os.PathLike | Mapping[str, Any],
-    out_dir: str | os.PathLike | None = None,
-    overrides: Sequence[str] = (),
-    runs: int | None = None,
-    threads: int | None = None,
+def _report(
+    name: str, model: torch.nn.Module, scores: Any, latency_s: float, onnx: Path
+) -> ModelReport:
+    precision, recall = scores
+    return ModelReport(
+        name,
+        precision,
+        recall,
+        1000.0 * latency_s,
+        sum(p.numel() for p in model.parameters()),
+        onnx.stat().st_size / 1024.0,
+    )
+
+
+def compare_models(
+    models: Mapping[str, torch.nn.Module],
+    dataset: Any,
+    tasks: Mapping[str, tuple[int, ...]],
+    classes: int,
+    out: Path,
+    split: str = "val",
+    runs: int = 50,
+    split_at: str | int | None = None,
+    notes: Sequence[str] = (),
+    checkpoints: Mapping[str, Path] | None = None,
 ) -> Comparison:
-    """Train baseline and multi-head, score both, write ``comparison.md`` and ``.png``.
-
-    ``threads`` sets torch's CPU threads for the whole comparison (restored afterwards).
-    """
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        return _compare(config, out_dir, overrides, runs)
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _compare(config: Any, out_dir: Any, overrides: Sequence[str], runs: int | None) -> Comparison:
-    from polyhead.checkpoint import load_model
-    from polyhead.train import to_plain_config, train
-
-    cfg = to_plain_config(load_config(config, overrides))
-    options = cfg.get("compare") or {}
-    out = Path(out_dir or options.get("output_dir") or cfg["output_dir"])
-    runs = int(runs or options.get("runs", 50))
-    tasks, k = task_rules(cfg)
-    configs = dict(zip((MULTI, BASELINE), derive_configs(cfg, out), strict=True))
-    checkpoints = {}
-    for name, run_cfg in configs.items():
-        result = train(run_cfg)
-        checkpoints[name] = result.best_checkpoint or result.last_checkpoint
-        if checkpoints[name] is None:
-            raise ConfigError(f"compare: the {name} run wrote no checkpoint")
-    models = {name: load_model(path)[0] for name, path in checkpoints.items()}
-    dataset, split = _eval_dataset(cfg, k)
+    """Score the trained ``{"multihead": model, "baseline": model}`` on ``dataset`` (a built
+    `ClassificationCSVDataset` with the ``classes`` class ids under one head, see
+    `eval_dataset_config`), time them, export both to ONNX and write ``comparison.md`` and
+    ``comparison.png`` under ``out``. ``split_at``, ``notes`` and ``checkpoints`` describe the
+    runs in the report."""
     size = dataset.image_size
-    latency = measure_latency(
-        models, [row.path for row in dataset.rows], size, dataset.mean, dataset.std, runs=runs
-    )
+    paths = [row.path for row in dataset.rows]
+    latency = measure_latency(models, paths, size, dataset.mean, dataset.std, runs=runs)
+    heads = getattr(models[MULTI], "head_outputs", {})
+    names = {
+        BASELINE: f"single {classes}-class head",
+        MULTI: f"{len(heads)} heads, split at {split_at}",
+    }
     reports = {}
-    for name, model in models.items():
-        precision, recall = task_scores(model, dataset, tasks, single=name == BASELINE)
-        onnx_path = export_model(model, out / "onnx" / f"{name}.onnx", size)
-        heads = getattr(model, "head_outputs", {})
-        label = (
-            f"single {k}-class head"
-            if name == BASELINE
-            else f"{len(heads)} heads, split at {configs[MULTI]['model'].get('split_at')}"
-        )
-        reports[name] = ModelReport(
-            label,
-            precision,
-            recall,
-            1000.0 * latency[name],
-            sum(p.numel() for p in model.parameters()),
-            onnx_path.stat().st_size / 1024.0,
-            checkpoints[name],
-        )
+    for key, model in models.items():
+        scores = task_scores(model, dataset, tasks, single=key == BASELINE)
+        onnx_path = export_model(model, out / "onnx" / f"{key}.onnx", size)
+        reports[key] = _report(names[key], model, scores, latency[key], onnx_path)
+        reports[key].checkpoint = (checkpoints or {}).get(key)
     result = Comparison(
-        reports[BASELINE], reports[MULTI], tasks, split, len(dataset), runs, torch.get_num_threads()
+        reports[BASELINE],
+        reports[MULTI],
+        dict(tasks),
+        split,
+        len(dataset),
+        runs,
+        torch.get_num_threads(),
     )
-    model_cfg = configs[MULTI]["model"]
-    weights = (configs[MULTI].get("task") or {}).get("head_weights")
     result.notes = [
-        f"backbone {model_cfg.get('backbone')}, input {size} px, seed {cfg['seed']}, "
-        f"{cfg['pl_trainer'].get('max_epochs')} epochs, head loss weights {weights or 'equal'}",
+        *notes,
         "decision rules: baseline says task t when argmax is one of t's classes; the "
         "multi-head model uses head t's own decision (argmax, or logit > 0)",
     ]

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from polyhead.data.classification import IMAGENET_MEAN, IMAGENET_STD
 from polyhead.errors import ConfigError
 from polyhead.models.classifier import head_probabilities
 
@@ -139,28 +138,3 @@ def compare_onnx(
         for e, g in zip(expected, got, strict=True):
             worst = max(worst, float(np.abs(e.numpy() - g).max()))
     return worst
-
-
-def export_checkpoint(
-    checkpoint: str | os.PathLike,
-    output: str | os.PathLike | None = None,
-    heads: Sequence[str] | None = None,
-    image_size: int | Sequence[int] | None = None,
-    probabilities: bool = False,
-    opset: int = 17,
-    overrides: Sequence[str] = (),
-) -> Path:
-    """Export a ``polyhead train`` checkpoint; the input size defaults to the training data's."""
-    from polyhead.checkpoint import load_model
-
-    model, cfg = load_model(checkpoint, overrides)
-    data = cfg.get("val_dataset") or cfg.get("train_dataset") or {}
-    size = image_size or data.get("image_size") or 224
-    meta = {
-        "polyhead.mean": list(data.get("mean", IMAGENET_MEAN)),
-        "polyhead.std": list(data.get("std", IMAGENET_STD)),
-    }
-    if output is None:
-        suffix = f"-{'-'.join(heads)}" if heads else ""
-        output = Path(checkpoint).with_name(f"{Path(checkpoint).stem}{suffix}.onnx")
-    return export_model(model, output, size, heads, probabilities, opset, meta)
