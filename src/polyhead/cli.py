@@ -15,20 +15,19 @@ from polyhead.errors import PolyheadError
 
 
 def _compose(config_dir: str | None, config_name: str | None, config: str | None, overrides):
-    from omegaconf import OmegaConf
-
+    """The run config: ``--config FILE`` or ``--config-dir DIR --config-name NAME``, composed
+    by Hydra (config groups, ``experiment=NAME``, overrides) into a resolved plain dict."""
     if config is not None:
         path = Path(config)
         config_dir, config_name = str(path.parent), path.stem
     if config_dir is None or config_name is None:
         raise PolyheadError(
-            "give a config: --config FILE.yaml, or --config-dir DIR --config-name NAME"
+            "give a config: --config FILE.yaml, or --config-dir DIR --config-name NAME "
+            "(e.g. --config-dir configs --config-name train experiment=upernet_dual_head)"
         )
-    from hydra import compose, initialize_config_dir
+    from polyhead.config import compose
 
-    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
+    return compose(config_dir, config_name, list(overrides))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
