@@ -31,11 +31,10 @@ import numpy as np
 import rasterio
 import torch
 
-from polyhead.checkpoint import load_model
+from polyhead.checkpoint import load_checkpoint
 from polyhead.demo.run import demo_config
 from polyhead.demo.synthetic import generate_synthetic_dataset
 from polyhead.inference import BoundaryF1, dense_crf, predict_array
-from polyhead.inference.predict import inference_normalization
 from polyhead.metrics import SegmentationMetrics
 from polyhead.train import train
 
@@ -180,8 +179,8 @@ def main() -> None:
             f"trained resnet18 dual head for {args.epochs} epochs in "
             f"{time.perf_counter() - start:.0f} s (torch threads {args.threads})"
         )
-        model, cfg = load_model(result.best_checkpoint or result.last_checkpoint)
-        normalize = inference_normalization(cfg)
+        loaded = load_checkpoint(result.best_checkpoint or result.last_checkpoint)
+        model, normalize = loaded.model, loaded.normalize
         k = len(data.class_names)
         before = Scores(k)
         after = {name: Scores(k) for name in SETTINGS}

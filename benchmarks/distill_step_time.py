@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
+from polyhead.demo.distill_configs import TEACHER_DECODERS, student_config
 from polyhead.demo.synthetic import generate_synthetic_dataset
-from polyhead.distill.configs import TEACHER_DECODERS, student_config
 from polyhead.distill.targets import write_distillation_targets
 from polyhead.distill.teacher import EnsembleTeacher
-from polyhead.inference.predict import SelectedHead
+from polyhead.inference.predictor import Predictor
 from polyhead.models import MultiHeadSegmentationModel
 from polyhead.tasks.distillation import DistillationTask
 
@@ -45,7 +45,7 @@ def _teacher(decoders: list[str], bands: int, classes: int, normalize) -> Ensemb
         )
         for d in decoders
     ]
-    return EnsembleTeacher([SelectedHead(n.eval()) for n in nets], normalize=normalize)
+    return EnsembleTeacher([Predictor(n.eval()) for n in nets], normalize=normalize)
 
 
 def main() -> None:

@@ -35,9 +35,10 @@ from pathlib import Path
 
 import torch
 
+from polyhead.checkpoint import load_checkpoint
+from polyhead.demo.distill_configs import student_config, teacher_config
 from polyhead.demo.synthetic import generate_synthetic_dataset
 from polyhead.distill.cli import build_teacher
-from polyhead.distill.configs import student_config, teacher_config
 from polyhead.distill.evaluate import evaluate_student
 from polyhead.distill.figures import save_agreement_curves, save_uncertainty_figure
 from polyhead.distill.targets import write_distillation_targets
@@ -157,8 +158,14 @@ def run(args: argparse.Namespace) -> str:
             }
         ckpt = _checkpoint(train(cfg))
         curves[name] = student_dir / "run" / "metrics.csv"
+        loaded = load_checkpoint(ckpt)
         res = evaluate_student(
-            ckpt, targets["val"], tile_size=args.crop, overlap=args.crop // 2, keep_maps=True
+            loaded.model,
+            targets["val"],
+            loaded.normalize,
+            tile_size=args.crop,
+            overlap=args.crop // 2,
+            keep_maps=True,
         )
         image, pred, unc, ref = res.pop("maps")[0]
         if not args.ablation:

@@ -22,22 +22,22 @@ import numpy as np
 import torch
 from distill_synthetic import RESULTS, ensure_teachers
 
-from polyhead.checkpoint import load_model
+from polyhead.checkpoint import load_checkpoint
 from polyhead.data import raster_io
 from polyhead.demo.synthetic import generate_synthetic_dataset
 from polyhead.distill.metrics import pearson, spearman
-from polyhead.distill.teacher import UNCERTAINTY_BANDS, EnsembleTeacher, stack_uncertainty
-from polyhead.inference.predict import SelectedHead, inference_normalization
+from polyhead.distill.teacher import EnsembleTeacher, stack_uncertainty
+from polyhead.inference.predictor import Predictor
 from polyhead.inference.sliding_window import predict_array
+from polyhead.losses.uncertainty import UNCERTAINTY_BANDS
 
 
 def member_probs(ckpts: list[str], images: list[np.ndarray], tile: int) -> list[list[np.ndarray]]:
     """Softmax ``[K, H, W]`` of every teacher on every image (whole image, tiled)."""
     out = []
     for ckpt in ckpts:
-        model, cfg = load_model(ckpt)
-        member = SelectedHead(model.eval())
-        norm = inference_normalization(cfg)
+        loaded = load_checkpoint(ckpt)
+        member, norm = Predictor(loaded.model), loaded.normalize
         out.append([predict_array(member, im, tile, 0, 4, normalize=norm) for im in images])
     return out
 

@@ -7,7 +7,7 @@ import pytest
 import rasterio
 import torch
 
-from polyhead.checkpoint import load_model
+from polyhead.checkpoint import load_checkpoint, load_model
 from polyhead.cli import main
 from polyhead.config import build
 from polyhead.data import RandomCropSegmentationDataset
@@ -83,11 +83,13 @@ def test_checkpoint_holds_ema_weights_and_switches_head(trained, synthetic):
 
 def test_predict_writes_georeferenced_maps_and_matches_model(trained, synthetic, tmp_path):
     cfg, result = trained
+    loaded = load_checkpoint(result.best_checkpoint)
     written = predict_files(
-        result.best_checkpoint,
+        loaded.model,
         [synthetic.val_csv],
         tmp_path,
-        overrides=["model.inference_head=A"],
+        normalize=loaded.normalize,
+        head="A",
         tile_size=64,
         overlap=0,
         write_probabilities=True,
@@ -115,9 +117,10 @@ def test_predict_writes_georeferenced_maps_and_matches_model(trained, synthetic,
     assert (classes == expected).mean() > 0.999
 
 
-def test_predict_rejects_missing_input_before_loading(tmp_path):
-    with pytest.raises(Exception, match="not found"):
-        predict_files(tmp_path / "nope.ckpt", [tmp_path / "missing.tif"], tmp_path)
+def test_predict_rejects_missing_input_before_loading(tmp_path, capsys):
+    args = ["predict", str(tmp_path / "nope.ckpt"), str(tmp_path / "missing.tif"), "-o", "x"]
+    assert main(args) == 2
+    assert "missing.tif" in capsys.readouterr().err  # the input, not the checkpoint, first
 
 
 def test_seed_config_runs_with_only_paths_changed(synthetic_rgb6, tmp_path, capsys):

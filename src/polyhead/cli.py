@@ -39,17 +39,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_student(args: argparse.Namespace) -> int:
-    """``polyhead predict`` on a distilled student: class, uncertainty and figure per image."""
+def _predict_student(args: argparse.Namespace, loaded) -> int:
+    """``polyhead predict`` on a student (a model with an uncertainty head): class map,
+    the head's uncertainty map and a figure per image."""
     from polyhead.distill.predict import predict_student_files, teacher_uncertainty_paths
     from polyhead.inference.predict import expand_inputs
 
-    for flag, value in (("--tta", args.tta), ("--crf", args.crf), ("--head", args.head)):
-        if value:
-            raise PolyheadError(
-                f"{flag} does not apply to a distilled student checkpoint "
-                "(one class-map head; uncertainty from its own head); drop it"
-            )
     images = expand_inputs(args.inputs)
     refs = None
     if args.teacher_targets:
@@ -63,48 +58,55 @@ def _predict_student(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     written = predict_student_files(
-        args.checkpoint,
+        loaded.model,
         images,
         args.output,
-        tile_size=args.tile_size,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        device=args.device,
+        normalize=loaded.normalize,
         reference_uncertainty=refs,
-        write_probabilities=args.probabilities,
-        overrides=list(args.set or []),
+        **_predict_options(args),
     )
     print(f"wrote {len(written)} class maps, uncertainty maps and figures to {args.output}")
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from polyhead.distill.predict import checkpoint_student_spec
-    from polyhead.inference.predict import predict_files
-
-    if checkpoint_student_spec(args.checkpoint) is not None:
-        return _predict_student(args)
-    if args.teacher_targets:
-        raise PolyheadError(
-            "--teacher-targets needs a distilled student checkpoint (one trained "
-            f"with DistillationTask); {args.checkpoint} is not one"
-        )
-    overrides = list(args.set or [])
-    if args.head:
-        overrides.append(f"model.inference_head={args.head}")
-    written = predict_files(
-        args.checkpoint,
-        args.inputs,
-        args.output,
-        overrides=overrides,
+def _predict_options(args: argparse.Namespace) -> dict:
+    return dict(
+        head=args.head,
+        tta=args.tta,
+        crf=args.crf,
+        write_probabilities=args.probabilities,
         tile_size=args.tile_size,
         overlap=args.overlap,
         batch_size=args.batch_size,
         device=args.device,
-        write_probabilities=args.probabilities,
-        tta=args.tta,
-        crf=args.crf,
+    )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from polyhead.checkpoint import load_checkpoint
+    from polyhead.inference.predict import expand_inputs, predict_files
+    from polyhead.inference.predictor import has_uncertainty_head
+    from polyhead.inference.tta import tta_from_config
+
+    expand_inputs(args.inputs)  # bad inputs fail before the checkpoint is read
+    tta_from_config(args.tta)
+    loaded = load_checkpoint(args.checkpoint, list(args.set or []))
+    if args.head:
+        loaded.model.heads_for(args.head)  # an unknown head fails before any tile runs
+    if has_uncertainty_head(loaded.model):
+        return _predict_student(args, loaded)
+    if args.teacher_targets:
+        raise PolyheadError(
+            "--teacher-targets needs a distilled student checkpoint (a model with an "
+            f"uncertainty head); {args.checkpoint} is not one"
+        )
+    written = predict_files(
+        loaded.model,
+        args.inputs,
+        args.output,
+        normalize=loaded.normalize,
         write_uncertainty=args.uncertainty,
+        **_predict_options(args),
     )
     print(f"wrote {len(written)} class maps to {args.output}")
     return 0
@@ -160,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint written by polyhead train")
     p.add_argument("inputs", nargs="+", help="image files, folders, or CSVs with an image column")
     p.add_argument("--output", "-o", required=True, help="output folder")
-    p.add_argument("--head", help="inference head: a head name (A, B) or 'average'")
+    p.add_argument(
+        "--head", help="the class-map head that answers: a head name (A, B) or 'average'"
+    )
     p.add_argument(
         "--probabilities", action="store_true", help="also write per-class probabilities"
     )

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from polyhead.inference.predictor import PROBABILITIES, Predictor
 from polyhead.losses.soft_label import valid_soft_pixels
 from polyhead.metrics import SegmentationMetrics
-from polyhead.models.multihead import AVERAGE, MultiHeadSegmentationModel
+from polyhead.models.multihead import AVERAGE
 
 
 def evaluate_heads(
@@ -27,13 +28,15 @@ def evaluate_heads(
     When the dataset has soft masks, ``soft_KL`` is added: the mean per-pixel
     KL(soft mask || prediction), i.e. how well a head reproduces the annotators' spread.
 
-    For a multi-head model ``heads`` defaults to its class-map heads plus ``average``; a
-    single-output model is reported under ``"output"``. Encoder features are computed once per
-    batch and shared by every head.
+    ``heads`` defaults to the model's class-map heads, plus ``average`` when there are
+    several. Each head's probabilities come from its `Predictor`; the encoder runs once per
+    batch for all of them.
     """
-    multi = isinstance(model, MultiHeadSegmentationModel)
     if heads is None:
-        heads = model.averaged_heads() + [AVERAGE] if multi else ["output"]
+        heads = model.class_map_heads()
+        heads += [AVERAGE] if len(heads) > 1 else []
+    predictors = {h: Predictor(model, head=h) for h in heads}
+    needed = list(dict.fromkeys(n for p in predictors.values() for n in p.needed))
     metrics = {h: SegmentationMetrics(num_classes, ignore_index).to(device) for h in heads}
     kl_sum = dict.fromkeys(heads, 0.0)
     kl_pixels = 0
@@ -47,13 +50,14 @@ def evaluate_heads(
             valid = None if soft is None else valid_soft_pixels(soft.to(device))
             if valid is not None:
                 kl_pixels += int(valid.sum())
-            outputs = model.forward_heads(image) if multi else {"output": model(image)}
+            raw = model.forward_heads(image, needed)
             for head, metric in metrics.items():
-                logits = model.select(outputs, head) if multi else outputs[head]
-                metric.update(logits.float().softmax(1), target)
+                probs = predictors[head].maps(raw)[PROBABILITIES]
+                metric.update(probs, target)
                 if valid is not None:
                     p = soft.to(device).float()
-                    kl = (torch.special.xlogy(p, p) - p * logits.float().log_softmax(1)).sum(1)
+                    log_q = probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+                    kl = (torch.special.xlogy(p, p) - p * log_q).sum(1)
                     kl_sum[head] += float(kl[valid].sum())
     results = {head: metric.compute() for head, metric in metrics.items()}
     if kl_pixels:

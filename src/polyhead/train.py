@@ -112,9 +112,16 @@ def build_task(cfg: Mapping[str, Any], ignore_index: int | None = None) -> pl.Li
             if task_cfg.get(key) is not None:
                 raise ConfigError(f"{key} is set both at the top level and under task; keep one")
             task_cfg[key] = cfg[key]
+    teacher = task_cfg.pop("teacher", None)
     built = {
         k: build(v, k if k in TOP_LEVEL_TASK_ARGS else f"task.{k}") for k, v in task_cfg.items()
     }
+    if isinstance(teacher, str | list) and all(isinstance(p, str) for p in teacher):
+        from polyhead.checkpoint import load_teacher  # a live ensemble of checkpoints
+
+        built["teacher"] = load_teacher([teacher] if isinstance(teacher, str) else teacher)
+    elif teacher is not None:
+        built["teacher"] = build(teacher, "task.teacher")
     if ignore_index is not None and built.get("ignore_index") is None:
         built["ignore_index"] = ignore_index
     return task_cls(model=model, config=cfg, **built)

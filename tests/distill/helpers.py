@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from polyhead.distill.configs import teacher_config
+from polyhead.demo.distill_configs import teacher_config
 
 TEACHER_ENCODER = "tu-mobilenetv3_small_050"  # ~0.3 M parameters: quick on a busy CPU
 FAST = {

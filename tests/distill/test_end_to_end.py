@@ -10,8 +10,9 @@ import rasterio
 import torch
 from hydra.utils import instantiate
 
+from polyhead.checkpoint import load_checkpoint
+from polyhead.demo.distill_configs import student_config
 from polyhead.distill.cli import add_parsers
-from polyhead.distill.configs import student_config
 from polyhead.distill.evaluate import evaluate_student
 from polyhead.distill.predict import predict_student_files
 from polyhead.train import build_task, train
@@ -86,8 +87,9 @@ def test_student_logs_every_term_and_learns_the_uncertainty(pipeline):
         "val/uncertainty/mean_target",
     ):
         assert key in m, key
+    loaded = load_checkpoint(result.last_checkpoint)
     res = evaluate_student(
-        result.last_checkpoint, root / "val" / "distill.csv", tile_size=32, overlap=16
+        loaded.model, root / "val" / "distill.csv", loaded.normalize, tile_size=32, overlap=16
     )
     assert res["pearson"] > 0.3 and res["spearman"] > 0.3, res
     assert res["mean_pred"] > 0.3 * res["mean_target"], res
@@ -97,10 +99,12 @@ def test_predict_writes_uncertainty_next_to_class_map(pipeline, synthetic, tmp_p
     root, _, _, result = pipeline
     scene = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
     ref = {scene.stem: root / "val" / "teacher" / f"{scene.stem}_uncertainty.tif"}
+    loaded = load_checkpoint(result.last_checkpoint)
     [out] = predict_student_files(
-        result.last_checkpoint,
+        loaded.model,
         [scene],
         tmp_path,
+        normalize=loaded.normalize,
         tile_size=32,
         overlap=16,
         reference_uncertainty=ref,

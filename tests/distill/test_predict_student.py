@@ -8,17 +8,15 @@ import rasterio
 import torch
 from PIL import Image
 
-from polyhead.checkpoint import load_model
+from polyhead.checkpoint import load_checkpoint
 from polyhead.cli import main
-from polyhead.distill.configs import student_config
+from polyhead.demo.distill_configs import student_config
 from polyhead.distill.predict import (
     predict_student,
-    student_spec,
     target_band,
     teacher_uncertainty_paths,
 )
 from polyhead.errors import ConfigError
-from polyhead.inference.predict import inference_normalization
 from polyhead.train import train
 
 from .helpers import FAST, TEACHER_ENCODER
@@ -73,11 +71,10 @@ def test_predict_student_writes_maps_and_figure(student, synthetic, tmp_path, ca
     [warning] = [line for line in std.err.splitlines() if "warning" in line]
     assert unmatched.name in warning and matched.name not in warning
 
-    model, cfg = load_model(ckpt)
-    spec = student_spec(cfg)
+    loaded = load_checkpoint(ckpt)
     with rasterio.open(matched) as src:
         image = src.read()
-        probs, unc = predict_student(model, image, spec, inference_normalization(cfg), 32, 16)
+        probs, unc = predict_student(loaded.model, image, loaded.normalize, 32, 16)
         for suffix, dtype, count in (
             ("classes", "uint8", 1),
             ("uncertainty", "float32", 1),
@@ -101,11 +98,24 @@ def test_predict_student_writes_maps_and_figure(student, synthetic, tmp_path, ca
 
 
 @pytest.mark.parametrize("option", [["--tta", "flips"], ["--crf"], ["--head", "seg"]])
-def test_student_rejects_options_that_do_not_apply(student, synthetic, tmp_path, capsys, option):
+def test_student_takes_the_options_of_any_model(student, synthetic, tmp_path, option):
+    """One prediction path: TTA, CRF and --head work on a student as on any model."""
     scene = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
     out = tmp_path / "out"
-    assert main(["predict", str(student[0]), str(scene), "-o", str(out), *option]) == 2
-    assert f"{option[0]} does not apply to a distilled student" in capsys.readouterr().err
+    assert main(["predict", str(student[0]), str(scene), "-o", str(out), *option, *TILES]) == 0
+    stem = scene.stem
+    assert {p.name for p in out.iterdir()} == {
+        f"{stem}_classes.tif",
+        f"{stem}_uncertainty.tif",
+        f"{stem}_uncertainty.png",
+    }
+
+
+def test_student_head_must_be_a_class_map_head(student, synthetic, tmp_path, capsys):
+    scene = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
+    out = tmp_path / "out"
+    assert main(["predict", str(student[0]), str(scene), "-o", str(out), "--head", "unc"]) == 2
+    assert "'unc' is not a class-map head" in capsys.readouterr().err
     assert not out.exists()
 
 

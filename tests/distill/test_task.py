@@ -7,14 +7,16 @@ import torch
 from polyhead.distill.losses import ThreadRecipeLoss
 from polyhead.distill.metrics import UncertaintyAgreement, pearson, spearman
 from polyhead.errors import ConfigError
+from polyhead.losses.uncertainty import to_uncertainty
 from polyhead.models import MultiHeadSegmentationModel
-from polyhead.tasks.distillation import DistillationTask, student_uncertainty
+from polyhead.models.heads import uncertainty_at_class
+from polyhead.tasks.distillation import DistillationTask
 
 HEAD = {"decoder": "unet", "decoder_channels": [16, 8, 8, 8, 8]}
 
 
-def _model(unc_classes=None, roles=("soft", "uncertainty")):
-    unc = {**HEAD, "role": roles[1]}
+def _model(unc_classes=None, roles=("soft", "uncertainty"), **unc_options):
+    unc = {**HEAD, "role": roles[1], **unc_options}
     if unc_classes:
         unc["classes"] = unc_classes
     return MultiHeadSegmentationModel(
@@ -39,19 +41,20 @@ def _batch(b=2, k=4, s=32):
     }
 
 
-def test_heads_by_role_and_config_entry():
+def test_heads_by_role_and_the_head_owns_its_mapping():
     task = DistillationTask(_model(), config={"model": {}})
     assert (task.seg_head, task.unc_head) == ("seg", "unc")
-    assert task.run_config["distillation"] == {
-        "seg_head": "seg",
-        "uncertainty_head": "unc",
-        "transform": "sqrt",
-        "activation": "none",
-        "log_eps": 1e-3,
-        "uncertainty_target": "entropy",
-    }
-    thread = DistillationTask(_model(4), loss=ThreadRecipeLoss(), config={})
-    assert thread.run_config["distillation"]["activation"] == "sigmoid"
+    unc = task.model.heads["unc"]
+    assert (unc.transform, unc.activation, unc.uncertainty_target) == ("sqrt", "none", "entropy")
+    assert "distillation" not in task.run_config  # nothing travels through the config
+    with pytest.raises(ConfigError, match=r"set heads\.unc: \{transform: identity, activation"):
+        DistillationTask(_model(4), loss=ThreadRecipeLoss())  # head and loss disagree
+    thread_head = {"transform": "identity", "activation": "sigmoid"}
+    thread_head["uncertainty_target"] = "std_per_class"
+    thread = DistillationTask(_model(4, **thread_head), loss=ThreadRecipeLoss(), config={})
+    assert (
+        thread.model.heads["unc"].activate(torch.zeros(1, 4, 1, 1)).flatten().tolist() == [0.5] * 4
+    )  # sigmoid, identity
     assert thread.criterion.ignore_index == 255  # the data's, set by the task
     assert thread.eval_target == "std_winning"  # per-class target: compared at the arg-max
     with pytest.raises(ConfigError, match="uncertainty head"):
@@ -64,7 +67,7 @@ def test_step_and_validation_metrics():
     loss, parts, out, _ = task.compute_loss(batch)
     assert set(parts) == {"kl", "uncertainty"} and torch.isfinite(loss)
     task.val_metrics.update(out["seg"].softmax(1), batch["targets"]["hard"])
-    u = student_uncertainty(out["seg"], out["unc"], task.spec)
+    u = uncertainty_at_class(task.model.heads["unc"].activate(out["unc"]), out["seg"])
     assert u.shape == (2, 1, 32, 32) and (u >= 0).all()
 
 
@@ -72,7 +75,7 @@ def test_per_class_head_is_read_at_the_argmax_class():
     seg = torch.zeros(1, 3, 1, 2)
     seg[0, 2, 0, 0] = 5.0  # pixel 0: class 2; pixel 1: class 0
     unc = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1).expand(1, 3, 1, 2)
-    u = student_uncertainty(seg, unc, {"transform": "identity", "activation": "none"})
+    u = uncertainty_at_class(to_uncertainty(unc, "identity", "none"), seg)
     assert u.flatten().tolist() == pytest.approx([0.3, 0.1])
 
 

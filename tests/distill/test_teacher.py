@@ -10,9 +10,9 @@ from polyhead.distill.teacher import (
     EnsembleTeacher,
     band_names,
     stack_uncertainty,
-    uncertainty_channels,
 )
 from polyhead.errors import ConfigError
+from polyhead.losses.uncertainty import uncertainty_channels
 
 
 class Fixed(nn.Module):

@@ -11,6 +11,7 @@ import torch
 from rasterio.transform import Affine
 from torch import nn
 
+from polyhead.checkpoint import load_checkpoint
 from polyhead.errors import ConfigError, DataError
 from polyhead.inference import (
     BoundaryF1,
@@ -208,8 +209,9 @@ def test_predict_files_with_tta_crf_and_uncertainty(tmp_path: Path) -> None:
     )
     path, _ = _scene(tmp_path / "scene.tif")
     out = tmp_path / "pred"
+    model = load_checkpoint(ckpt).model
     written = predict_files(
-        ckpt,
+        model,
         [path],
         out,
         tile_size=32,
@@ -222,7 +224,7 @@ def test_predict_files_with_tta_crf_and_uncertainty(tmp_path: Path) -> None:
     assert written == [out / "scene_classes.tif"]
     assert sorted(p.name for p in out.iterdir()) == ["scene_classes.tif", "scene_uncertainty.tif"]
     plain = predict_files(
-        ckpt,
+        model,
         [path],
         tmp_path / "plain",
         tile_size=32,
@@ -233,4 +235,4 @@ def test_predict_files_with_tta_crf_and_uncertainty(tmp_path: Path) -> None:
     )
     assert (tmp_path / "plain" / "scene_uncertainty.tif").is_file() and plain
     with pytest.raises(ConfigError, match="TTA"):
-        predict_files(ckpt, [path], out, tta="spin")
+        predict_files(model, [path], out, tta="spin")

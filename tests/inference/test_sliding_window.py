@@ -14,9 +14,11 @@ from torch import nn
 
 from polyhead.errors import ConfigError, DataError
 from polyhead.inference import (
+    Predictor,
     blend_window,
     n_tiles,
     predict_array,
+    predict_maps,
     predict_raster,
     tile_starts,
 )
@@ -259,28 +261,64 @@ def test_png_input_multihead_output_and_progress(tmp_path: Path) -> None:
     with rasterio.open(png, "w", driver="PNG", height=50, width=40, count=C, dtype="uint8") as d:
         d.write(image)
 
-    class TwoHeads(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = _pointwise()
-
-        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"a": self.a(x), "b": self.a(x)[:, :2]}
-
+    model = _TwoHeads()
     res = predict_raster(
-        TwoHeads(),
+        Predictor(model, head="b"),
         png,
         tmp_path / "png_pred.tif",
         tile_size=T,
         overlap=OV,
-        output_key="b",
         progress=True,
     )
     assert res.n_classes == 2
     with rasterio.open(res.class_map_path) as out:
         assert out.crs is None and out.shape == (50, 40)
-    with pytest.raises(ConfigError, match="output_key"):
-        predict_array(TwoHeads(), image, tile_size=T, overlap=OV)
+    with pytest.raises(ConfigError, match="logits tensor"):  # a dict needs a head
+        predict_array(_DictOutput(), image, tile_size=T, overlap=OV)
+
+
+class _Head(nn.Module):
+    """A head of the polyhead contract: a role, a class-map flag, an activation."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role, self.class_map = role, role != "uncertainty"
+
+    def activate(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw.clamp_min(0.0) if self.role == "uncertainty" else torch.softmax(raw, 1)
+
+
+class _TwoHeads(nn.Module):
+    """Heads ``a`` (K classes) and ``b`` (2 classes) of one pointwise model; ``u`` a map of
+    its own (x^2 of the first band), like a distilled student's uncertainty head."""
+
+    inference_head = "a"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _pointwise()
+        self.heads = nn.ModuleDict(
+            {"a": _Head("hard"), "b": _Head("hard"), "u": _Head("uncertainty")}
+        )
+
+    def heads_for(self, selection: str) -> list[str]:
+        return [selection]
+
+    def class_logits(self, outputs, selection: str) -> torch.Tensor:
+        return outputs[selection]
+
+    def forward_heads(self, x: torch.Tensor, heads=None) -> dict[str, torch.Tensor]:
+        out = {"a": self.net(x), "b": self.net(x)[:, :2], "u": x[:, :1] ** 2}
+        return {k: out[k] for k in (heads or out)}
+
+
+class _DictOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = _pointwise()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"a": self.a(x), "b": self.a(x)[:, :2]}
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
@@ -432,26 +470,15 @@ def test_gdal_cache_capped_while_predicting(tmp_path: Path, monkeypatch) -> None
     assert model.seen and {int(v) for v in model.seen} == {32 * 2**20}
 
 
-class _ProbsAndOwnUncertainty(nn.Module):
-    """Softmax of a conv model plus, as the last channel, a map of its own (like a student)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = _conv3(5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = torch.softmax(self.net(x), dim=1)
-        return torch.cat([p, x[:, :1] ** 2], dim=1)
-
-
-def test_activation_and_own_uncertainty_band(tmp_path: Path) -> None:
+def test_own_uncertainty_head_is_blended_and_written(tmp_path: Path) -> None:
     image = _image(70, 90, seed=4)
     src = _write(tmp_path / "in.tif", image)
-    model = _ProbsAndOwnUncertainty()
-    ref = predict_array(model, image, tile_size=T, overlap=OV, activation=nn.Identity())
+    model = Predictor(_TwoHeads(), uncertainty=True)
+    maps = predict_maps(model, image, tile_size=T, overlap=OV)
+    ref = np.concatenate([maps["probabilities"], maps["uncertainty"]])
     assert ref.shape == (K + 1, 70, 90)
     np.testing.assert_allclose(
-        ref[:K], predict_array(model.net, image, tile_size=T, overlap=OV), atol=1e-6
+        ref[:K], predict_array(model.model.net, image, tile_size=T, overlap=OV), atol=1e-6
     )  # blending probabilities is linear
     for block in (4096, 40):
         res = predict_raster(
@@ -464,8 +491,6 @@ def test_activation_and_own_uncertainty_band(tmp_path: Path) -> None:
             write_uncertainty=True,
             progress=False,
             block_size=block,
-            activation=nn.Identity(),
-            uncertainty_band=True,
         )
         assert res.n_classes == K
         np.testing.assert_allclose(_read(res.probabilities_path), ref[:K], atol=1e-6)

@@ -13,7 +13,14 @@ from rasterio.transform import Affine
 from torch import nn
 
 from polyhead.errors import ConfigError
-from polyhead.inference import TTAModel, build_tta, predict_array, predict_raster, tta_from_config
+from polyhead.inference import (
+    Predictor,
+    TTAModel,
+    build_tta,
+    predict_array,
+    predict_raster,
+    tta_from_config,
+)
 from polyhead.inference.tta import scaled_size
 
 C, K = 3, 4
@@ -73,7 +80,7 @@ def test_scales_at_odd_ratios(scale: float) -> None:
     torch.testing.assert_close(out.exp(), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_dict_output_and_output_key() -> None:
+def test_a_head_of_a_dict_model_through_the_predictor() -> None:
     base = _conv()
 
     class Heads(nn.Module):
@@ -86,11 +93,33 @@ def test_dict_output_and_output_key() -> None:
 
     x = _x()
     with torch.no_grad():
-        torch.testing.assert_close(
-            TTAModel(Heads(), output_key="A")(x), TTAModel(base)(x), atol=1e-6, rtol=1e-5
+        torch.testing.assert_close(  # the one prediction path: a head of a multi-head model
+            Predictor(_AsPolyhead(Heads()), head="A", tta="flips")(x)["probabilities"],
+            TTAModel(base)(x).exp(),
+            atol=1e-6,
+            rtol=1e-5,
         )
-        with pytest.raises(ConfigError, match="output_key"):
+        with pytest.raises(ConfigError, match="Predictor"):
             TTAModel(Heads())(x)
+
+
+class _AsPolyhead(nn.Module):
+    """A dict-returning network under the polyhead model contract (heads picked by name)."""
+
+    inference_head = "A"
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.heads = net, {}
+
+    def heads_for(self, selection: str) -> list[str]:
+        return [selection]
+
+    def class_logits(self, outputs, selection: str) -> torch.Tensor:
+        return outputs[selection]
+
+    def forward_heads(self, x: torch.Tensor, heads=None) -> dict[str, torch.Tensor]:
+        return self.net(x)
 
 
 def _flipped_probs(model: nn.Module, x: torch.Tensor, dims: tuple[int, ...]) -> np.ndarray:

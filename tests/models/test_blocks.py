@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from polyhead.errors import ConfigError
+from polyhead.inference import Predictor
 from polyhead.models import (
     MultiHeadSegmentationModel,
     SegmentationModel,
@@ -63,8 +64,9 @@ def test_shape_at_odd_input_size_as_head_and_whole_model(decoder):
         out = multi(x)
         assert out["a"].shape == (1, 3, 45, 61) and out["b"].shape == (1, 2, 45, 61)
         y = single(x)
-    assert isinstance(y, torch.Tensor) and y.shape == (1, 3, 45, 61)
-    assert single.predict(x).shape == (1, 3, 45, 61)
+        assert list(y) == ["main"] and y["main"].shape == (1, 3, 45, 61)
+        probs = Predictor(single)(x)["probabilities"]
+    assert probs.shape == (1, 3, 45, 61)
 
 
 def test_pad_to_stride_pads_and_crops_back():
@@ -72,11 +74,11 @@ def test_pad_to_stride_pads_and_crops_back():
     model = SegmentationModel("fcn8s", encoder_name=TINY, classes=2, pad_to_stride=True).eval()
     x = torch.randn(1, 3, 45, 61)
     with torch.no_grad():
-        y = model(x)
+        y = model(x)["main"]
         model.pad_to_stride = False  # default: odd sizes raise
         with pytest.raises(RuntimeError, match="pad it to"):
             model(x)
-        ref = model(F.pad(x, (0, 3, 0, 19), mode="reflect"))[..., :45, :61]
+        ref = model(F.pad(x, (0, 3, 0, 19), mode="reflect"))["main"][..., :45, :61]
     torch.testing.assert_close(y, ref)
 
 
@@ -96,7 +98,7 @@ def test_setr_on_a_plain_vit(out_stride):
     # progressive upsampling: log2(16 / out_stride) conv + 2x stages
     assert len(model.heads["main"].decoder.stages) == {4: 2, 1: 4}[out_stride]
     with torch.no_grad():
-        assert model(torch.randn(2, 3, 45, 61)).shape == (2, 3, 45, 61)
+        assert model(torch.randn(2, 3, 45, 61))["main"].shape == (2, 3, 45, 61)
 
 
 def test_vit_encoder_in_a_multi_head_model():
@@ -189,10 +191,10 @@ def test_optimisation_lowers_the_loss_on_a_fixed_batch(decoder):
     losses = []
     for _ in range(3):
         opt.zero_grad()
-        loss = F.cross_entropy(model(x), target)
+        loss = F.cross_entropy(model(x)["main"], target)
         loss.backward()
         opt.step()
         losses.append(loss.item())
     with torch.no_grad():
-        losses.append(F.cross_entropy(model(x), target).item())
+        losses.append(F.cross_entropy(model(x)["main"], target).item())
     assert losses[-1] < losses[0], losses

@@ -19,6 +19,7 @@ from polyhead.data import RandomCropSegmentationDataset
 from polyhead.demo.figures import save_prediction_figure
 from polyhead.demo.synthetic import SyntheticDataset, generate_synthetic_dataset
 from polyhead.evaluate import evaluate_heads
+from polyhead.inference.predictor import PROBABILITIES, Predictor
 from polyhead.io import write_text
 from polyhead.train import train
 
@@ -230,9 +231,10 @@ def _write_figure(path: Path, model, val: RandomCropSegmentationDataset, data: S
     items = [val[i] for i in range(min(2, len(val)))]
     image = torch.stack([it["image"] for it in items])
     with torch.inference_mode():
-        outputs = model.forward_heads(image)
         preds = {
-            f"head {h}" if h != "average" else h: model.select(outputs, h).argmax(1).numpy()
+            f"head {h}" if h != "average" else h: Predictor(model, head=h)(image)[PROBABILITIES]
+            .argmax(1)
+            .numpy()
             for h in ("A", "B", "average")
         }
     raw = []

@@ -1,18 +1,14 @@
 """Uncertainty distillation: teachers, cached targets, losses, student prediction, figures."""
 
-from polyhead.distill.losses import (
-    DistillationLoss,
-    ThreadRecipeLoss,
-    UncertaintyRegressionLoss,
-    to_uncertainty,
-)
+from polyhead.distill.losses import DistillationLoss, ThreadRecipeLoss
 from polyhead.distill.metrics import UncertaintyAgreement, pearson, spearman
 from polyhead.distill.targets import DistillTargets, write_distillation_targets
-from polyhead.distill.teacher import (
+from polyhead.distill.teacher import EnsembleTeacher, stack_uncertainty
+from polyhead.losses.uncertainty import (
     UNCERTAINTY_BANDS,
     UNCERTAINTY_TARGETS,
-    EnsembleTeacher,
-    stack_uncertainty,
+    UncertaintyRegressionLoss,
+    to_uncertainty,
     uncertainty_channels,
 )
 

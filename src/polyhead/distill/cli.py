@@ -16,18 +16,17 @@ def build_teacher(
 ):
     """An `EnsembleTeacher` from checkpoints: ``ensemble`` (>= 2), ``flip`` or ``mc-dropout``
     (exactly one checkpoint)."""
-    from polyhead.checkpoint import load_model
+    from polyhead.checkpoint import load_checkpoint, load_teacher
     from polyhead.distill.teacher import EnsembleTeacher
-    from polyhead.inference.predict import inference_normalization
 
     if mode == "ensemble":
-        return EnsembleTeacher.from_checkpoints(checkpoints, head=head)
+        return load_teacher(checkpoints, head=head)
     if len(checkpoints) != 1:
         raise ConfigError(
             f"--teacher-mode {mode} takes exactly one checkpoint, got {len(checkpoints)}"
         )
-    model, cfg = load_model(checkpoints[0])
-    normalize = inference_normalization(cfg)
+    loaded = load_checkpoint(checkpoints[0])
+    model, normalize = loaded.model, loaded.normalize
     if mode == "flip":
         return EnsembleTeacher.flip_tta(model, head=head, normalize=normalize)
     if mode == "mc-dropout":

@@ -14,11 +14,11 @@ from polyhead.distill.metrics import UncertaintyAgreement
 from polyhead.distill.predict import (
     predict_student,
     read_uncertainty_band,
-    student_spec,
     target_band,
+    uncertainty_head,
 )
-from polyhead.distill.teacher import UNCERTAINTY_BANDS
 from polyhead.errors import DataError
+from polyhead.losses.uncertainty import UNCERTAINTY_BANDS
 from polyhead.metrics import SegmentationMetrics
 from polyhead.paths import resolve_cell
 
@@ -38,8 +38,9 @@ def _read(path: Path) -> np.ndarray:
 
 
 def evaluate_student(
-    checkpoint: str | Path,
+    model: torch.nn.Module,
     distill_csv: str | Path,
+    normalize: Any = None,
     tile_size: int = 512,
     overlap: int = 64,
     device: str = "cpu",
@@ -55,24 +56,16 @@ def evaluate_student(
     ``mean_pred``, ``mean_target``. With ``keep_maps`` also ``maps``: per image ``(image,
     student class map, student uncertainty, teacher uncertainty)``.
     """
-    from polyhead.checkpoint import load_model
-    from polyhead.inference.predict import inference_normalization
-
-    model, cfg = load_model(checkpoint)
-    spec = student_spec(cfg)
-    normalize = inference_normalization(cfg)
-    target = spec.get("uncertainty_target", "entropy")
+    target = uncertainty_head(model).uncertainty_target
     band = target_band(target)
-    n_classes = int(cfg["model"]["classes"])
+    n_classes = int(model.classes)
     student_m = SegmentationMetrics(n_classes, ignore_index)
     teacher_m = SegmentationMetrics(n_classes, ignore_index)
     agreement = UncertaintyAgreement(samples_per_update=200_000, max_samples=200_000)
     maps = []
     for row in _rows(Path(distill_csv)):
         image = _read(row["image"])
-        probs, unc = predict_student(
-            model, image, spec, normalize, tile_size, overlap, device=device
-        )
+        probs, unc = predict_student(model, image, normalize, tile_size, overlap, device=device)
         hard = torch.from_numpy(_read(row["mask"])[0].astype(np.int64))[None]
         stored = _read(row["soft_mask"])
         teacher_probs = stored.astype(np.float32) / (raster_io.soft_scale(stored.dtype) or 1.0)

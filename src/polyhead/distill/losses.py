@@ -7,7 +7,7 @@ targets) with switches to remove one ingredient at a time, for the ablation in
 
 Both take ``(seg_logits [B, K, H, W], unc_out [B, C, H, W], targets)`` where ``targets``
 holds ``soft`` (teacher mean probabilities), ``uncertainty`` (``[B, 3 + K, H, W]``, bands as
-`polyhead.distill.teacher.UNCERTAINTY_BANDS` then per-class std) and optionally ``hard``;
+`polyhead.losses.uncertainty.UNCERTAINTY_BANDS` then per-class std) and optionally ``hard``;
 they return ``(total, {part: value})`` and map the head's output back to uncertainty with
 ``to_uncertainty``.
 """
@@ -22,127 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polyhead.distill.teacher import UNCERTAINTY_TARGETS, uncertainty_channels
 from polyhead.errors import ConfigError
-from polyhead.losses.soft_label import SoftLabelLoss, masked_pixel_mean, valid_soft_pixels
-
-TRANSFORMS = ("sqrt", "log", "identity")
-ACTIVATIONS = ("none", "sigmoid")
-
-
-def forward_transform(u: torch.Tensor, transform: str, log_eps: float = 1e-3) -> torch.Tensor:
-    """Uncertainty -> regression space: ``sqrt(u)``, ``log(u + eps)`` or ``u``."""
-    u = u.float().clamp_min(0.0)
-    if transform == "sqrt":
-        return u.sqrt()
-    if transform == "log":
-        return torch.log(u + log_eps)
-    if transform == "identity":
-        return u
-    raise ConfigError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
-
-
-def to_uncertainty(
-    z: torch.Tensor, transform: str = "sqrt", activation: str = "none", log_eps: float = 1e-3
-) -> torch.Tensor:
-    """Head output -> uncertainty (>= 0): optional sigmoid, then the inverse transform."""
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    z = torch.sigmoid(z.float()) if activation == "sigmoid" else z.float()
-    if transform == "sqrt":
-        return z.clamp_min(0.0).square()
-    if transform == "log":
-        return (torch.exp(z) - log_eps).clamp_min(0.0)
-    if transform == "identity":
-        return z.clamp_min(0.0)
-    raise ConfigError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
-
-
-def target_variance(
-    t: torch.Tensor, valid: torch.Tensor | None = None, min_variance: float = 1e-6
-) -> torch.Tensor:
-    """Variance of a (transformed) target ``[B, C, H, W]`` over its valid pixels (``valid``
-    ``[B, H, W]``, default all), detached and floored at ``min_variance``: the divisor that
-    makes a regression loss's size independent of how small the targets are."""
-    sel = t.detach().movedim(1, -1)
-    sel = sel[valid] if valid is not None else sel
-    var = sel.var(unbiased=False) if sel.numel() > 1 else t.new_zeros(())
-    return var.clamp_min(min_variance)
-
-
-def _check_target(name: str) -> str:
-    if name not in UNCERTAINTY_TARGETS:
-        raise ConfigError(
-            f"uncertainty_target {name!r} unknown; valid: {list(UNCERTAINTY_TARGETS)}"
-        )
-    return name
-
-
-def select_target(targets: Mapping[str, torch.Tensor], name: str, n_classes: int) -> torch.Tensor:
-    """The ``name`` channels of ``targets["uncertainty"]``."""
-    if "uncertainty" not in targets:
-        raise ConfigError(
-            "the batch has no 'uncertainty' target: read cached targets with "
-            "extra_targets={uncertainty: uncertainty}, or give the task a live teacher"
-        )
-    return targets["uncertainty"][:, uncertainty_channels(name, n_classes)]
-
-
-def _check_channels(out: torch.Tensor, target: torch.Tensor, name: str) -> None:
-    if out.shape[1] != target.shape[1]:
-        raise ConfigError(
-            f"the uncertainty head has {out.shape[1]} output channel(s); target {name!r} has "
-            f"{target.shape[1]} (set the head's classes accordingly)"
-        )
-
-
-class UncertaintyRegressionLoss(nn.Module):
-    """Regress an uncertainty map in a transformed space, without an output activation.
-
-    The head predicts ``z ~ T(u)`` with ``T`` = ``sqrt`` (default), ``log(u + log_eps)`` or
-    ``identity``; `to_uncertainty` maps back (clamped >= 0). The per-element loss (``mse`` or
-    ``smooth_l1``) is averaged over channels and over labelled pixels. With ``normalize`` it is
-    divided by the batch variance of ``T(u)`` over those pixels (detached, floored at
-    ``min_variance``), so its size does not vanish when the targets are tiny.
-    """
-
-    def __init__(
-        self,
-        transform: str = "sqrt",
-        loss: str = "mse",
-        normalize: bool = True,
-        log_eps: float = 1e-3,
-        min_variance: float = 1e-6,
-        beta: float = 0.1,
-    ) -> None:
-        super().__init__()
-        if transform not in TRANSFORMS:
-            raise ConfigError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
-        if loss not in ("mse", "smooth_l1"):
-            raise ConfigError(f"loss must be 'mse' or 'smooth_l1', got {loss!r}")
-        self.transform, self.loss, self.normalize = transform, loss, bool(normalize)
-        self.log_eps, self.min_variance, self.beta = float(log_eps), float(min_variance), beta
-        self.activation = "none"
-
-    def to_uncertainty(self, z: torch.Tensor) -> torch.Tensor:
-        """Head output -> uncertainty (inverse transform, >= 0)."""
-        return to_uncertainty(z, self.transform, "none", self.log_eps)
-
-    def forward(
-        self, z: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        t = forward_transform(target, self.transform, self.log_eps)
-        z = z.float()
-        if self.loss == "mse":
-            per = (z - t).square()
-        else:
-            per = F.smooth_l1_loss(z, t, reduction="none", beta=self.beta)
-        if valid is None:
-            valid = torch.ones_like(per[:, 0], dtype=torch.bool)
-        value = masked_pixel_mean(per.mean(dim=1), valid)
-        if self.normalize:
-            value = value / target_variance(t, valid, self.min_variance)
-        return value
+from polyhead.losses.soft_label import SoftLabelLoss, valid_soft_pixels
+from polyhead.losses.uncertainty import (
+    TRANSFORMS,
+    UncertaintyRegressionLoss,
+    check_channels,
+    check_target,
+    forward_transform,
+    select_target,
+    target_variance,
+    to_uncertainty,
+)
 
 
 class DistillationLoss(nn.Module):
@@ -172,7 +63,7 @@ class DistillationLoss(nn.Module):
         self.uncertainty_weight = float(uncertainty_weight)
         self.kl = SoftLabelLoss(mode="kl", temperature=temperature)
         self.uncertainty = uncertainty if uncertainty is not None else UncertaintyRegressionLoss()
-        self.uncertainty_target = _check_target(uncertainty_target)
+        self.uncertainty_target = check_target(uncertainty_target)
         self.ignore_index = ignore_index
 
     @property
@@ -197,7 +88,7 @@ class DistillationLoss(nn.Module):
             ignore = self.ignore_index if self.ignore_index is not None else 255
             parts["ce"] = F.cross_entropy(seg_logits.float(), targets["hard"], ignore_index=ignore)
         target = select_target(targets, self.uncertainty_target, soft.shape[1])
-        _check_channels(unc_out, target, self.uncertainty_target)
+        check_channels(unc_out, target, self.uncertainty_target)
         parts["uncertainty"] = self.uncertainty(unc_out, target, valid)
         total = self.kl_weight * parts["kl"] + self.uncertainty_weight * parts["uncertainty"]
         if "ce" in parts:
@@ -240,7 +131,7 @@ class ThreadRecipeLoss(nn.Module):
         self.uncertainty_weight = float(uncertainty_weight)
         self.sigmoid, self.kl, self.transform = bool(sigmoid), kl, transform
         self.half_targets, self.normalize = bool(half_targets), bool(normalize)
-        self.uncertainty_target = _check_target(uncertainty_target)
+        self.uncertainty_target = check_target(uncertainty_target)
         self.ignore_index = ignore_index
         self.distillation_criterion = nn.KLDivLoss(reduction="mean")
         self.uncertainty_criterion = nn.MSELoss(reduction="mean")
@@ -275,7 +166,7 @@ class ThreadRecipeLoss(nn.Module):
             ignore = self.ignore_index if self.ignore_index is not None else 255
             parts["ce"] = F.cross_entropy(seg_logits.float(), targets["hard"], ignore_index=ignore)
         target = select_target(targets, self.uncertainty_target, probs.shape[1])
-        _check_channels(unc_out, target, self.uncertainty_target)
+        check_channels(unc_out, target, self.uncertainty_target)
         pred = torch.sigmoid(unc_out.float()) if self.sigmoid else unc_out.float()
         target = forward_transform(self._cast(target), self.transform)
         parts["uncertainty"] = self.uncertainty_criterion(pred, target)

@@ -1,8 +1,7 @@
 """Predict with a distilled student: class map plus uncertainty map, as GeoTIFFs (and a PNG).
 
-The student's checkpoint config carries a ``distillation`` entry (written by
-`polyhead.tasks.distillation.DistillationTask`) naming its heads and how the uncertainty head's
-output maps back to uncertainty; `student_spec` reads it.
+A student is any polyhead model with an uncertainty head: the head maps its own output back to
+uncertainty, so prediction goes through the one `polyhead.inference.Predictor` path.
 """
 
 from __future__ import annotations
@@ -19,41 +18,12 @@ import torch
 
 from polyhead.data import raster_io
 from polyhead.data.extra_targets import value_transform
-from polyhead.distill.teacher import UNCERTAINTY_BANDS
 from polyhead.errors import ConfigError, DataError
+from polyhead.losses.uncertainty import UNCERTAINTY_BANDS
 from polyhead.paths import resolve_cell
 
 #: file a ``polyhead distill-targets`` run writes in its ``--out`` folder
 DISTILL_CSV = "distill.csv"
-
-
-def student_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``distillation`` entry of a student's run config (ConfigError if absent)."""
-    spec = cfg.get("distillation")
-    if not spec:
-        raise ConfigError(
-            "this checkpoint was not trained with DistillationTask (no 'distillation' entry "
-            "in its config); it has no uncertainty head to read"
-        )
-    return dict(spec)
-
-
-def checkpoint_student_spec(checkpoint: str | Path) -> dict[str, Any] | None:
-    """The ``distillation`` entry of a checkpoint's stored config; None for a non-student.
-
-    Cheap: the tensors are memory-mapped, not read (a legacy, non-zip file is read whole).
-    """
-    from polyhead.checkpoint import checkpoint_config, read_checkpoint
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # mmap needs the zip format of torch >= 1.6
-        ckpt = read_checkpoint(path)
-    spec = checkpoint_config(ckpt, path=path).get("distillation")
-    return dict(spec) if spec else None
 
 
 def target_band(target: str) -> int:
@@ -95,29 +65,17 @@ def teacher_uncertainty_paths(path: str | Path) -> dict[str, Path]:
     return refs
 
 
-class StudentMaps(torch.nn.Module):
-    """A distilled student as one output: its class-map head's softmax ``[B, K, h, w]`` and, as
-    channel K, its uncertainty map (mapped back from the head's space; a per-class head read at
-    the student's arg-max class), so the sliding-window code blends both at once."""
-
-    def __init__(self, model: torch.nn.Module, spec: Mapping[str, Any]) -> None:
-        from polyhead.tasks.distillation import student_uncertainty  # lazy: Lightning stack
-
-        super().__init__()
-        self.model, self.spec = model, dict(spec)
-        self._uncertainty = student_uncertainty
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model.forward_heads(x)
-        seg = out[self.spec["seg_head"]]
-        u = self._uncertainty(seg, out[self.spec["uncertainty_head"]], self.spec)
-        return torch.cat([seg.float().softmax(dim=1), u.float()], dim=1)
+def uncertainty_head(model: Any) -> Any:
+    """The student's (first) uncertainty head; ConfigError when the model has none."""
+    for head in model.heads.values():
+        if head.role == "uncertainty":
+            return head
+    raise ConfigError("this model has no uncertainty head (role uncertainty): not a student")
 
 
 def predict_student(
     model: torch.nn.Module,
     image: np.ndarray,
-    spec: Mapping[str, Any],
     normalize: Any = None,
     tile_size: int = 512,
     overlap: int = 64,
@@ -125,21 +83,20 @@ def predict_student(
     device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``[K, H, W]`` and uncertainty ``[H, W]`` for a raw image ``[C, H, W]``
-    held in memory (`polyhead.inference.sliding_window.predict_array`; rasters of any size:
-    `predict_student_files`)."""
-    from polyhead.inference.sliding_window import predict_array
+    held in memory (rasters of any size: `predict_student_files`)."""
+    from polyhead.inference.predictor import PROBABILITIES, UNCERTAINTY, Predictor
+    from polyhead.inference.sliding_window import predict_maps
 
-    maps = predict_array(
-        StudentMaps(model, spec),
+    maps = predict_maps(
+        Predictor(model, uncertainty=True),
         image,
         tile_size,
         overlap,
         batch_size,
         device,
         normalize=normalize,
-        activation=torch.nn.Identity(),
     )
-    return maps[:-1], maps[-1]
+    return maps[PROBABILITIES], maps[UNCERTAINTY][0]
 
 
 @dataclass
@@ -187,64 +144,40 @@ def read_uncertainty_band(
 
 
 def predict_student_files(
-    checkpoint: str | Path,
+    model: torch.nn.Module,
     images: Sequence[str | Path],
     output_dir: str | Path,
-    tile_size: int = 512,
-    overlap: int = 64,
-    batch_size: int = 4,
-    device: str = "cpu",
+    normalize: Any = None,
     figure: bool = True,
     reference_uncertainty: Mapping[str, str | Path] | None = None,
     reference_band: int | None = None,
-    write_probabilities: bool = False,
-    overrides: Sequence[str] = (),
+    **predict_options: Any,
 ) -> list[StudentPrediction]:
-    """Write ``<stem>_classes.tif`` (uint8), ``<stem>_uncertainty.tif`` (float32) and, with
-    ``figure``, ``<stem>_uncertainty.png`` (image, prediction, student uncertainty and, when
-    known, the ensemble's) for each image; with ``write_probabilities`` also
-    ``<stem>_proba.tif`` (float32, K bands, as ``polyhead predict``).
+    """Write ``<stem>_classes.tif`` (uint8), ``<stem>_uncertainty.tif`` (float32, the student's
+    uncertainty head) and, with ``figure``, ``<stem>_uncertainty.png`` (image, prediction,
+    student uncertainty and, when known, the ensemble's) for each image.
 
-    ``images``: files, folders or CSVs with an ``image`` column (`expand_inputs`).
-    ``reference_uncertainty`` maps an image stem to a teacher uncertainty raster (e.g.
-    `teacher_uncertainty_paths` of a ``distill.csv``); ``reference_band`` is the 0-based band
-    shown (default: the student's own ``uncertainty_target``, `target_band`).
+    ``images``: files, folders or CSVs with an ``image`` column. ``predict_options`` go to
+    `polyhead.inference.predict.predict_files` (tile_size, overlap, batch_size, device,
+    write_probabilities, head, tta, crf, progress). ``reference_uncertainty`` maps an image
+    stem to a teacher uncertainty raster (e.g. `teacher_uncertainty_paths` of a
+    ``distill.csv``); ``reference_band`` is the 0-based band shown (default: the one of the
+    head's own ``uncertainty_target``, `target_band`).
     """
-    from polyhead.checkpoint import load_model
     from polyhead.distill.figures import save_uncertainty_figure
-    from polyhead.inference.predict import expand_inputs, inference_normalization
-    from polyhead.inference.sliding_window import predict_raster
+    from polyhead.inference.predict import expand_inputs, predict_files
 
-    paths = expand_inputs(images)  # fail on bad input before loading anything heavy
-    model, cfg = load_model(checkpoint, overrides)
-    spec = student_spec(cfg)
+    target = uncertainty_head(model).uncertainty_target
     if reference_band is None:
-        reference_band = target_band(spec.get("uncertainty_target", "entropy"))
-    normalize = inference_normalization(cfg)
-    out_dir = Path(output_dir)
-    student = StudentMaps(model, spec)
-    target = spec.get("uncertainty_target", "entropy")
-    results = []
-    for image_path in paths:
-        stem = image_path.stem
-        class_path = out_dir / f"{stem}_classes.tif"
-        unc_path = out_dir / f"{stem}_uncertainty.tif"
-        result = predict_raster(
-            student,
-            image_path,
-            class_path,
-            tile_size=tile_size,
-            overlap=overlap,
-            batch_size=batch_size,
-            device=device,
-            normalize=normalize,
-            write_probabilities=write_probabilities,
-            probabilities_path=out_dir / f"{stem}_proba.tif",
-            write_uncertainty=True,
-            uncertainty_path=unc_path,
-            activation=torch.nn.Identity(),
-            uncertainty_band=True,
-        )
+        reference_band = target_band(target)
+    images = expand_inputs(images)
+    class_maps = predict_files(
+        model, images, output_dir, normalize=normalize, write_uncertainty=True, **predict_options
+    )
+    out = []
+    for image, class_map in zip(images, class_maps, strict=True):
+        stem, proba = image.stem, class_map.with_name(f"{image.stem}_proba.tif")
+        unc_path = class_map.with_name(f"{stem}_uncertainty.tif")
         fig_path = None
         if figure:
             ref = None
@@ -253,12 +186,14 @@ def predict_student_files(
                     reference_uncertainty[stem], reference_band, FIGURE_SIDE
                 )
             fig_path = save_uncertainty_figure(
-                out_dir / f"{stem}_uncertainty.png",
-                read_decimated(image_path, FIGURE_SIDE),
-                read_decimated(class_path, FIGURE_SIDE)[0],
+                Path(output_dir) / f"{stem}_uncertainty.png",
+                read_decimated(image, FIGURE_SIDE),
+                read_decimated(class_map, FIGURE_SIDE)[0],
                 read_decimated(unc_path, FIGURE_SIDE)[0],
                 ref,
                 title=f"{stem}: {'std of the winning class' if 'std' in target else target}",
             )
-        results.append(StudentPrediction(class_path, unc_path, fig_path, result.probabilities_path))
-    return results
+        out.append(
+            StudentPrediction(class_map, unc_path, fig_path, proba if proba.is_file() else None)
+        )
+    return out

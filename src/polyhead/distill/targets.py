@@ -64,27 +64,17 @@ def teacher_maps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Teacher mean probabilities ``[K, H, W]`` and uncertainty ``[3 + K, H, W]`` for a raw
     ``image [C, H, W]`` (``normalize`` applied first)."""
-    from polyhead.inference.sliding_window import predict_array
+    from polyhead.inference.sliding_window import predict_maps
 
     teacher = teacher.to(device)
 
-    def fn(x: torch.Tensor) -> torch.Tensor:
+    def maps_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
         stats = teacher(x)
-        return torch.cat([stats["probs"], stack_uncertainty(stats)], dim=1)
+        return {"probs": stats["probs"], "uncertainty": stack_uncertainty(stats)}
 
-    maps = predict_array(
-        fn,
-        image,
-        tile_size,
-        overlap,
-        batch_size,
-        device,
-        normalize=normalize,
-        activation=torch.nn.Identity(),
-    )
-    k = (maps.shape[0] - 3) // 2
-    probs = maps[:k] / np.maximum(maps[:k].sum(axis=0, keepdims=True), 1e-12)
-    return probs, np.maximum(maps[k:], 0.0)
+    maps = predict_maps(maps_fn, image, tile_size, overlap, batch_size, device, normalize)
+    probs = maps["probs"] / np.maximum(maps["probs"].sum(axis=0, keepdims=True), 1e-12)
+    return probs, np.maximum(maps["uncertainty"], 0.0)
 
 
 def _georef(path: Path) -> tuple[Any, Any]:
@@ -152,7 +142,7 @@ def write_distillation_targets(
 ) -> DistillTargets:
     """Run ``teacher`` on every image of an ``image,mask`` CSV and cache its targets.
 
-    ``normalize`` defaults to ``teacher.normalize`` (set by `EnsembleTeacher.from_checkpoints`
+    ``normalize`` defaults to ``teacher.normalize`` (set by `polyhead.checkpoint.load_teacher`
     from the checkpoints' validation ``Normalize``). Returns the paths written; see the module
     docstring for the layout.
     """

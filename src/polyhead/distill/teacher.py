@@ -1,6 +1,7 @@
 """Teachers for uncertainty distillation: an ensemble's mean prediction and its spread.
 
-`EnsembleTeacher` runs M members (models returning class logits ``[B, K, H, W]``) one after
+`EnsembleTeacher` runs M members (predictors, or networks returning class logits, which it
+wraps in a `polyhead.inference.Predictor`) one after
 another and keeps streaming statistics (Welford's mean and variance of the softmax
 probabilities, the running mean of the members' entropies), so memory does not grow with M.
 """
@@ -9,29 +10,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from polyhead.errors import ConfigError
+from polyhead.inference.predictor import PROBABILITIES, Predictor
+from polyhead.inference.tta import ALL_FLIPS
+from polyhead.losses.uncertainty import (
+    UNCERTAINTY_BANDS,
+)
 
 log = logging.getLogger(__name__)
-
-#: order of the bands of an uncertainty target; ``std_per_class`` follows with K bands
-UNCERTAINTY_BANDS = ("std_winning", "entropy", "mutual_information")
-UNCERTAINTY_TARGETS = (*UNCERTAINTY_BANDS, "std_per_class")
-
-
-def uncertainty_channels(name: str, n_classes: int) -> slice:
-    """Channels of target ``name`` inside a stacked uncertainty tensor ``[B, 3 + K, H, W]``."""
-    if name in UNCERTAINTY_BANDS:
-        i = UNCERTAINTY_BANDS.index(name)
-        return slice(i, i + 1)
-    if name == "std_per_class":
-        return slice(len(UNCERTAINTY_BANDS), len(UNCERTAINTY_BANDS) + n_classes)
-    raise ConfigError(f"uncertainty target {name!r} unknown; valid: {list(UNCERTAINTY_TARGETS)}")
 
 
 def band_names(n_classes: int) -> list[str]:
@@ -48,26 +39,10 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(p, p).sum(dim=1, keepdim=True)
 
 
-def _logits(out: Any) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor):
-        raise ConfigError(
-            "a teacher member must return a logits tensor [B, K, H, W]; wrap multi-head "
-            "models with polyhead.inference.predict.SelectedHead"
-        )
-    return out
-
-
-class _Flipped(nn.Module):
-    """``model`` applied to a flipped input, its output flipped back."""
-
-    def __init__(self, model: nn.Module, dims: tuple[int, ...]) -> None:
-        super().__init__()
-        self.model, self.dims = model, dims
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.dims:
-            return _logits(self.model(x))
-        return _logits(self.model(x.flip(self.dims))).flip(self.dims)
+def _as_member(member: nn.Module) -> nn.Module:
+    """A member returning ``{"probabilities": ...}``: a `Predictor` of the network unless it is
+    one (or an MC-dropout wrapper of one) already."""
+    return member if isinstance(member, Predictor | _MCDropout) else Predictor(member)
 
 
 def _dropout_layers(model: nn.Module) -> list[nn.Module]:
@@ -80,9 +55,9 @@ def _dropout_layers(model: nn.Module) -> list[nn.Module]:
 
 
 class _MCDropout(nn.Module):
-    """``model`` in eval mode except its dropout layers, which sample on every call."""
+    """A predictor in eval mode except its model's dropout layers, which sample on every call."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Predictor) -> None:
         super().__init__()
         self.model = model
         self.dropout = _dropout_layers(model)
@@ -95,16 +70,7 @@ class _MCDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.dropout:
             layer.train()
-        return _logits(self.model(x))
-
-
-def _selected(model: nn.Module, head: str | None) -> nn.Module:
-    from polyhead.inference.predict import SelectedHead
-    from polyhead.models.multihead import MultiHeadSegmentationModel
-
-    if isinstance(model, MultiHeadSegmentationModel):
-        return SelectedHead(model, head)
-    return model
+        return self.model(x)
 
 
 class EnsembleTeacher(nn.Module):
@@ -126,7 +92,7 @@ class EnsembleTeacher(nn.Module):
             raise ConfigError(f"an ensemble teacher needs at least 2 members, got {len(members)}")
         if ddof not in (0, 1):
             raise ConfigError(f"ddof must be 0 or 1, got {ddof}")
-        self.members = nn.ModuleList(members)
+        self.members = nn.ModuleList(_as_member(m) for m in members)
         self.ddof = ddof
         self.normalize = normalize
         self.requires_grad_(False)
@@ -140,7 +106,7 @@ class EnsembleTeacher(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         mean = m2 = mean_entropy = None
         for i, member in enumerate(self.members, start=1):
-            p = torch.softmax(_logits(member(x)).float(), dim=1)
+            p = member(x)[PROBABILITIES].float()
             if mean is None:
                 mean, m2, mean_entropy = p.clone(), torch.zeros_like(p), _entropy(p)
                 continue
@@ -166,45 +132,12 @@ class EnsembleTeacher(nn.Module):
         }
 
     @classmethod
-    def from_checkpoints(
-        cls,
-        paths: Sequence[str | Path],
-        head: str | None = None,
-        overrides: Sequence[str] = (),
-        ddof: int = 1,
-    ) -> EnsembleTeacher:
-        """Members loaded with `polyhead.checkpoint.load_model` (multi-head: ``head`` or their
-        inference head). Their validation ``Normalize`` steps must agree; it becomes
-        ``normalize``."""
-        from polyhead.checkpoint import load_model
-        from polyhead.inference.predict import inference_normalization
-
-        if len(paths) < 2:
-            raise ConfigError(
-                f"an ensemble teacher needs at least 2 checkpoints, got {len(paths)}; with one "
-                "checkpoint use flip_tta or mc_dropout"
-            )
-        members, norms = [], []
-        for path in paths:
-            model, cfg = load_model(path, overrides)
-            members.append(_selected(model, head))
-            norms.append(inference_normalization(cfg))
-        reprs = {repr(n) for n in norms}
-        if len(reprs) > 1:
-            raise ConfigError(
-                "teacher checkpoints were trained with different input normalisation; "
-                f"found {sorted(reprs)}"
-            )
-        return cls(members, ddof=ddof, normalize=norms[0])
-
-    @classmethod
     def flip_tta(
         cls, model: nn.Module, head: str | None = None, normalize: Any = None, ddof: int = 1
     ) -> EnsembleTeacher:
         """Members: ``model`` under no flip, horizontal, vertical and both flips."""
-        base = _selected(model, head)
-        dims = [(), (-1,), (-2,), (-2, -1)]
-        return cls([_Flipped(base, d) for d in dims], ddof=ddof, normalize=normalize)
+        members = [Predictor(model, head, tta={"flips": (flip,)}) for flip in ALL_FLIPS]
+        return cls(members, ddof=ddof, normalize=normalize)
 
     @classmethod
     def mc_dropout(
@@ -221,5 +154,5 @@ class EnsembleTeacher(nn.Module):
         """
         if n_samples < 2:
             raise ConfigError(f"mc_dropout needs n_samples >= 2, got {n_samples}")
-        member = _MCDropout(_selected(model, head))
+        member = _MCDropout(Predictor(model, head))
         return cls([member] * n_samples, ddof=ddof, normalize=normalize)

@@ -1,4 +1,4 @@
-"""Sliding-window inference for arrays and large georeferenced rasters."""
+"""Prediction: the one Predictor (head or blend, TTA), sliding windows over large rasters."""
 
 from polyhead.inference.boundary_metrics import BoundaryF1, boundary_f1, boundary_mask
 from polyhead.inference.crf import (
@@ -8,9 +8,15 @@ from polyhead.inference.crf import (
     dense_crf,
     predict_raster_crf,
 )
-from polyhead.inference.sliding_window import PredictionResult, predict_array, predict_raster
+from polyhead.inference.predictor import Predictor, head_outputs
+from polyhead.inference.sliding_window import (
+    PredictionResult,
+    predict_array,
+    predict_maps,
+    predict_raster,
+)
 from polyhead.inference.tiling import blend_window, n_tiles, tile_starts
-from polyhead.inference.tta import TTAModel, build_tta, tta_from_config
+from polyhead.inference.tta import Augmentation, TTAModel, augmentations, build_tta, tta_from_config
 from polyhead.inference.uncertainty import (
     max_prob_uncertainty,
     predictive_entropy,
@@ -23,7 +29,9 @@ __all__ = [
     "AtomicGeoTiff",
     "BoundaryF1",
     "PermutohedralLattice",
+    "Augmentation",
     "PredictionResult",
+    "Predictor",
     "TTAModel",
     "blend_window",
     "boundary_f1",
@@ -34,7 +42,10 @@ __all__ = [
     "geotiff_profile",
     "max_prob_uncertainty",
     "n_tiles",
+    "augmentations",
+    "head_outputs",
     "predict_array",
+    "predict_maps",
     "predict_raster",
     "predict_raster_crf",
     "predictive_entropy",

@@ -53,7 +53,14 @@ from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 
 from polyhead.errors import ConfigError, DataError
-from polyhead.inference.sliding_window import PredictionResult, predict_array
+from polyhead.inference.predictor import PROBABILITIES, UNCERTAINTY
+from polyhead.inference.sliding_window import (
+    PredictionResult,
+    as_predictor,
+    band_indexes,
+    output_paths,
+    predict_maps,
+)
 from polyhead.inference.tiling import n_tiles
 from polyhead.inference.uncertainty import predictive_entropy
 from polyhead.inference.writers import AtomicGeoTiff, geotiff_profile
@@ -333,49 +340,40 @@ def predict_raster_crf(
 ) -> PredictionResult:
     """`predict_raster` for an image that fits in memory, refined by `dense_crf`.
 
-    The blended sliding-window probabilities of the whole image (`predict_array`;
+    The blended sliding-window probabilities of the whole image (`predict_maps`;
     ``predict_kwargs``: tile_size, overlap, batch_size, device, normalize, blend,
-    pad_mode, output_key, progress) are refined with ``dense_crf(probs, raw bands,
-    **crf_kwargs)``; the class map, optional float32 probabilities and uncertainty
-    (normalised entropy) of the refined probabilities are written like
+    pad_mode, progress) are refined with ``dense_crf(probs, raw bands, **crf_kwargs)``; the
+    class map, optional float32 probabilities and uncertainty (the predictor's own map,
+    else the normalised entropy of the refined probabilities) are written like
     `predict_raster` does (same georeferencing, atomic). Rasters above ``max_pixels``
     raise `ConfigError` (see `check_crf_size`).
     """
     start = time.perf_counter()
     image_path, out_path = Path(image_path), Path(out_path)
-    if not image_path.is_file():
-        raise DataError(f"input raster not found: {image_path}")
-    outputs = {"classes": out_path}
-    if write_probabilities:
-        outputs["proba"] = Path(
-            probabilities_path or out_path.with_name(f"{out_path.stem}_proba.tif")
-        )
-    if write_uncertainty:
-        outputs["uncertainty"] = Path(
-            uncertainty_path or out_path.with_name(f"{out_path.stem}_uncertainty.tif")
-        )
-    paths = [p.resolve() for p in (image_path, *outputs.values())]
-    if len(set(paths)) != len(paths):
-        raise ConfigError(f"output paths must differ from each other and the input {image_path}")
+    outputs = output_paths(
+        image_path,
+        out_path,
+        write_probabilities,
+        probabilities_path,
+        write_uncertainty,
+        uncertainty_path,
+    )
     height, width = check_crf_size(image_path, max_pixels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(image_path) as src:
-            indexes = list(bands) if bands is not None else list(range(1, src.count + 1))
-            if not indexes or min(indexes) < 1 or max(indexes) > src.count:
-                raise ConfigError(f"bands must be 1-based indexes in 1..{src.count}, got {bands}")
-            image = src.read(indexes)
+            image = src.read(band_indexes(bands, src.count))
             crs = src.crs
             transform = None if src.transform.is_identity and crs is None else src.transform
-    probs = predict_array(model, image.astype(np.float32), **predict_kwargs)
-    probs = dense_crf(probs, image, **dict(crf_kwargs or {}))
+    maps = predict_maps(as_predictor(model), image.astype(np.float32), **predict_kwargs)
+    probs = dense_crf(maps[PROBABILITIES], image, **dict(crf_kwargs or {}))
     k = probs.shape[0]
     if k > 256:
         raise ConfigError(f"a uint8 class map holds at most 256 classes, got {k}")
     layers = {
         "classes": probs.argmax(0)[None].astype(np.uint8),
         "proba": probs,
-        "uncertainty": predictive_entropy(probs)[None],
+        "uncertainty": maps.get(UNCERTAINTY, predictive_entropy(probs)[None]),
     }
     with ExitStack() as stack:
         writers = []
@@ -397,4 +395,5 @@ def predict_raster_crf(
         ),
         seconds=time.perf_counter() - start,
         uncertainty_path=outputs.get("uncertainty"),
+        image_path=image_path,
     )

@@ -37,7 +37,9 @@ from rich.progress import (
 )
 
 from polyhead.errors import ConfigError, DataError
+from polyhead.inference.predictor import PROBABILITIES, UNCERTAINTY, Predictor
 from polyhead.inference.tiling import (
+    MapsFn,
     Normalize,
     band_cores,
     band_layout,
@@ -46,8 +48,9 @@ from polyhead.inference.tiling import (
     n_tiles,
     n_tiles_run,
     normalize_tile,
+    split_maps,
     tile_starts,
-    weighted_softmax,
+    weighted_maps,
     zeroed_view,
 )
 from polyhead.inference.uncertainty import predictive_entropy
@@ -72,6 +75,7 @@ class PredictionResult:
     seconds: float
     uncertainty_path: Path | None = None
     n_tiles_run: int = 0  # tiles run, counting those at band borders once per band
+    image_path: Path | None = None
 
 
 @contextmanager
@@ -87,12 +91,13 @@ def _eval_mode(model: Any, device: torch.device) -> Iterator[None]:
             model.train()
 
 
-#: turns a model's output ``[B, C, h, w]`` into the per-pixel maps to blend (default: softmax)
-Activation = Callable[[torch.Tensor], torch.Tensor]
+def as_predictor(model: Any) -> Predictor:
+    """``model`` if it is a `Predictor`, else ``Predictor(model)`` (its default head)."""
+    return model if isinstance(model, Predictor) else Predictor(model)
 
 
-def _iter_prob_blocks(
-    model: Any,
+def _iter_blocks(
+    maps_fn: MapsFn,
     read: ReadWindow,
     height: int,
     width: int,
@@ -104,12 +109,13 @@ def _iter_prob_blocks(
     normalize: Normalize | None,
     blend: str,
     pad_mode: str,
-    output_key: str | int | None,
     block_size: int,
     on_tiles: Callable[[int], None] | None = None,
-    activation: Activation | None = None,
-) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield ``(row, col, probabilities [K, n, w])`` windows of finished output pixels.
+) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """Yield ``(row, col, {map name: [c, n, w]})`` windows of finished output pixels.
+
+    ``maps_fn`` turns a batch of tiles into named per-pixel maps (e.g. a `Predictor`); every
+    map is blended alike, so this loop knows nothing of heads or activations.
 
     Bands (see `band_cores`) are done left to right, each top to bottom; a band runs
     every tile of the global grid that touches its columns, so each of its pixels gets
@@ -126,7 +132,8 @@ def _iter_prob_blocks(
     # one pair of flat buffers for all bands: fresh arrays per band fragment the heap
     wsum_buf = np.empty(th * max(b[-1] + tw - b[0] for _, _, b in bands), np.float32)
     acc_buf: np.ndarray | None = None
-    with _eval_mode(model, dev):
+    layout = None
+    with _eval_mode(maps_fn, dev):
         for c0, c1, bxs in bands:
             a0, span = bxs[0], bxs[-1] + tw - bxs[0]  # accumulators span columns a0 .. a0 + span
             core = slice(c0 - a0, c1 - a0)
@@ -141,7 +148,7 @@ def _iter_prob_blocks(
                     assert acc is not None
                     done = acc[:, :n, core]
                     done /= wsum[None, :n, core]  # in place: these rows are dropped below
-                    yield acc_y0, c0, done
+                    yield acc_y0, c0, split_maps(layout, done)
                     if y0 == height:
                         break
                     acc[:, :-n], wsum[:-n] = acc[:, n:], wsum[n:]
@@ -159,7 +166,7 @@ def _iter_prob_blocks(
                     if th < tile_size or tw < tile_size:
                         tiles = [np.pad(t, pad, mode=pad_mode) for t in tiles]
                     batch = np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2))
-                    probs = weighted_softmax(model, batch, dev, window, output_key, activation)
+                    layout, probs = weighted_maps(maps_fn, batch, dev, window)
                     if acc is None:
                         acc_buf = np.empty(probs.shape[1] * wsum_buf.size, np.float32)
                         acc = zeroed_view(acc_buf, (probs.shape[1], th, span))
@@ -184,8 +191,8 @@ def _progress(enabled: bool, total: int, label: str) -> tuple[Progress, Callable
     return bar, lambda n: bar.advance(task, n)
 
 
-def predict_array(
-    model: Any,
+def predict_maps(
+    maps_fn: MapsFn,
     image: np.ndarray,
     tile_size: int = 512,
     overlap: int = 64,
@@ -194,12 +201,11 @@ def predict_array(
     normalize: Normalize | None = None,
     blend: str = "gaussian",
     pad_mode: str = "reflect",
-    output_key: str | int | None = None,
     progress: bool = False,
-    activation: Activation | None = None,
-) -> np.ndarray:
-    """Blended sliding-window probabilities ``[K, H, W]`` (float32) for ``image [C, H, W]``.
+) -> dict[str, np.ndarray]:
+    """Blended sliding-window maps ``{name: [c, H, W]}`` (float32) for ``image [C, H, W]``.
 
+    ``maps_fn`` turns a batch of tiles into named maps (a `Predictor`, a teacher ensemble).
     Same core as `predict_raster` (one band of the full width); see there for the arguments.
     """
     check_config(tile_size, overlap, batch_size, blend)
@@ -208,8 +214,8 @@ def predict_array(
         raise DataError(f"image must be a non-empty [C, H, W] array, got shape {image.shape}")
     _, height, width = image.shape
     bar, advance = _progress(progress, n_tiles(height, width, tile_size, overlap), "predicting")
-    blocks = _iter_prob_blocks(
-        model,
+    blocks = _iter_blocks(
+        maps_fn,
         lambda y, x, h, w: image[:, y : y + h, x : x + w],
         height,
         width,
@@ -220,19 +226,26 @@ def predict_array(
         normalize=normalize,
         blend=blend,
         pad_mode=pad_mode,
-        output_key=output_key,
         block_size=width,
         on_tiles=advance,
-        activation=activation,
     )
-    out: np.ndarray | None = None
+    out: dict[str, np.ndarray] = {}
     with bar, closing(blocks):
-        for y, x, proba in blocks:
-            if out is None:
-                out = np.empty((proba.shape[0], height, width), np.float32)
-            out[:, y : y + proba.shape[1], x : x + proba.shape[2]] = proba
-    assert out is not None
+        for y, x, maps in blocks:
+            for name, block in maps.items():
+                if name not in out:
+                    out[name] = np.empty((block.shape[0], height, width), np.float32)
+                out[name][:, y : y + block.shape[1], x : x + block.shape[2]] = block
     return out
+
+
+def predict_array(model: Any, image: np.ndarray, *args: Any, **kwargs: Any) -> np.ndarray:
+    """Blended sliding-window probabilities ``[K, H, W]`` (float32) for ``image [C, H, W]``.
+
+    ``model``: a `Predictor`, a polyhead model (its inference head answers) or a logits
+    network; the other arguments are `predict_maps`'s.
+    """
+    return predict_maps(as_predictor(model), image, *args, **kwargs)[PROBABILITIES]
 
 
 def _gdal_cache_env() -> AbstractContextManager[Any]:
@@ -242,11 +255,38 @@ def _gdal_cache_env() -> AbstractContextManager[Any]:
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
 
-def _out_path(path: str | Path | None, out_path: Path, suffix: str, wanted: bool) -> Path | None:
-    """``path``, or ``<out stem>_<suffix>.tif`` by default; None unless ``wanted``."""
-    if not wanted:
-        return None
-    return Path(path) if path else out_path.with_name(f"{out_path.stem}_{suffix}.tif")
+def output_paths(
+    image_path: Path,
+    out_path: Path,
+    write_probabilities: bool = False,
+    probabilities_path: str | Path | None = None,
+    write_uncertainty: bool = False,
+    uncertainty_path: str | Path | None = None,
+) -> dict[str, Path]:
+    """``{"classes", "proba", "uncertainty"}`` output paths (the last two when wanted; default
+    ``<out stem>_proba.tif`` / ``<out stem>_uncertainty.tif``); ConfigError when two coincide
+    or one is the input, DataError when the input is missing."""
+    if not image_path.is_file():
+        raise DataError(f"input raster not found: {image_path}")
+    outputs = {"classes": out_path}
+    for key, wanted, path in (
+        ("proba", write_probabilities, probabilities_path),
+        ("uncertainty", write_uncertainty, uncertainty_path),
+    ):
+        if wanted:
+            outputs[key] = Path(path) if path else out_path.with_name(f"{out_path.stem}_{key}.tif")
+    paths = [p.resolve() for p in (image_path, *outputs.values())]
+    if len(set(paths)) != len(paths):
+        raise ConfigError(f"output paths must differ from each other and the input {image_path}")
+    return outputs
+
+
+def band_indexes(bands: Sequence[int] | None, count: int) -> list[int]:
+    """1-based band indexes to read (default all); ConfigError when out of range."""
+    indexes = list(bands) if bands is not None else list(range(1, count + 1))
+    if not indexes or min(indexes) < 1 or max(indexes) > count:
+        raise ConfigError(f"bands must be 1-based indexes in 1..{count}, got {bands}")
+    return indexes
 
 
 def predict_raster(
@@ -265,34 +305,25 @@ def predict_raster(
     probabilities_dtype: str = "float32",
     bands: Sequence[int] | None = None,
     pad_mode: str = "reflect",
-    output_key: str | int | None = None,
     write_uncertainty: bool = False,
     uncertainty_path: str | Path | None = None,
     block_size: int = 4096,
-    activation: Activation | None = None,
-    uncertainty_band: bool = False,
 ) -> PredictionResult:
     """Predict a class map (uint8 GeoTIFF) for a raster of any size in bounded memory.
 
-    ``model`` maps float32 ``[B, C, tile, tile]`` to logits ``[B, K, tile, tile]``
-    (an ``nn.Module`` is moved to ``device`` and run in eval mode under
-    ``torch.inference_mode``; ``output_key`` picks one output of a multi-head model).
-    ``normalize`` gets each tile as float32 HWC (callable or albumentations
-    transform). ``bands`` are 1-based band indexes to read (default: all). Rasters
-    smaller than a tile are padded with ``pad_mode`` (numpy). Output CRS/transform
-    are copied from the input. With ``write_probabilities`` a K-band GeoTIFF of
-    blended probabilities (``float32`` or ``uint8`` scaled 0-255) is written to
-    ``probabilities_path`` (default ``<out stem>_proba.tif``). With ``write_uncertainty``
-    a float32 band of predictive entropy normalised by log K (0 = certain, 1 = uniform;
-    see `polyhead.inference.uncertainty`) is written to ``uncertainty_path`` (default
-    ``<out stem>_uncertainty.tif``). Outputs are written
-    to temp files and renamed at the end; on failure nothing is left behind.
-
-    ``activation`` replaces the softmax that turns the model's output into the maps that are
-    blended (see `weighted_softmax`). With ``uncertainty_band`` the last blended channel is an
-    uncertainty map of the model's own (e.g. a distilled student's uncertainty head): it is
-    left out of the class map and the probabilities, and written as the uncertainty band
-    instead of the entropy.
+    ``model`` is a `Predictor` (or a polyhead model or logits network, wrapped in one): it
+    maps float32 tiles ``[B, C, tile, tile]`` to per-pixel maps; it is moved to ``device``
+    and run in eval mode under ``torch.inference_mode``. ``normalize`` gets each tile as
+    float32 HWC (callable or albumentations transform). ``bands`` are 1-based band indexes
+    to read (default: all). Rasters smaller than a tile are padded with ``pad_mode``
+    (numpy). Output CRS/transform are copied from the input. With ``write_probabilities`` a
+    K-band GeoTIFF of blended probabilities (``float32`` or ``uint8`` scaled 0-255) is
+    written to ``probabilities_path`` (default ``<out stem>_proba.tif``). With
+    ``write_uncertainty`` a float32 band is written to ``uncertainty_path`` (default
+    ``<out stem>_uncertainty.tif``): the predictor's own ``uncertainty`` map when it has one
+    (an uncertainty head), else the predictive entropy normalised by log K (0 = certain,
+    1 = uniform; see `polyhead.inference.uncertainty`). Outputs are written to temp files
+    and renamed at the end; on failure nothing is left behind.
 
     The raster is streamed in vertical bands ``block_size`` pixels wide (at least one
     tile; multiples of 256 align with the output blocks), each top to bottom, so memory
@@ -307,13 +338,15 @@ def predict_raster(
             f"probabilities_dtype must be 'float32' or 'uint8', got {probabilities_dtype!r}"
         )
     image_path, out_path = Path(image_path), Path(out_path)
-    proba_path = _out_path(probabilities_path, out_path, "proba", write_probabilities)
-    unc_path = _out_path(uncertainty_path, out_path, "uncertainty", write_uncertainty)
-    if not image_path.is_file():
-        raise DataError(f"input raster not found: {image_path}")
-    paths = [p.resolve() for p in (image_path, out_path, proba_path, unc_path) if p is not None]
-    if len(set(paths)) != len(paths):
-        raise ConfigError(f"output paths must differ from each other and the input {image_path}")
+    paths = output_paths(
+        image_path,
+        out_path,
+        write_probabilities,
+        probabilities_path,
+        write_uncertainty,
+        uncertainty_path,
+    )
+    proba_path, unc_path = paths.get("proba"), paths.get("uncertainty")
     start = time.perf_counter()
     with ExitStack() as stack:
         stack.enter_context(_gdal_cache_env())
@@ -322,9 +355,7 @@ def predict_raster(
             src = stack.enter_context(rasterio.open(image_path))
         height, width = src.height, src.width
         band_cores(width, block_size, tile_size)  # validates block_size
-        indexes = list(bands) if bands is not None else list(range(1, src.count + 1))
-        if not indexes or min(indexes) < 1 or max(indexes) > src.count:
-            raise ConfigError(f"bands must be 1-based indexes in 1..{src.count}, got {bands}")
+        indexes = band_indexes(bands, src.count)
         crs = src.crs
         transform = None if src.transform.is_identity and crs is None else src.transform
 
@@ -334,8 +365,8 @@ def predict_raster(
         total = n_tiles_run(height, width, tile_size, overlap, block_size)
         bar, advance = _progress(progress, total, image_path.name)
         stack.enter_context(bar)
-        blocks = _iter_prob_blocks(
-            model,
+        blocks = _iter_blocks(
+            as_predictor(model),
             read,
             height,
             width,
@@ -346,22 +377,16 @@ def predict_raster(
             normalize=normalize,
             blend=blend,
             pad_mode=pad_mode,
-            output_key=output_key,
             block_size=block_size,
             on_tiles=advance,
-            activation=activation,
         )
         stack.enter_context(closing(blocks))
         writers: dict[str, AtomicGeoTiff] = {}
         n_classes = 0
-        for y, x, proba in blocks:
-            own_uncertainty = None
-            if uncertainty_band:
-                proba, own_uncertainty = proba[:-1], proba[-1:]
+        for y, x, maps in blocks:
+            proba = maps[PROBABILITIES]
             if not writers:  # K is known once the first block is done
                 n_classes = proba.shape[0]
-                if n_classes < 1:
-                    raise ConfigError("uncertainty_band needs class channels before the last one")
                 if n_classes > 256:
                     raise ConfigError(
                         f"a uint8 class map holds at most 256 classes, got {n_classes}"
@@ -377,9 +402,7 @@ def predict_raster(
                         writers[key] = stack.enter_context(AtomicGeoTiff(path, profile))
             writers["classes"].write(proba.argmax(axis=0)[None].astype(np.uint8), y, x)
             if "uncertainty" in writers:
-                unc = (
-                    predictive_entropy(proba)[None] if own_uncertainty is None else own_uncertainty
-                )
+                unc = maps[UNCERTAINTY] if UNCERTAINTY in maps else predictive_entropy(proba)[None]
                 writers["uncertainty"].write(unc, y, x)
             if "proba" in writers:
                 if probabilities_dtype == "uint8":
@@ -396,4 +419,5 @@ def predict_raster(
         seconds=time.perf_counter() - start,
         uncertainty_path=unc_path,
         n_tiles_run=total,
+        image_path=image_path,
     )

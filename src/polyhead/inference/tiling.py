@@ -120,28 +120,40 @@ def zeroed_view(buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def weighted_softmax(
-    model: Any,
-    batch: np.ndarray,
-    device: torch.device,
-    window: torch.Tensor,
-    output_key: str | int | None,
-    activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> np.ndarray:
-    """Softmax of ``model(batch)`` times the blend ``window``: ``[B, K, T, T]`` float32 on CPU.
+#: names and channel counts of the maps blended together, in channel order
+Layout = list[tuple[str, int]]
 
-    ``activation`` replaces the softmax over channels (e.g. ``torch.nn.Identity()`` for a
-    model that already returns the per-pixel maps to blend)."""
+#: turns a batch of tiles ``[B, C, T, T]`` into named per-pixel maps ``{name: [B, c, T, T]}``
+MapsFn = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
+
+
+def weighted_maps(
+    maps_fn: MapsFn, batch: np.ndarray, device: torch.device, window: torch.Tensor
+) -> tuple[Layout, np.ndarray]:
+    """``maps_fn(batch)`` times the blend ``window``, its maps stacked on the channel axis:
+    ``(layout, [B, sum of channels, T, T] float32 on CPU)``."""
     with torch.inference_mode():
-        out = model(torch.from_numpy(batch).to(device))
-        if output_key is not None:
-            out = out[output_key]
-        if isinstance(out, Mapping) or not isinstance(out, torch.Tensor):
-            raise ConfigError("model must return a logits tensor; pass output_key to pick a head")
-        if out.ndim != 4 or out.shape[0] != batch.shape[0] or out.shape[2:] != batch.shape[2:]:
+        maps = maps_fn(torch.from_numpy(batch).to(device))
+        if not isinstance(maps, Mapping) or not maps:
             raise ConfigError(
-                f"model output must be [B, K, h, w] = [{batch.shape[0]}, K, "
-                f"{batch.shape[2]}, {batch.shape[3]}], got {list(out.shape)}"
+                f"the predictor must return named per-pixel maps, got {type(maps).__name__}"
             )
-        maps = torch.softmax(out.float(), dim=1) if activation is None else activation(out).float()
-        return (maps * window).cpu().numpy()
+        b, _, h, w = batch.shape
+        for name, m in maps.items():
+            if m.ndim != 4 or m.shape[0] != b or tuple(m.shape[2:]) != (h, w):
+                raise ConfigError(
+                    f"the model's {name!r} output must be [B, C, h, w] = [{b}, C, {h}, {w}], "
+                    f"got {list(m.shape)}"
+                )
+        layout = [(name, int(m.shape[1])) for name, m in maps.items()]
+        stacked = torch.cat([m.float() for m in maps.values()], dim=1)
+        return layout, (stacked * window).cpu().numpy()
+
+
+def split_maps(layout: Layout, stacked: np.ndarray) -> dict[str, np.ndarray]:
+    """Undo the channel stacking of `weighted_maps`: ``{name: [c, ...]}`` (views)."""
+    out, start = {}, 0
+    for name, channels in layout:
+        out[name] = stacked[start : start + channels]
+        start += channels
+    return out

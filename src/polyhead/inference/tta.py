@@ -1,16 +1,17 @@
-"""Test-time augmentation: flips and scales, averaged in probability space.
+"""Test-time augmentation: flips and scales, and their inverses.
 
-`TTAModel` wraps any logits model. For every (scale, flip) pair it transforms the
-input, runs the model, undoes the transform on the logits, takes the softmax and
-averages the probabilities. It returns the LOG of the averaged probabilities, so a
-downstream ``softmax`` (as in `predict_raster` / `predict_array`) gives back the
-averaged probabilities exactly (``softmax(log p) = p / sum(p) = p``, up to float
-rounding), and ``argmax`` is unchanged.
+`Augmentation` is one view (a flip at a scale) with ``apply`` and ``undo``; `augmentations`
+lists every flip at every scale. `polyhead.inference.Predictor` averages each head's
+activated maps (probabilities, uncertainty) over the views; `TTAModel` does the same for a
+plain logits network and returns the LOG of the averaged probabilities, so a downstream
+``softmax`` gives back the averaged probabilities (``softmax(log p) = p``, up to rounding).
+Teacher ensembles take their flip members from here too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,18 +45,54 @@ def scaled_size(size: int, scale: float, size_divisor: int = 32) -> int:
     return max(size_divisor, int(round(size * scale / size_divisor)) * size_divisor)
 
 
-class TTAModel(nn.Module):
-    """Average the softmax of ``model`` over flips and scales; return log-probabilities.
+@dataclass(frozen=True)
+class Augmentation:
+    """One test-time view of a batch: a flip (``FLIPS`` key) at a scale, and its inverse."""
 
-    ``flips``: any of ``"none"`` (identity), ``"h"`` (left-right), ``"v"`` (up-down),
-    ``"hv"`` (both). ``scales``: input resize factors; for a factor other than 1 the
-    input is resized (bilinear) to ``scaled_size(h, s), scaled_size(w, s)`` (a
-    multiple of ``size_divisor``, as encoders need) and the logits are resized back
-    (bilinear) before the softmax. Every flip is applied at every scale. ``output_key``
-    picks one output when ``model`` returns a dict (or tuple). The output is
-    ``log(mean_t softmax(logits_t))`` ``[B, K, h, w]``: feed it to anything that applies
-    a softmax and you get the averaged probabilities; it is not a calibrated logit
-    in any other sense. Memory stays at one augmented batch at a time.
+    flip: str = "none"
+    scale: float = 1.0
+    size_divisor: int = 32
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """The augmented batch: resized (bilinear, to multiples of ``size_divisor``), flipped."""
+        if self.scale != 1.0:
+            h, w = x.shape[-2:]
+            size = (
+                scaled_size(h, self.scale, self.size_divisor),
+                scaled_size(w, self.scale, self.size_divisor),
+            )
+            if size != (h, w):
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        dims = FLIPS[self.flip]
+        return torch.flip(x, dims) if dims else x
+
+    def undo(self, y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """A per-pixel output of the augmented batch, back in the input's frame ``size``."""
+        dims = FLIPS[self.flip]
+        if dims:
+            y = torch.flip(y, dims)
+        if self.scale != 1.0 and tuple(y.shape[-2:]) != tuple(size):
+            y = F.interpolate(y.float(), size=size, mode="bilinear", align_corners=False)
+        return y
+
+
+def augmentations(
+    flips: Sequence[str] = ALL_FLIPS, scales: Sequence[float] = (1.0,), size_divisor: int = 32
+) -> list[Augmentation]:
+    """Every flip at every scale (validated)."""
+    _check(flips, scales, size_divisor)
+    return [Augmentation(f, float(s), int(size_divisor)) for s in scales for f in flips]
+
+
+class TTAModel(nn.Module):
+    """Average the softmax of a logits ``model`` over flips and scales; return log-probabilities.
+
+    The same views as `polyhead.inference.Predictor` with ``tta=``, for any network that
+    returns class logits ``[B, K, h, w]``. ``flips``: any of ``"none"`` (identity), ``"h"``
+    (left-right), ``"v"`` (up-down), ``"hv"`` (both). ``scales``: input resize factors (see
+    `Augmentation`); the logits are resized back (bilinear) before the softmax. The output is
+    ``log(mean_t softmax(logits_t))``: feed it to anything that applies a softmax and you get
+    the averaged probabilities; it is not a calibrated logit in any other sense.
     """
 
     def __init__(
@@ -63,57 +100,32 @@ class TTAModel(nn.Module):
         model: Any,
         flips: Sequence[str] = ALL_FLIPS,
         scales: Sequence[float] = (1.0,),
-        output_key: str | int | None = None,
         size_divisor: int = 32,
     ) -> None:
         super().__init__()
-        _check(flips, scales, size_divisor)
         self.model = model
-        self.flips = tuple(flips)
-        self.scales = tuple(float(s) for s in scales)
-        self.output_key = output_key
+        self.views = augmentations(flips, scales, size_divisor)
+        self.flips, self.scales = tuple(flips), tuple(float(s) for s in scales)
         self.size_divisor = int(size_divisor)
 
     @property
     def n_passes(self) -> int:
         """Model calls per input batch."""
-        return len(self.flips) * len(self.scales)
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        if self.output_key is not None:
-            out = out[self.output_key]
-        if not isinstance(out, torch.Tensor):
-            raise ConfigError("model must return a logits tensor; pass output_key to pick a head")
-        return out
+        return len(self.views)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Log of the averaged probabilities ``[B, K, h, w]`` for ``x [B, C, h, w]``."""
-        h, w = x.shape[-2:]
+        size = tuple(x.shape[-2:])
         total: torch.Tensor | None = None
-        for scale in self.scales:
-            size = (h, w)
-            if scale != 1.0:
-                size = (
-                    scaled_size(h, scale, self.size_divisor),
-                    scaled_size(w, scale, self.size_divisor),
+        for view in self.views:
+            logits = self.model(view.apply(x))
+            if not isinstance(logits, torch.Tensor):
+                raise ConfigError(
+                    "TTAModel needs a model that returns a logits tensor; for a polyhead "
+                    "model use polyhead.inference.Predictor(model, head=..., tta=...)"
                 )
-            xs = (
-                x
-                if size == (h, w)
-                else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            )
-            for flip in self.flips:
-                dims = FLIPS[flip]
-                logits = self._logits(torch.flip(xs, dims) if dims else xs)
-                if dims:
-                    logits = torch.flip(logits, dims)
-                if logits.shape[-2:] != (h, w):
-                    logits = F.interpolate(
-                        logits.float(), size=(h, w), mode="bilinear", align_corners=False
-                    )
-                probs = torch.softmax(logits.float(), dim=1)
-                total = probs if total is None else total.add_(probs)
+            probs = torch.softmax(view.undo(logits, size).float(), dim=1)
+            total = probs if total is None else total.add_(probs)
         assert total is not None
         return torch.log(total.div_(self.n_passes).clamp_min_(_TINY))
 

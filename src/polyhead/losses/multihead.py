@@ -1,8 +1,9 @@
-"""Route each head's output to its target and loss; add the consistency term."""
+"""Sum each head's own loss on its own target; add the consistency term between heads."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,29 +11,54 @@ from torch import nn
 from polyhead.losses.consistency import HeadConsistencyLoss
 from polyhead.losses.hard_label import ensure_ignore_index
 from polyhead.losses.soft_label import SoftLabelLoss, valid_soft_pixels
+from polyhead.losses.uncertainty import UncertaintyRegressionLoss
 
-#: target key in the batch's ``targets`` dict that each head role learns from
-ROLE_TARGET = {"hard": "hard", "soft": "soft", "uncertainty": "uncertainty"}
+#: the loss a head gets, by the target key it learns from, when the task names none
+DEFAULT_LOSSES: dict[str, Callable[[], nn.Module]] = {
+    "hard": nn.CrossEntropyLoss,
+    "soft": SoftLabelLoss,
+    "uncertainty": UncertaintyRegressionLoss,
+}
+
+
+class _KeyTarget:
+    """A head given only by its target key (``{"A": "hard"}``): the key's default loss."""
+
+    def __init__(self, target_key: str) -> None:
+        if target_key not in DEFAULT_LOSSES:
+            raise KeyError(f"unknown target key {target_key!r}; valid: {sorted(DEFAULT_LOSSES)}")
+        self.target_key = target_key
+
+    def select_target(self, targets: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        return targets.get(self.target_key)
+
+    def default_loss(self) -> nn.Module:
+        return DEFAULT_LOSSES[self.target_key]()
 
 
 class MultiHeadLoss(nn.Module):
     """Total loss of a multi-head model plus its named parts.
 
     Args:
-        head_roles: ``{head name: role}`` (hard, soft) as reported by the model.
-        hard_loss: loss for hard-role heads, ``loss(logits, mask[B,H,W])``.
-        soft_loss: loss for soft-role heads, ``loss(logits, probs[B,K,H,W])``.
+        heads: ``{name: head}``: the model's heads (`polyhead.models.heads.Head`: each gives
+            its ``target_key``, ``select_target`` and ``default_loss``), or ``{name: target
+            key}`` (``hard``, ``soft``, ``uncertainty``).
+        losses: losses by head name or by target key; a head with neither gets its default.
+        hard_loss, soft_loss: shorthands for ``losses["hard"]`` and ``losses["soft"]``.
         weights: per-head weights (default 1).
-        consistency: divergence between the first hard and first soft head (None: off).
-        consistency_weight: its weight once warmed up (default 0.1).
+        consistency: divergence between the first hard and first soft head (default
+            Jensen-Shannon; it needs both).
+        consistency_weight: its weight once warmed up (0 switches it off).
         consistency_warmup_epochs: linear ramp of the weight from 0 over these epochs, so
             each head first learns its own target before they are pulled together.
-        ignore_index: hard-mask value that marks unlabelled pixels.
+        ignore_index: hard-mask value that marks unlabelled pixels; losses that take one and
+            were left at their library default get it.
     """
 
     def __init__(
         self,
-        head_roles: Mapping[str, str],
+        heads: Mapping[str, Any],
+        losses: Mapping[str, nn.Module] | None = None,
         hard_loss: nn.Module | None = None,
         soft_loss: nn.Module | None = None,
         weights: Mapping[str, float] | None = None,
@@ -42,18 +68,26 @@ class MultiHeadLoss(nn.Module):
         ignore_index: int = 255,
     ) -> None:
         super().__init__()
-        self.head_roles = dict(head_roles)
+        self.heads = {n: _KeyTarget(h) if isinstance(h, str) else h for n, h in heads.items()}
         self.ignore_index = ignore_index
-        hard_loss = hard_loss if hard_loss is not None else nn.CrossEntropyLoss()
-        self.hard_loss = ensure_ignore_index(hard_loss, ignore_index)
-        self.soft_loss = soft_loss if soft_loss is not None else SoftLabelLoss()
-        self.weights = {name: float((weights or {}).get(name, 1.0)) for name in self.head_roles}
+        named = dict(losses or {})
+        for key, loss in (("hard", hard_loss), ("soft", soft_loss)):
+            if loss is not None:
+                named.setdefault(key, loss)
+        self.losses = nn.ModuleDict()
+        for name, head in self.heads.items():
+            loss = named.get(name, named.get(head.target_key))
+            loss = head.default_loss() if loss is None else loss
+            self.losses[name] = ensure_ignore_index(loss, ignore_index)
+        self.weights = {name: float((weights or {}).get(name, 1.0)) for name in self.heads}
         self.consistency = consistency if consistency is not None else HeadConsistencyLoss()
         self.consistency_weight = float(consistency_weight)
         self.consistency_warmup_epochs = float(consistency_warmup_epochs)
-        hard = [n for n, r in self.head_roles.items() if r == "hard"]
-        soft = [n for n, r in self.head_roles.items() if r == "soft"]
-        self.consistency_pair = (hard[0], soft[0]) if hard and soft else None
+        first = {}
+        for name, head in self.heads.items():
+            first.setdefault(head.target_key, name)
+        pair = (first.get("hard"), first.get("soft"))
+        self.consistency_pair = pair if None not in pair else None
 
     def current_consistency_weight(self, epoch: float) -> float:
         if self.consistency_warmup_epochs <= 0:
@@ -74,22 +108,20 @@ class MultiHeadLoss(nn.Module):
         """
         parts: dict[str, torch.Tensor] = {}
         total = outputs[next(iter(outputs))].new_zeros(())
-        for name, role in self.head_roles.items():
-            key = ROLE_TARGET[role]
-            if key not in targets:
+        for name, head in self.heads.items():
+            target = head.select_target(targets)
+            if target is None:
                 if not strict:
                     continue
                 raise KeyError(
-                    f"head {name!r} ({role} role) needs targets[{key!r}] but the batch has "
+                    f"head {name!r} learns from targets[{head.target_key!r}] but the batch has "
                     f"{sorted(targets)}; for soft heads set soft_labels: true on the dataset"
                 )
-            loss_fn = self.hard_loss if role == "hard" else self.soft_loss
-            parts[name] = loss_fn(outputs[name], targets[key])
+            parts[name] = self.losses[name](outputs[name], target)
             total = total + self.weights[name] * parts[name]
         if self.consistency_pair is not None and self.consistency_weight > 0:
             a, b = self.consistency_pair
-            valid = self._labelled(targets)
-            parts["consistency"] = self.consistency(outputs[a], outputs[b], valid)
+            parts["consistency"] = self.consistency(outputs[a], outputs[b], self._labelled(targets))
             total = total + self.current_consistency_weight(epoch) * parts["consistency"]
         return total, parts
 

@@ -5,7 +5,14 @@ from polyhead.models.classifier import MultiHeadClassifier
 from polyhead.models.decoders import DECODERS, build_decoder
 from polyhead.models.dual_head import UPerNetDualHead
 from polyhead.models.encoder import build_encoder, load_encoder_weights
-from polyhead.models.heads import HeadSpec, SegmentationHeadBlock
+from polyhead.models.heads import (
+    HEAD_TYPES,
+    HardHead,
+    Head,
+    HeadSpec,
+    SoftHead,
+    UncertaintyHead,
+)
 from polyhead.models.multihead import MultiHeadSegmentationModel
 from polyhead.models.single import SegmentationModel
 
@@ -14,7 +21,11 @@ __all__ = [
     "HeadSpec",
     "MultiHeadClassifier",
     "MultiHeadSegmentationModel",
-    "SegmentationHeadBlock",
+    "HEAD_TYPES",
+    "HardHead",
+    "Head",
+    "SoftHead",
+    "UncertaintyHead",
     "SegmentationModel",
     "UPerNetDualHead",
     "ViTEncoder",

@@ -12,11 +12,12 @@ from polyhead.models.multihead import MultiHeadSegmentationModel
 class UPerNetDualHead(MultiHeadSegmentationModel):
     """Shared encoder with two UPerNet heads: ``A`` learns hard masks, ``B`` soft masks.
 
-    ``forward(x)`` returns the logits of ``inference_head`` ("A", "B" or "average", the mean
-    of both heads' logits) and keeps both heads' logits of that call in ``last_logits_A`` and
-    ``last_logits_B`` (a compatibility view for the seed's interface; polyhead's own training
-    uses :meth:`forward_heads`, which returns both). ``inference_head`` can be changed at any
-    time, e.g. when loading a checkpoint, without retraining.
+    The seed's interface, as an adapter at the edge: ``forward(x)`` returns the logits of
+    ``inference_head`` ("A", "B" or "average", the mean of both heads' logits) and keeps both
+    heads' logits of that call in ``last_logits_A`` and ``last_logits_B``. polyhead's own
+    tasks, predictor and export never call it: they use :meth:`forward_heads` (the
+    ``{head: logits}`` contract of every polyhead model). ``inference_head`` can be changed at
+    any time, e.g. when loading a checkpoint, without retraining.
     """
 
     def __init__(
@@ -45,4 +46,4 @@ class UPerNetDualHead(MultiHeadSegmentationModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         outputs = self.forward_heads(x)
         self.last_logits_A, self.last_logits_B = outputs["A"], outputs["B"]
-        return self.select(outputs)
+        return self.class_logits(outputs, self.inference_head)

@@ -1,26 +1,44 @@
-"""A segmentation head: one decoder plus its output layer, with a name and a role."""
+"""Heads: the named parts of a multi-head model and what each one predicts.
+
+A head owns its decoder and output layer, the batch target it learns from (``target_key``),
+its default loss, and the activation that turns its raw output into what a user gets:
+
+- ``hard``: a class map learnt from integer masks (``targets["hard"]``); softmax.
+- ``soft``: a class map learnt from per-class probability masks (``targets["soft"]``); softmax.
+- ``uncertainty``: a per-pixel uncertainty map learnt from ``targets["uncertainty"]`` (the
+  channels of its ``uncertainty_target``); its raw output lives in a transformed space
+  (``transform``, optional sigmoid ``activation``) and `activate` maps it back to uncertainty.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from segmentation_models_pytorch.base import initialization as smp_init
 from torch import nn
 
 from polyhead.errors import ConfigError
+from polyhead.losses.multihead import DEFAULT_LOSSES
+from polyhead.losses.uncertainty import (
+    ACTIVATIONS,
+    TRANSFORMS,
+    UncertaintyRegressionLoss,
+    check_target,
+    to_uncertainty,
+    uncertainty_channels,
+)
 from polyhead.models.decoders import build_decoder
 
-#: What each role learns from. ``hard``: integer class masks; ``soft``: per-class probability
-#: masks; ``uncertainty``: a per-pixel scalar map (e.g. an ensemble's spread).
-ROLES = ("hard", "soft", "uncertainty")
+#: options of an uncertainty head that are not decoder options
+UNCERTAINTY_OPTIONS = ("uncertainty_target", "transform", "activation", "log_eps")
 
 
 @dataclass
 class HeadSpec:
-    """How to build one head: decoder type, role, output channels and decoder options."""
+    """How to build one head: decoder type, role, output channels and options."""
 
     decoder: str = "upernet"
     role: str = "hard"
@@ -44,37 +62,146 @@ class HeadSpec:
             )
         else:
             raise ConfigError(f"heads.{name}: expected a mapping or a decoder name, got {cfg!r}")
-        if spec.role not in ROLES:
-            raise ConfigError(f"heads.{name}.role is {spec.role!r}; valid roles: {list(ROLES)}")
+        if spec.role not in HEAD_TYPES:
+            raise ConfigError(
+                f"heads.{name}.role is {spec.role!r}; valid roles: {list(HEAD_TYPES)}"
+            )
         return spec
 
+    def build(
+        self, name: str, encoder_channels: Sequence[int], depth: int, stride: int, classes: int
+    ) -> Head:
+        """The head module for this spec on an encoder's feature channels."""
+        return HEAD_TYPES[self.role](name, self, encoder_channels, depth, stride, classes)
 
-class SegmentationHeadBlock(nn.Module):
-    """Decoder + segmentation head reading the shared encoder's feature list."""
+
+class Head(nn.Module):
+    """Decoder + output layer reading the shared encoder's feature list."""
+
+    role: ClassVar[str]
+    target_key: ClassVar[str]
+    #: True for heads whose output is class logits (blended by ``"average"``)
+    class_map: ClassVar[bool] = True
 
     def __init__(
         self,
+        name: str,
         spec: HeadSpec,
         encoder_channels: Sequence[int],
         encoder_depth: int,
         output_stride: int,
         classes: int,
+        decoder_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.role = spec.role
+        self.name = name
         self.classes = spec.classes if spec.classes is not None else classes
-        if spec.role == "uncertainty" and spec.classes is None:
-            self.classes = 1
+        options = spec.options if decoder_options is None else decoder_options
         self.decoder, self.segmentation_head = build_decoder(
-            spec.decoder,
-            encoder_channels,
-            encoder_depth,
-            output_stride,
-            self.classes,
-            **spec.options,
+            spec.decoder, encoder_channels, encoder_depth, output_stride, self.classes, **options
         )
         smp_init.initialize_decoder(self.decoder)
         smp_init.initialize_head(self.segmentation_head)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.segmentation_head(self.decoder(features))
+
+    def select_target(self, targets: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """This head's target in a batch's ``targets`` (None when the batch has none)."""
+        return targets.get(self.target_key)
+
+    def default_loss(self) -> nn.Module:
+        """The loss this head gets when the task names none for its target."""
+        return DEFAULT_LOSSES[self.target_key]()
+
+    def activate(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw output -> what a user gets (class probabilities for a class-map head)."""
+        return torch.softmax(raw.float(), dim=1)
+
+
+class HardHead(Head):
+    """A class map learnt from integer class masks."""
+
+    role = target_key = "hard"
+
+
+class SoftHead(Head):
+    """A class map learnt from per-class probability masks."""
+
+    role = target_key = "soft"
+
+
+class UncertaintyHead(Head):
+    """A per-pixel uncertainty map; one channel unless ``classes`` says otherwise.
+
+    Options (besides the decoder's): ``uncertainty_target`` (the map learnt: ``entropy``,
+    ``std_winning``, ``mutual_information``, or ``std_per_class`` with ``classes: K``),
+    ``transform`` (``sqrt``, ``log``, ``identity``: the space the head regresses in),
+    ``activation`` (``none`` or ``sigmoid`` on the raw output) and ``log_eps``.
+    """
+
+    role = target_key = "uncertainty"
+    class_map = False
+
+    def __init__(
+        self,
+        name: str,
+        spec: HeadSpec,
+        encoder_channels: Sequence[int],
+        encoder_depth: int,
+        output_stride: int,
+        classes: int,
+    ) -> None:
+        options = dict(spec.options)
+        own = {k: options.pop(k) for k in UNCERTAINTY_OPTIONS if k in options}
+        channels = spec.classes if spec.classes is not None else 1
+        spec = HeadSpec(spec.decoder, spec.role, channels, options)
+        super().__init__(
+            name, spec, encoder_channels, encoder_depth, output_stride, classes, options
+        )
+        self.uncertainty_target = check_target(own.get("uncertainty_target", "entropy"))
+        self.transform = own.get("transform", "sqrt")
+        self.activation = own.get("activation", "none")
+        self.log_eps = float(own.get("log_eps", 1e-3))
+        if self.transform not in TRANSFORMS:
+            raise ConfigError(
+                f"heads.{name}.transform is {self.transform!r}; valid: {list(TRANSFORMS)}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"heads.{name}.activation is {self.activation!r}; valid: {list(ACTIVATIONS)}"
+            )
+
+    def select_target(self, targets: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        stack = targets.get(self.target_key)
+        if stack is None or stack.shape[1] == self.classes:
+            return stack
+        n_classes = stack.shape[1] - 3  # a [B, 3 + K, H, W] teacher stack
+        return stack[:, uncertainty_channels(self.uncertainty_target, n_classes)]
+
+    def default_loss(self) -> nn.Module:
+        if self.activation != "none":
+            raise ConfigError(
+                f"head {self.name!r} has activation {self.activation!r}: name its loss "
+                "(e.g. ThreadRecipeLoss(sigmoid=True)); the default regression loss has none"
+            )
+        return UncertaintyRegressionLoss(transform=self.transform, log_eps=self.log_eps)
+
+    def activate(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw output -> uncertainty (>= 0) in the units of ``uncertainty_target``."""
+        return to_uncertainty(raw, self.transform, self.activation, self.log_eps)
+
+
+HEAD_TYPES: dict[str, type[Head]] = {
+    "hard": HardHead,
+    "soft": SoftHead,
+    "uncertainty": UncertaintyHead,
+}
+
+
+def uncertainty_at_class(uncertainty: torch.Tensor, class_scores: torch.Tensor) -> torch.Tensor:
+    """One uncertainty map ``[B, 1, H, W]``: a per-class map ``[B, K, H, W]`` is read at the
+    arg-max class of ``class_scores`` (logits or probabilities); a one-channel map is kept."""
+    if uncertainty.shape[1] == 1:
+        return uncertainty
+    return uncertainty.gather(1, class_scores.argmax(dim=1, keepdim=True))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,7 +12,7 @@ from torch import nn
 
 from polyhead.errors import ConfigError
 from polyhead.models.encoder import build_encoder
-from polyhead.models.heads import HeadSpec, SegmentationHeadBlock
+from polyhead.models.heads import HeadSpec
 
 AVERAGE = "average"
 
@@ -28,12 +28,12 @@ def _pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:
 
 
 class MultiHeadSegmentationModel(nn.Module):
-    """One encoder, several heads; ``forward`` runs the encoder once and returns ``{head: logits}``.
+    """One encoder, several heads; ``forward`` returns ``{head name: raw output}``.
 
     Args:
         heads: ``{name: spec}``; a spec is a decoder name or a mapping with ``decoder``
-            (upernet, fpn, unet, deeplabv3plus, segformer, pspnet), ``role`` (hard, soft,
-            uncertainty), optional ``classes`` and decoder options.
+            (upernet, fpn, unet, deeplabv3plus, segformer, pspnet, ...), ``role`` (hard, soft,
+            uncertainty: see `polyhead.models.heads`), optional ``classes`` and options.
         encoder_name: any SMP encoder name, including timm universal ``tu-*`` names.
         encoder_depth: number of encoder stages (3-5).
         encoder_weights: None (random), a local weights file, or a named identifier
@@ -41,10 +41,10 @@ class MultiHeadSegmentationModel(nn.Module):
         in_channels: input bands.
         classes: output classes of heads that do not set their own.
         encoder_output_stride: 32, or 16/8 for dilated encoders (DeepLabV3+ heads).
-        inference_head: head used by :meth:`predict` when none is given: a head name or
-            ``"average"`` (mean logits of the hard and soft heads).
+        inference_head: the head (or ``"average"``, the mean logits of the class-map heads)
+            that answers when a predictor is given none; stored with the model's config.
         pad_to_stride: pad inputs whose height or width is not a multiple of the encoder's
-            output stride (reflect padding at the bottom/right) and crop the logits back,
+            output stride (reflect padding at the bottom/right) and crop the outputs back,
             instead of raising.
     """
 
@@ -69,8 +69,8 @@ class MultiHeadSegmentationModel(nn.Module):
         specs = {name: HeadSpec.from_config(name, cfg) for name, cfg in heads.items()}
         self.heads = nn.ModuleDict(
             {
-                name: SegmentationHeadBlock(
-                    spec,
+                name: spec.build(
+                    name,
                     self.encoder.out_channels,
                     encoder_depth,
                     self.encoder.output_stride,
@@ -80,9 +80,10 @@ class MultiHeadSegmentationModel(nn.Module):
             }
         )
         self.encoder_name = encoder_name
+        self.in_channels = in_channels
         self.classes = classes
         self.pad_to_stride = bool(pad_to_stride)
-        self.inference_head = inference_head or next(iter(self.heads))
+        self.inference_head = inference_head or self.class_map_heads()[0]
 
     @property
     def inference_head(self) -> str:
@@ -90,25 +91,39 @@ class MultiHeadSegmentationModel(nn.Module):
 
     @inference_head.setter
     def inference_head(self, value: str) -> None:
-        self._validate_head(value)
+        self.heads_for(value)  # validates
         self._inference_head = value
 
-    @property
-    def head_roles(self) -> dict[str, str]:
-        return {name: head.role for name, head in self.heads.items()}
-
-    def _validate_head(self, name: str) -> None:
-        if name != AVERAGE and name not in self.heads:
+    def class_map_heads(self) -> list[str]:
+        """Heads that predict class logits (hard and soft roles), in order."""
+        names = [n for n, h in self.heads.items() if h.class_map]
+        if not names:
             raise ConfigError(
-                f"inference_head {name!r} is not a head of this model; valid: "
-                f"{[*self.heads, AVERAGE]}"
+                f"the model needs a class-map head (role hard or soft); heads: "
+                f"{ {n: h.role for n, h in self.heads.items()} }"
             )
-        if name == AVERAGE and not self.averaged_heads():
-            raise ConfigError("inference_head 'average' needs at least one hard or soft head")
+        return names
 
-    def averaged_heads(self) -> list[str]:
-        """Heads whose logits ``"average"`` blends: the class-map heads (hard and soft roles)."""
-        return [n for n, h in self.heads.items() if h.role in ("hard", "soft")]
+    def heads_of_role(self, role: str) -> list[str]:
+        """Names of the heads with ``role`` (``hard``, ``soft``, ``uncertainty``), in order."""
+        return [n for n, h in self.heads.items() if h.role == role]
+
+    def heads_for(self, selection: str) -> list[str]:
+        """The heads a selection needs: ``[name]``, or the class-map heads for ``average``."""
+        if selection == AVERAGE:
+            return self.class_map_heads()
+        valid = [*self.class_map_heads(), AVERAGE]
+        if selection not in valid:
+            what = "not a class-map head" if selection in self.heads else "not a head"
+            raise ConfigError(f"head {selection!r} is {what} of this model; valid: {valid}")
+        return [selection]
+
+    def class_logits(self, outputs: Mapping[str, torch.Tensor], selection: str) -> torch.Tensor:
+        """Logits of a class-map selection: one head's, or the mean over ``average``'s heads."""
+        names = self.heads_for(selection)
+        if len(names) == 1:
+            return outputs[names[0]]
+        return torch.stack([outputs[n] for n in names]).mean(0)
 
     def check_input_shape(self, x: torch.Tensor) -> None:
         stride = self.encoder.output_stride
@@ -120,34 +135,28 @@ class MultiHeadSegmentationModel(nn.Module):
                 f"{stride}; pad it to ({ph}, {pw})"
             )
 
-    def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run the encoder once and every head on its features."""
+    def forward(
+        self, x: torch.Tensor, heads: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``{name: raw output}`` of ``heads`` (default: all); see `forward_heads`."""
+        return self.forward_heads(x, heads)
+
+    def forward_heads(
+        self, x: torch.Tensor, heads: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Run the encoder once and ``heads`` (default: all) on its features: ``{name: raw}``.
+
+        The contract polyhead's tasks, predictor and export rely on; only the heads asked
+        for are computed. (``forward`` is the same, except on the seed adapter.)
+        """
+        names = list(self.heads) if heads is None else list(heads)
         h, w = x.shape[-2:]
         if self.pad_to_stride:
             x = _pad_to_multiple(x, self.encoder.output_stride)
         elif not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self.check_input_shape(x)
         features = self.encoder(x)
-        outputs = {name: head(features) for name, head in self.heads.items()}
+        outputs = {name: self.heads[name](features) for name in names}
         if self.pad_to_stride:
             outputs = {name: out[..., :h, :w] for name, out in outputs.items()}
         return outputs
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.forward_heads(x)
-
-    def select(self, outputs: Mapping[str, torch.Tensor], head: str | None = None) -> torch.Tensor:
-        """Pick one head's logits from ``outputs`` (``"average"``: mean of the class-map heads)."""
-        head = head or self.inference_head
-        self._validate_head(head)
-        if head == AVERAGE:
-            names = self.averaged_heads()
-            return torch.stack([outputs[n] for n in names]).mean(0)
-        return outputs[head]
-
-    @torch.inference_mode()
-    def predict(self, x: torch.Tensor, head: str | None = None) -> torch.Tensor:
-        """Eval-mode logits of ``head`` (default: ``inference_head``)."""
-        if self.training:
-            self.eval()
-        return self.select(self.forward_heads(x), head)

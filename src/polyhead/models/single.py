@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-
 from polyhead.models.multihead import MultiHeadSegmentationModel
 
 HEAD = "main"
 
 
 class SegmentationModel(MultiHeadSegmentationModel):
-    """Encoder + one decoder head; ``forward`` returns the logits tensor ``[B, classes, H, W]``.
+    """Encoder + one decoder head named ``main``; ``forward`` returns ``{"main": logits}``.
 
     Args:
         decoder: any name of :data:`polyhead.models.DECODERS` (``unet``, ``fcn8s``,
@@ -48,6 +46,3 @@ class SegmentationModel(MultiHeadSegmentationModel):
             pad_to_stride=pad_to_stride,
         )
         self.decoder_name = decoder
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.forward_heads(x)[HEAD]

@@ -66,3 +66,44 @@ class BaseTask(pl.LightningModule):
         if not n or n == float("inf"):
             return float(self.current_epoch)
         return self.current_epoch + batch_idx / n
+
+
+def log_losses(
+    task: pl.LightningModule, stage: str, loss: torch.Tensor, parts: Mapping[str, Any], bs: int
+) -> None:
+    """Log ``loss/{stage}`` (per step when training) and each part as ``loss/{stage}/{part}``."""
+    sync = stage != "train"
+    task.log(
+        f"loss/{stage}",
+        loss,
+        prog_bar=True,
+        batch_size=bs,
+        on_step=not sync,
+        on_epoch=True,
+        sync_dist=sync,
+    )
+    for name, value in parts.items():
+        task.log(
+            f"loss/{stage}/{name}",
+            value,
+            batch_size=bs,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=sync,
+        )
+
+
+def log_segmentation_metrics(
+    task: pl.LightningModule, metric: Any, prefix: str, also_as: str | None = None
+) -> None:
+    """Compute, log as ``{prefix}/{name}`` (and ``{also_as}/{name}``) and reset a
+    `SegmentationMetrics`; per-class IoU as ``{prefix}/IoU_{k}`` (NaN logged as 0)."""
+    values = metric.compute()
+    metric.reset()
+    for key, value in values.items():
+        if value.ndim == 0:
+            task.log(f"{prefix}/{key}", value, prog_bar=also_as is None and key == "mIoU")
+            if also_as is not None:
+                task.log(f"{also_as}/{key}", value, prog_bar=key == "mIoU")
+    for k, iou in enumerate(values["IoU"]):
+        task.log(f"{prefix}/IoU_{k}", torch.nan_to_num(iou, nan=0.0))

@@ -3,58 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from polyhead.distill.losses import DistillationLoss, to_uncertainty
+from polyhead.distill.losses import DistillationLoss
 from polyhead.distill.metrics import UncertaintyAgreement
-from polyhead.distill.teacher import (
-    UNCERTAINTY_BANDS,
-    EnsembleTeacher,
-    stack_uncertainty,
-    uncertainty_channels,
-)
+from polyhead.distill.teacher import EnsembleTeacher, stack_uncertainty
 from polyhead.errors import ConfigError
 from polyhead.losses.soft_label import valid_soft_pixels
+from polyhead.losses.uncertainty import UNCERTAINTY_BANDS, uncertainty_channels
 from polyhead.metrics import SegmentationMetrics
+from polyhead.models.heads import UncertaintyHead, uncertainty_at_class
 from polyhead.models.multihead import MultiHeadSegmentationModel
-from polyhead.tasks.base import BaseTask
-
-#: key under which the run config records how to read the student's uncertainty head
-CONFIG_KEY = "distillation"
+from polyhead.tasks.base import BaseTask, log_losses, log_segmentation_metrics
 
 
 def _head_with_role(model: MultiHeadSegmentationModel, roles: Sequence[str], what: str) -> str:
     for role in roles:
-        names = [n for n, r in model.head_roles.items() if r == role]
+        names = model.heads_of_role(role)
         if names:
             return names[0]
     raise ConfigError(
         f"DistillationTask: the model needs a {what} head (role {' or '.join(roles)}); its heads "
-        f"are {model.head_roles}"
+        f"are { {n: h.role for n, h in model.heads.items()} }"
     )
 
 
-def student_uncertainty(
-    seg_logits: torch.Tensor, unc_out: torch.Tensor, spec: Mapping[str, Any]
-) -> torch.Tensor:
-    """The student's uncertainty map ``[B, 1, H, W]`` from its two heads' outputs.
+def check_loss_matches_head(loss: nn.Module, head: UncertaintyHead) -> None:
+    """Raise when the loss regresses the uncertainty in another space than the head maps back.
 
-    ``spec`` is the ``distillation`` entry of a student's run config (``transform``,
-    ``activation``); a per-class head is read at the student's own arg-max class.
+    A distillation loss names its ``transform``, ``activation`` and ``uncertainty_target``; the
+    head owns them (they travel with the model into its checkpoint and its predictions).
     """
-    u = to_uncertainty(
-        unc_out,
-        spec.get("transform", "sqrt"),
-        spec.get("activation", "none"),
-        spec.get("log_eps", 1e-3),
-    )
-    if u.shape[1] > 1:
-        u = u.gather(1, seg_logits.argmax(dim=1, keepdim=True))
-    return u
+    wanted = {k: getattr(loss, k) for k in ("transform", "activation", "uncertainty_target")}
+    have = {k: getattr(head, k) for k in wanted}
+    if wanted != have:
+        sets = ", ".join(f"{k}: {v}" for k, v in wanted.items() if have[k] != v)
+        raise ConfigError(
+            f"the uncertainty head {head.name!r} has {have} but {type(loss).__name__} regresses "
+            f"{wanted}; set heads.{head.name}: {{{sets}}} in the model config"
+        )
 
 
 class DistillationTask(BaseTask):
@@ -62,11 +52,13 @@ class DistillationTask(BaseTask):
 
     Args:
         model: a `MultiHeadSegmentationModel` with a class-map head (role ``soft``, else
-            ``hard``) and a head of role ``uncertainty``.
+            ``hard``) and a head of role ``uncertainty``; the uncertainty head's
+            ``transform``, ``activation`` and ``uncertainty_target`` must match the loss's.
         loss: `DistillationLoss` (default) or `ThreadRecipeLoss`; anything called as
-            ``loss(seg_logits, unc_out, targets) -> (total, parts)`` with ``to_uncertainty``.
-        teacher: None (cached targets in the batch: ``soft`` and ``uncertainty``), an
-            `EnsembleTeacher`, or checkpoint paths for `EnsembleTeacher.from_checkpoints`. A
+            ``loss(seg_logits, unc_out, targets) -> (total, parts)`` that names its
+            ``transform``, ``activation`` and ``uncertainty_target``.
+        teacher: None (cached targets in the batch: ``soft`` and ``uncertainty``) or an
+            `EnsembleTeacher` (from checkpoints: `polyhead.checkpoint.load_teacher`). A
             live teacher runs on every batch (``no_grad``) and its targets replace cached ones;
             it must expect the inputs as the student's data pipeline delivers them (same
             normalisation). It is not saved in the student's checkpoint.
@@ -76,57 +68,49 @@ class DistillationTask(BaseTask):
 
     Logs ``loss/{stage}``, ``loss/{stage}/{kl,ce,uncertainty}``, ``val/mIoU``,
     ``val/pixel_accuracy``, ``val/ECE`` (student class map vs hard mask) and
-    ``val/uncertainty/{pearson,spearman,mean_pred,mean_target,std_pred,std_target}``: the student's map (a
-    per-class head read at its arg-max class) against the teacher's ``uncertainty_target``
-    (``std_winning`` when the target is per class). The run config gets a ``distillation``
-    entry (heads, transform, activation) so predictions can be turned back into uncertainty.
+    ``val/uncertainty/{pearson,spearman,mean_pred,mean_target,std_pred,std_target}``: the
+    student's map (its uncertainty head's own map; a per-class head read at the student's
+    arg-max class) against the teacher's map of the same name (``std_winning`` when the head
+    learns ``std_per_class``).
     """
 
     def __init__(
         self,
         model: MultiHeadSegmentationModel,
         loss: nn.Module | None = None,
-        teacher: EnsembleTeacher | Sequence[str | Path] | None = None,
+        teacher: EnsembleTeacher | None = None,
         num_classes: int | None = None,
         ignore_index: int = 255,
         metric_samples: int = 200_000,
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        if not isinstance(model, MultiHeadSegmentationModel):
-            raise ConfigError("DistillationTask needs a MultiHeadSegmentationModel student")
         self.model = model
         self.seg_head = _head_with_role(model, ("soft", "hard"), "class-map")
         self.unc_head = _head_with_role(model, ("uncertainty",), "uncertainty")
         self.criterion = loss if loss is not None else DistillationLoss()
+        check_loss_matches_head(self.criterion, model.heads[self.unc_head])
         if getattr(self.criterion, "ignore_index", "absent") is None:
             self.criterion.ignore_index = ignore_index
         self.ignore_index = ignore_index
         if teacher is not None and not isinstance(teacher, EnsembleTeacher):
-            teacher = EnsembleTeacher.from_checkpoints([str(p) for p in teacher])
+            raise ConfigError(
+                "DistillationTask: teacher must be an EnsembleTeacher (a config's list of "
+                "checkpoint paths is loaded by polyhead.checkpoint.load_teacher in train)"
+            )
         self._teacher = [teacher] if teacher is not None else []  # not a submodule: not saved
         classes = num_classes or model.classes
         self.val_metrics = SegmentationMetrics(classes, ignore_index)
         self.val_uncertainty = UncertaintyAgreement(max_samples=metric_samples)
-        target = getattr(self.criterion, "uncertainty_target", "entropy")
+        target = model.heads[self.unc_head].uncertainty_target
         self.eval_target = target if target in UNCERTAINTY_BANDS else "std_winning"
-        self.spec = {
-            "seg_head": self.seg_head,
-            "uncertainty_head": self.unc_head,
-            "transform": getattr(self.criterion, "transform", "sqrt"),
-            "activation": getattr(self.criterion, "activation", "none"),
-            "log_eps": getattr(getattr(self.criterion, "uncertainty", None), "log_eps", 1e-3),
-            "uncertainty_target": target,
-        }
-        if self.run_config is not None:
-            self.run_config[CONFIG_KEY] = dict(self.spec)
 
     @property
     def teacher(self) -> EnsembleTeacher | None:
         return self._teacher[0] if self._teacher else None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model(x)
+        return self.model.forward_heads(x)
 
     def _targets(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         targets = dict(batch["targets"])
@@ -141,35 +125,15 @@ class DistillationTask(BaseTask):
     def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict, dict, dict]:
         """``(loss, parts, {seg, unc} outputs, targets)`` for a batch (teacher run if live)."""
         targets = self._targets(batch)
-        outputs = self.model.forward_heads(batch["image"])
+        outputs = self.model.forward_heads(batch["image"], [self.seg_head, self.unc_head])
         seg, unc = outputs[self.seg_head], outputs[self.unc_head]
         loss, parts = self.criterion(seg, unc, targets)
         return loss, parts, {"seg": seg, "unc": unc}, targets
 
     def _shared_step(self, batch: Mapping[str, Any], stage: str):
-        image = batch["image"]
         loss, parts, out, targets = self.compute_loss(batch)
-        seg, unc = out["seg"], out["unc"]
-        bs, on_step, sync = image.shape[0], stage == "train", stage != "train"
-        self.log(
-            f"loss/{stage}",
-            loss,
-            prog_bar=True,
-            batch_size=bs,
-            on_step=on_step,
-            on_epoch=True,
-            sync_dist=sync,
-        )
-        for name, value in parts.items():
-            self.log(
-                f"loss/{stage}/{name}",
-                value,
-                batch_size=bs,
-                on_step=False,
-                on_epoch=True,
-                sync_dist=sync,
-            )
-        return loss, seg, unc, targets
+        log_losses(self, stage, loss, parts, batch["image"].shape[0])
+        return loss, out["seg"], out["unc"], targets
 
     def training_step(self, batch, batch_idx):
         loss, *_ = self._shared_step(batch, "train")
@@ -181,16 +145,11 @@ class DistillationTask(BaseTask):
         k = targets["soft"].shape[1]
         target = targets["uncertainty"][:, uncertainty_channels(self.eval_target, k)]
         valid = valid_soft_pixels(targets["soft"].float()).unsqueeze(1)
-        self.val_uncertainty.update(student_uncertainty(seg, unc, self.spec), target, valid)
+        own = uncertainty_at_class(self.model.heads[self.unc_head].activate(unc), seg)
+        self.val_uncertainty.update(own, target, valid)
 
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
-        self.val_metrics.reset()
-        for key, value in values.items():
-            if value.ndim == 0:
-                self.log(f"val/{key}", value, prog_bar=key == "mIoU")
-        for k, iou in enumerate(values["IoU"]):
-            self.log(f"val/IoU_{k}", torch.nan_to_num(iou, nan=0.0))
+        log_segmentation_metrics(self, self.val_metrics, "val")
         agreement = self.val_uncertainty.compute()
         self.val_uncertainty.reset()
         for key, value in agreement.items():

@@ -31,6 +31,23 @@ RECIPES: dict[str, dict[str, Any]] = {
     "thread": {"_target_": "polyhead.distill.ThreadRecipeLoss"},
 }
 
+
+def uncertainty_head_options(loss_cfg: dict[str, Any]) -> dict[str, str]:
+    """The uncertainty head's ``transform``, ``activation`` and ``uncertainty_target`` that
+    match a `DistillationLoss` or `ThreadRecipeLoss` config (the losses' defaults included)."""
+    if loss_cfg["_target_"].endswith("ThreadRecipeLoss"):
+        return {
+            "transform": loss_cfg.get("transform", "identity"),
+            "activation": "sigmoid" if loss_cfg.get("sigmoid", True) else "none",
+            "uncertainty_target": loss_cfg.get("uncertainty_target", "std_per_class"),
+        }
+    return {
+        "transform": (loss_cfg.get("uncertainty") or {}).get("transform", "sqrt"),
+        "activation": "none",
+        "uncertainty_target": loss_cfg.get("uncertainty_target", "entropy"),
+    }
+
+
 _QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
 
 
@@ -95,13 +112,8 @@ def student_config(
     loss_cfg = dict(RECIPES[loss]) if isinstance(loss, str) else dict(loss)
     cfg = demo_config(data, out_dir, epochs, encoder_name, crop_size, samples_per_epoch)
     n_classes = len(data.class_names)
-    per_class = (
-        loss_cfg.get(
-            "uncertainty_target",
-            "std_per_class" if loss_cfg["_target_"].endswith("ThreadRecipeLoss") else "entropy",
-        )
-        == "std_per_class"
-    )
+    unc_options = uncertainty_head_options(loss_cfg)
+    per_class = unc_options["uncertainty_target"] == "std_per_class"
     options, stride = STUDENT_DECODERS.get(decoder, ({}, 32))
     head = {"decoder": decoder, **options, **(decoder_options or {})}
     cfg["seed"] = seed
@@ -115,7 +127,12 @@ def student_config(
         "inference_head": "seg",
         "heads": {
             "seg": {**head, "role": "soft"},
-            "unc": {**head, "role": "uncertainty", "classes": n_classes if per_class else 1},
+            "unc": {
+                **head,
+                **unc_options,
+                "role": "uncertainty",
+                "classes": n_classes if per_class else 1,
+            },
         },
     }
     cfg["loss"] = loss_cfg
