@@ -13,6 +13,7 @@ from polyhead.config import build
 from polyhead.data import RandomCropSegmentationDataset
 from polyhead.demo.run import demo_config
 from polyhead.inference.predict import predict_files
+from polyhead.inference.predictor import Predictor
 from polyhead.models import UPerNetDualHead
 from polyhead.train import train
 
@@ -192,3 +193,36 @@ def test_predict_cli_with_tta_and_uncertainty(trained, synthetic, tmp_path):
         values = unc.read(1)
     assert values.min() >= 0 and values.max() <= 1 and values.std() > 0
     assert (tmp_path / f"{scene.stem}_classes.tif").is_file()
+
+
+def test_export_a_dual_head_checkpoint_one_output_per_head(trained, tmp_path, capsys):
+    """`polyhead export` on a segmentation checkpoint: A, B and average, checked by onnxruntime."""
+    import onnx
+
+    _, result = trained
+    out = tmp_path / "dual.onnx"
+    argv = ["export", str(result.best_checkpoint), "-o", str(out), "--head", "A"]
+    assert main([*argv, "--head", "B", "--head", "average"]) == 0
+    assert "max abs difference" in capsys.readouterr().out
+    graph = onnx.load(str(out)).graph
+    assert [o.name for o in graph.output] == ["A", "B", "average"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dual.onnx"]  # no temp file left
+    assert main([*argv[:-2], "--head", "C"]) == 2
+    assert "no head ['C'] in this model; valid: ['A', 'B', 'average']" in capsys.readouterr().err
+
+
+def test_predict_head_a_runs_only_head_a(trained):
+    """The prediction path computes only the heads its answer needs."""
+    _, result = trained
+    model = load_checkpoint(result.best_checkpoint).model
+    called = []
+    for name, head in model.heads.items():
+        head.register_forward_hook(lambda m, i, o, name=name: called.append(name))
+    x = torch.randn(1, model.in_channels, 64, 64)
+    with torch.no_grad():
+        Predictor(model, head="A")(x)
+        assert called == ["A"]
+        called.clear()
+        Predictor(model, head="average")(x)
+    assert called == ["A", "B"]

@@ -101,13 +101,16 @@ def export_checkpoint(
     probabilities: bool = False,
     opset: int = 17,
     overrides: Sequence[str] = (),
+    loaded: Any = None,
 ) -> Path:
-    """Export a ``polyhead train`` checkpoint; the input size defaults to the training data's."""
-    from polyhead.checkpoint import load_model
+    """Export a ``polyhead train`` checkpoint; the input size defaults to the training data's.
+    ``loaded``: the checkpoint already read (`polyhead.checkpoint.load_checkpoint`)."""
+    from polyhead.checkpoint import load_checkpoint
     from polyhead.classification.export import export_model
     from polyhead.data.classification import IMAGENET_MEAN, IMAGENET_STD
 
-    model, cfg = load_model(checkpoint, overrides)
+    loaded = loaded or load_checkpoint(checkpoint, overrides)
+    model, cfg = loaded.model, loaded.config
     data = cfg.get("val_dataset") or cfg.get("train_dataset") or {}
     size = image_size or data.get("image_size") or 224
     meta = {
@@ -155,22 +158,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint to ONNX and check it against PyTorch with onnxruntime."""
-    from polyhead.checkpoint import load_model
-    from polyhead.classification.export import compare_onnx
+    from polyhead.checkpoint import load_checkpoint
 
+    loaded = load_checkpoint(args.checkpoint, args.set or [])  # read once
     heads = None if args.all_heads else args.head
-    path = export_checkpoint(
-        args.checkpoint,
-        args.output,
-        heads=heads,
-        image_size=args.image_size,
-        probabilities=args.probabilities,
-        opset=args.opset,
-        overrides=args.set or [],
-    )
+    if hasattr(loaded.model, "forward_heads"):  # a segmentation model: one output per head
+        from polyhead.inference.export import compare_segmentation_onnx, export_segmentation_onnx
+
+        output = args.output or Path(args.checkpoint).with_suffix(".onnx")
+        path = export_segmentation_onnx(
+            loaded.model, output, heads=heads, sample_size=args.image_size or 64, opset=args.opset
+        )
+        compare = compare_segmentation_onnx
+    else:
+        from polyhead.classification.export import compare_onnx
+
+        path = export_checkpoint(
+            args.checkpoint,
+            args.output,
+            heads=heads,
+            image_size=args.image_size,
+            probabilities=args.probabilities,
+            opset=args.opset,
+            loaded=loaded,
+        )
+        compare = compare_onnx
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
     if not args.no_check:
-        diff = compare_onnx(load_model(args.checkpoint, args.set or [])[0], path)
+        diff = compare(loaded.model, path)
         print(f"onnxruntime vs PyTorch: max abs difference {diff:.2e}")
         if diff > 1e-4:
             raise PolyheadError(f"ONNX outputs differ from PyTorch by {diff:.2e} (> 1e-4)")
@@ -196,7 +211,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="--demo: use only this many digits")
     p.set_defaults(func=cmd_compare)
 
-    p = subparsers.add_parser("export", help="export a classifier checkpoint (ONNX)")
+    p = subparsers.add_parser(
+        "export", help="export a checkpoint to ONNX (one named output per head)"
+    )
     p.add_argument("checkpoint", help="a checkpoint written by polyhead train / compare")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     which = p.add_mutually_exclusive_group()
