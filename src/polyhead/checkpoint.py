@@ -18,6 +18,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from polyhead.errors import ConfigError
+from polyhead.models.single import as_polyhead_model
+
+#: state-dict prefix of a network that SegmentationTask wrapped as a one-head model
+WRAPPED_PREFIX = "heads.main.network."
 
 
 @dataclass
@@ -89,6 +93,8 @@ def load_checkpoint(path: str | Path, overrides: Sequence[str] = ()) -> LoadedCh
     model = instantiate(model_cfg, _convert_="all")
     state = ckpt["state_dict"]
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    if any(k.startswith(WRAPPED_PREFIX) for k in weights):  # trained as a NetworkModel
+        model = as_polyhead_model(model)
     model.load_state_dict(weights)
     return LoadedCheckpoint(Path(path), model.eval(), cfg, inference_normalization(cfg))
 

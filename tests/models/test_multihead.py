@@ -120,3 +120,26 @@ def test_local_weights_files(tmp_path):
 
     with pytest.raises(WeightsError, match="not found"):
         _dual(encoder_weights=str(tmp_path / "missing.pt"))
+
+
+def test_any_logits_network_trains_as_a_one_head_model(tmp_path):
+    """A network of another library keeps working: wrapped as head ``main``, saved, reloaded."""
+    from polyhead.checkpoint import load_checkpoint
+    from polyhead.tasks import SegmentationTask
+
+    cfg = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18"}
+    cfg.update(encoder_weights=None, classes=3, encoder_depth=3, decoder_channels=[16, 8, 8])
+    net = smp.Unet(
+        "resnet18", encoder_weights=None, classes=3, encoder_depth=3, decoder_channels=(16, 8, 8)
+    )
+    task = SegmentationTask(net, num_classes=3, config={"model": cfg})
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    loss, parts = task.criterion(task.model.forward_heads(x), {"hard": y})
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(net(x), y))
+    assert list(parts) == ["main"] and task.metric_heads == ["main"]
+    path = tmp_path / "m.ckpt"
+    torch.save({"polyhead_config": task.run_config, "state_dict": task.state_dict()}, path)
+    loaded = load_checkpoint(path).model
+    task.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["main"], task.model(x)["main"])

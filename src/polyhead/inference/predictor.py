@@ -18,45 +18,16 @@ from polyhead.errors import ConfigError
 from polyhead.inference.tta import augmentations, tta_from_config
 from polyhead.models.heads import uncertainty_at_class
 from polyhead.models.multihead import AVERAGE
+from polyhead.models.single import as_polyhead_model
 
 #: names of the maps a `Predictor` returns
 PROBABILITIES, UNCERTAINTY = "probabilities", "uncertainty"
-
-
-class LogitsModel(nn.Module):
-    """Any network that returns class logits ``[B, K, h, w]``, as a one-head model (``main``)."""
-
-    inference_head = "main"
-
-    def __init__(self, network: Any) -> None:
-        super().__init__()
-        self.network = network
-        self.heads: dict[str, Any] = {}
-
-    def heads_for(self, selection: str) -> list[str]:
-        return ["main"]
-
-    def forward_heads(self, x: torch.Tensor, heads: Sequence[str] | None = None) -> dict:
-        out = self.network(x)
-        if not isinstance(out, torch.Tensor):
-            raise ConfigError(
-                f"{type(self.network).__name__} returns {type(out).__name__}, not a logits "
-                "tensor; a polyhead model (forward_heads) picks its head with Predictor(head=)"
-            )
-        return {"main": out}
-
-    def class_logits(self, outputs: Mapping[str, torch.Tensor], selection: str) -> torch.Tensor:
-        return outputs["main"]
 
 
 def has_uncertainty_head(model: Any) -> bool:
     """Whether ``model`` has a head of role ``uncertainty`` (a distilled student does)."""
     heads = getattr(model, "heads", None) or {}
     return any(getattr(h, "role", None) == "uncertainty" for h in heads.values())
-
-
-def _polyhead_model(model: Any) -> Any:
-    return model if hasattr(model, "forward_heads") else LogitsModel(model)
 
 
 class Predictor(nn.Module):
@@ -82,7 +53,7 @@ class Predictor(nn.Module):
         uncertainty: bool | str = False,
     ) -> None:
         super().__init__()
-        self.model = _polyhead_model(model)
+        self.model = as_polyhead_model(model)
         self.head = head or self.model.inference_head
         needed = list(self.model.heads_for(self.head))
         self.uncertainty_head = self._uncertainty_head(uncertainty)

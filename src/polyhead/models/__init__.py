@@ -14,13 +14,14 @@ from polyhead.models.heads import (
     UncertaintyHead,
 )
 from polyhead.models.multihead import MultiHeadSegmentationModel
-from polyhead.models.single import SegmentationModel
+from polyhead.models.single import NetworkModel, SegmentationModel, as_polyhead_model
 
 __all__ = [
     "DECODERS",
     "HeadSpec",
     "MultiHeadClassifier",
     "MultiHeadSegmentationModel",
+    "NetworkModel",
     "HEAD_TYPES",
     "HardHead",
     "Head",
@@ -29,6 +30,7 @@ __all__ = [
     "SegmentationModel",
     "UPerNetDualHead",
     "ViTEncoder",
+    "as_polyhead_model",
     "build_decoder",
     "build_encoder",
     "load_encoder_weights",

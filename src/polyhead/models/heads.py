@@ -125,6 +125,23 @@ class HardHead(Head):
     role = target_key = "hard"
 
 
+class NetworkHead(HardHead):
+    """A whole network from image to class logits, as a head that learns hard masks."""
+
+    def __init__(self, network: nn.Module, classes: int | None = None) -> None:
+        nn.Module.__init__(self)
+        self.name, self.classes, self.network = "main", classes, network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.network(x)
+        if not isinstance(out, torch.Tensor):
+            raise ConfigError(
+                f"{type(self.network).__name__} returns {type(out).__name__}, not a logits "
+                "tensor; give a network with one output (or a polyhead model)"
+            )
+        return out
+
+
 class SoftHead(Head):
     """A class map learnt from per-class probability masks."""
 

@@ -27,7 +27,57 @@ def _pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-class MultiHeadSegmentationModel(nn.Module):
+class HeadSelection:
+    """Which heads answer: the ``{name: head}`` bookkeeping every polyhead model shares.
+
+    Needs ``self.heads`` (name -> `Head`); provides the ``inference_head`` default, the
+    class-map heads, and the logits of a selection (one head, or ``"average"``).
+    """
+
+    heads: Mapping[str, Any]
+
+    @property
+    def inference_head(self) -> str:
+        return self._inference_head
+
+    @inference_head.setter
+    def inference_head(self, value: str) -> None:
+        self.heads_for(value)  # validates
+        self._inference_head = value
+
+    def class_map_heads(self) -> list[str]:
+        """Heads that predict class logits (hard and soft roles), in order."""
+        names = [n for n, h in self.heads.items() if h.class_map]
+        if not names:
+            raise ConfigError(
+                f"the model needs a class-map head (role hard or soft); heads: "
+                f"{ {n: h.role for n, h in self.heads.items()} }"
+            )
+        return names
+
+    def heads_of_role(self, role: str) -> list[str]:
+        """Names of the heads with ``role`` (``hard``, ``soft``, ``uncertainty``), in order."""
+        return [n for n, h in self.heads.items() if h.role == role]
+
+    def heads_for(self, selection: str) -> list[str]:
+        """The heads a selection needs: ``[name]``, or the class-map heads for ``average``."""
+        if selection == AVERAGE:
+            return self.class_map_heads()
+        valid = [*self.class_map_heads(), AVERAGE]
+        if selection not in valid:
+            what = "not a class-map head" if selection in self.heads else "not a head"
+            raise ConfigError(f"head {selection!r} is {what} of this model; valid: {valid}")
+        return [selection]
+
+    def class_logits(self, outputs: Mapping[str, torch.Tensor], selection: str) -> torch.Tensor:
+        """Logits of a class-map selection: one head's, or the mean over ``average``'s heads."""
+        names = self.heads_for(selection)
+        if len(names) == 1:
+            return outputs[names[0]]
+        return torch.stack([outputs[n] for n in names]).mean(0)
+
+
+class MultiHeadSegmentationModel(HeadSelection, nn.Module):
     """One encoder, several heads; ``forward`` returns ``{head name: raw output}``.
 
     Args:
@@ -84,46 +134,6 @@ class MultiHeadSegmentationModel(nn.Module):
         self.classes = classes
         self.pad_to_stride = bool(pad_to_stride)
         self.inference_head = inference_head or self.class_map_heads()[0]
-
-    @property
-    def inference_head(self) -> str:
-        return self._inference_head
-
-    @inference_head.setter
-    def inference_head(self, value: str) -> None:
-        self.heads_for(value)  # validates
-        self._inference_head = value
-
-    def class_map_heads(self) -> list[str]:
-        """Heads that predict class logits (hard and soft roles), in order."""
-        names = [n for n, h in self.heads.items() if h.class_map]
-        if not names:
-            raise ConfigError(
-                f"the model needs a class-map head (role hard or soft); heads: "
-                f"{ {n: h.role for n, h in self.heads.items()} }"
-            )
-        return names
-
-    def heads_of_role(self, role: str) -> list[str]:
-        """Names of the heads with ``role`` (``hard``, ``soft``, ``uncertainty``), in order."""
-        return [n for n, h in self.heads.items() if h.role == role]
-
-    def heads_for(self, selection: str) -> list[str]:
-        """The heads a selection needs: ``[name]``, or the class-map heads for ``average``."""
-        if selection == AVERAGE:
-            return self.class_map_heads()
-        valid = [*self.class_map_heads(), AVERAGE]
-        if selection not in valid:
-            what = "not a class-map head" if selection in self.heads else "not a head"
-            raise ConfigError(f"head {selection!r} is {what} of this model; valid: {valid}")
-        return [selection]
-
-    def class_logits(self, outputs: Mapping[str, torch.Tensor], selection: str) -> torch.Tensor:
-        """Logits of a class-map selection: one head's, or the mean over ``average``'s heads."""
-        names = self.heads_for(selection)
-        if len(names) == 1:
-            return outputs[names[0]]
-        return torch.stack([outputs[n] for n in names]).mean(0)
 
     def check_input_shape(self, x: torch.Tensor) -> None:
         stride = self.encoder.output_stride

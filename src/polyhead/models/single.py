@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
-from polyhead.models.multihead import MultiHeadSegmentationModel
+import torch
+from torch import nn
+
+from polyhead.models.heads import NetworkHead
+from polyhead.models.multihead import HeadSelection, MultiHeadSegmentationModel
 
 HEAD = "main"
 
@@ -46,3 +51,33 @@ class SegmentationModel(MultiHeadSegmentationModel):
             pad_to_stride=pad_to_stride,
         )
         self.decoder_name = decoder
+
+
+class NetworkModel(HeadSelection, nn.Module):
+    """Any network returning class logits ``[B, K, H, W]`` as a one-head polyhead model.
+
+    Its head ``main`` learns hard masks; ``forward`` and ``forward_heads`` return
+    ``{"main": logits}``. polyhead wraps a config's model in one when it is not a polyhead
+    model (e.g. ``segmentation_models_pytorch.Unet``), in training and when loading.
+    """
+
+    def __init__(self, network: nn.Module, classes: int | None = None, in_channels: int = 3):
+        super().__init__()
+        self.heads = nn.ModuleDict({HEAD: NetworkHead(network, classes)})
+        self.classes, self.in_channels = classes, in_channels
+        self.inference_head = HEAD
+
+    def forward_heads(self, x: torch.Tensor, heads: Sequence[str] | None = None) -> dict:
+        return {HEAD: self.heads[HEAD](x)}
+
+    def forward(self, x: torch.Tensor, heads: Sequence[str] | None = None) -> dict:
+        return self.forward_heads(x, heads)
+
+
+def as_polyhead_model(model: nn.Module) -> nn.Module:
+    """``model`` if it keeps the polyhead contract (``forward_heads``), else a `NetworkModel`
+    of it (classes and bands read from the network when it says them)."""
+    if hasattr(model, "forward_heads"):
+        return model
+    classes = getattr(model, "classes", None) or getattr(model, "num_classes", None)
+    return NetworkModel(model, classes, getattr(model, "in_channels", 3))

@@ -8,9 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from polyhead.errors import ConfigError
 from polyhead.losses import MultiHeadLoss
 from polyhead.metrics import SegmentationMetrics
 from polyhead.models.multihead import AVERAGE, MultiHeadSegmentationModel
+from polyhead.models.single import as_polyhead_model
 from polyhead.tasks.base import BaseTask, log_losses, log_segmentation_metrics
 
 
@@ -25,7 +27,8 @@ class SegmentationTask(BaseTask):
 
     Args:
         model: a polyhead segmentation model (`MultiHeadSegmentationModel`,
-            `SegmentationModel`, `UPerNetDualHead`).
+            `SegmentationModel`, `UPerNetDualHead`); any other network returning class
+            logits is trained as a one-head model (`polyhead.models.NetworkModel`).
         loss: loss of the heads that learn hard masks (default: the head's, cross-entropy);
             its ``ignore_index`` is set to the data's when left at its default.
         soft_loss: loss of the heads that learn soft masks (default `SoftLabelLoss`).
@@ -51,7 +54,7 @@ class SegmentationTask(BaseTask):
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        self.model = model
+        self.model = model = as_polyhead_model(model)
         self.ignore_index = ignore_index
         self.criterion = MultiHeadLoss(
             dict(model.heads.items()),
@@ -68,6 +71,8 @@ class SegmentationTask(BaseTask):
         if len(self.metric_heads) > 1:
             self.metric_heads.append(AVERAGE)
         classes = num_classes or model.classes
+        if classes is None:
+            raise ConfigError("SegmentationTask: pass num_classes for a model without .classes")
         self.val_metrics = nn.ModuleDict(
             {h: SegmentationMetrics(classes, ignore_index) for h in self.metric_heads}
         )
