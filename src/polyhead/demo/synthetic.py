@@ -16,6 +16,7 @@ import numpy as np
 from rasterio.transform import Affine
 from scipy import ndimage
 
+from polyhead.aggregation import majority_vote_labels, vote_fractions_labels
 from polyhead.demo.scenes import CLASS_NAMES, land_cover_map, render_scene, smooth_field
 from polyhead.errors import ConfigError, DataError
 from polyhead.io import AtomicGeoTiff, write_csv
@@ -65,23 +66,10 @@ def majority_vote(
     the first annotator in ``tie_order`` (annotator indices, most reliable first;
     default ``0..A-1``) whose label is among the tied classes.
     """
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise DataError(f"masks must be [A, H, W], got shape {masks.shape}")
-    order = list(range(masks.shape[0])) if tie_order is None else list(tie_order)
-    if sorted(order) != list(range(masks.shape[0])):
-        raise ConfigError(f"tie_order must be a permutation of 0..{masks.shape[0] - 1}")
-    counts = _vote_counts(masks, n_classes)
-    best = counts.max(axis=0)
-    is_max = counts == best[None]
-    out = counts.argmax(axis=0).astype(np.uint8)
-    tied = is_max.sum(axis=0) > 1
-    if tied.any():
-        for a in reversed(order):  # the highest-priority annotator writes last
-            lab = masks[a].astype(np.intp)
-            ok = tied & np.take_along_axis(is_max, lab[None], axis=0)[0]
-            out[ok] = lab[ok]
-    return out
+    labels = _pixel_labels(masks, n_classes)
+    order = range(labels.shape[1]) if tie_order is None else tie_order
+    hard = majority_vote_labels(labels, n_classes, tie_order=order)
+    return hard.astype(np.uint8).reshape(np.shape(masks)[1:])
 
 
 def vote_fractions(masks: np.ndarray, n_classes: int) -> np.ndarray:
@@ -91,10 +79,9 @@ def vote_fractions(masks: np.ndarray, n_classes: int) -> np.ndarray:
     that the sequential float32 sum over the class axis (``frac.sum(axis=0)``) is
     exactly 1.
     """
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise DataError(f"masks must be [A, H, W], got shape {masks.shape}")
-    frac = (_vote_counts(masks, n_classes) / masks.shape[0]).astype(np.float32)
+    labels = _pixel_labels(masks, n_classes)
+    frac = vote_fractions_labels(labels, n_classes).astype(np.float32)
+    frac = np.ascontiguousarray(frac.T).reshape((n_classes, *np.shape(masks)[1:]))
     last = (n_classes - 1 - np.argmax(frac[::-1] > 0, axis=0))[None]
     cum = np.concatenate([np.zeros_like(frac[:1]), np.cumsum(frac, axis=0, dtype=np.float32)])
     before = np.take_along_axis(cum, last, 0)
@@ -109,12 +96,16 @@ def vote_fractions(masks: np.ndarray, n_classes: int) -> np.ndarray:
     return frac
 
 
-def _vote_counts(masks: np.ndarray, n_classes: int) -> np.ndarray:
+def _pixel_labels(masks: np.ndarray, n_classes: int) -> np.ndarray:
+    """Masks ``[A, H, W]`` -> per-pixel label matrix ``[H*W, A]`` (no missing labels)."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise DataError(f"masks must be [A, H, W], got shape {masks.shape}")
     if masks.size and (masks.min() < 0 or masks.max() >= n_classes):
         raise DataError(
             f"mask values must lie in [0, {n_classes}), got {masks.min()}..{masks.max()}"
         )
-    return np.stack([(masks == k).sum(axis=0) for k in range(n_classes)]).astype(np.int32)
+    return masks.reshape(masks.shape[0], -1).T
 
 
 def _lowest(score: np.ndarray, k: int) -> np.ndarray:
