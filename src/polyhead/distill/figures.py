@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
-from polyhead.demo.figures import class_colors, stretch_rgb
+from polyhead.display import class_colors, stretch_rgb
 from polyhead.errors import DataError
 from polyhead.io import save_figure
 
