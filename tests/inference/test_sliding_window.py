@@ -22,7 +22,7 @@ from polyhead.inference import (
     predict_raster,
     tile_starts,
 )
-from polyhead.inference.sliding_window import GDAL_CACHE_BYTES
+from polyhead.inference.rasters import GDAL_CACHE_BYTES
 from polyhead.inference.tiling import band_cores, n_tiles_run, tiles_touching
 
 C, K, T, OV = 3, 4, 32, 8

@@ -9,12 +9,8 @@ from polyhead.inference.crf import (
     predict_raster_crf,
 )
 from polyhead.inference.predictor import Predictor, head_outputs
-from polyhead.inference.sliding_window import (
-    PredictionResult,
-    predict_array,
-    predict_maps,
-    predict_raster,
-)
+from polyhead.inference.rasters import PredictionResult, predict_raster
+from polyhead.inference.sliding_window import predict_array, predict_maps
 from polyhead.inference.tiling import blend_window, n_tiles, tile_starts
 from polyhead.inference.tta import Augmentation, TTAModel, augmentations, build_tta, tta_from_config
 from polyhead.inference.uncertainty import (
@@ -22,7 +18,7 @@ from polyhead.inference.uncertainty import (
     predictive_entropy,
     uncertainty_map,
 )
-from polyhead.inference.writers import AtomicGeoTiff, geotiff_profile
+from polyhead.io import AtomicGeoTiff, geotiff_profile
 
 __all__ = [
     "CRF_MAX_PIXELS",

@@ -53,17 +53,17 @@ from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 
 from polyhead.errors import ConfigError, DataError
-from polyhead.inference.predictor import PROBABILITIES, UNCERTAINTY
-from polyhead.inference.sliding_window import (
+from polyhead.inference.predictor import PROBABILITIES
+from polyhead.inference.rasters import (
+    MapWriters,
     PredictionResult,
-    as_predictor,
     band_indexes,
+    georeference,
+    open_raster,
     output_paths,
-    predict_maps,
 )
+from polyhead.inference.sliding_window import as_predictor, predict_maps
 from polyhead.inference.tiling import n_tiles
-from polyhead.inference.uncertainty import predictive_entropy
-from polyhead.inference.writers import AtomicGeoTiff, geotiff_profile
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 CRF_MAX_PIXELS = 4096 * 4096
@@ -359,37 +359,19 @@ def predict_raster_crf(
         uncertainty_path,
     )
     height, width = check_crf_size(image_path, max_pixels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(image_path) as src:
-            image = src.read(band_indexes(bands, src.count))
-            crs = src.crs
-            transform = None if src.transform.is_identity and crs is None else src.transform
-    maps = predict_maps(as_predictor(model), image.astype(np.float32), **predict_kwargs)
-    probs = dense_crf(maps[PROBABILITIES], image, **dict(crf_kwargs or {}))
-    k = probs.shape[0]
-    if k > 256:
-        raise ConfigError(f"a uint8 class map holds at most 256 classes, got {k}")
-    layers = {
-        "classes": probs.argmax(0)[None].astype(np.uint8),
-        "proba": probs,
-        "uncertainty": maps.get(UNCERTAINTY, predictive_entropy(probs)[None]),
-    }
     with ExitStack() as stack:
-        writers = []
-        for name, path in outputs.items():
-            data = layers[name]
-            profile = geotiff_profile(height, width, data.shape[0], data.dtype.name, crs, transform)
-            writer = stack.enter_context(AtomicGeoTiff(path, profile))
-            writer.write(data, 0)
-            writers.append(writer)
-        for writer in reversed(writers):
-            writer.commit()
+        src = open_raster(stack, image_path)
+        image = src.read(band_indexes(bands, src.count))
+        writers = MapWriters(stack, outputs, (height, width), *georeference(src))
+        maps = predict_maps(as_predictor(model), image.astype(np.float32), **predict_kwargs)
+        maps[PROBABILITIES] = dense_crf(maps[PROBABILITIES], image, **dict(crf_kwargs or {}))
+        writers.write(maps, 0, 0)
+        writers.commit()
     return PredictionResult(
         class_map_path=out_path,
         probabilities_path=outputs.get("proba"),
         shape=(height, width),
-        n_classes=k,
+        n_classes=writers.n_classes,
         n_tiles=n_tiles(
             height, width, predict_kwargs.get("tile_size", 512), predict_kwargs.get("overlap", 64)
         ),

@@ -10,7 +10,7 @@ from typing import Any
 from polyhead.errors import DataError
 from polyhead.inference.crf import check_crf_size, predict_raster_crf
 from polyhead.inference.predictor import Predictor, has_uncertainty_head
-from polyhead.inference.sliding_window import predict_raster
+from polyhead.inference.rasters import predict_raster
 from polyhead.inference.tiling import Normalize
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
