@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from polyhead.cli import main
 from polyhead.config import TRAINER, compose, flatten_layout, load_config, target_class
-from polyhead.train import to_plain_config
+from polyhead.errors import ConfigError
+from polyhead.train import build_task, to_plain_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -259,3 +260,22 @@ def test_experiment_trains_through_the_cli(experiment, request, tmp_path, capsys
     assert main([*argv, f"experiment={experiment}", *overrides]) == 0, capsys.readouterr().err
     assert "best checkpoint:" in capsys.readouterr().out
     assert list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+def test_layouts_do_not_mix_silently():
+    data = {"_target_": "polyhead.data.DataModule", "train_dataset": {"a": 1}, "batch_size": 2}
+    flat = flatten_layout({"data": data, "trainer": {"_target_": TRAINER, "max_epochs": 1}})
+    assert flat["train_dataset"] == {"a": 1} and flat["pl_trainer"] == {"max_epochs": 1}
+    assert flat["data"] == {"_target_": "polyhead.data.DataModule", "batch_size": 2}
+    assert flatten_layout(flat) == flat
+    with pytest.raises(ConfigError, match="train_dataset is set both"):
+        flatten_layout({"data": data, "train_dataset": {"b": 2}})
+    with pytest.raises(ConfigError, match="not both"):
+        flatten_layout({"trainer": {}, "pl_trainer": {"max_epochs": 1}})
+    model = {"_target_": "torch.nn.Identity"}
+    loss = {"_target_": "torch.nn.CrossEntropyLoss"}
+    cfg = to_plain_config(
+        {"model": model, "train_dataset": {"a": 1}, "loss": loss, "task": {"loss": loss}}
+    )
+    with pytest.raises(ConfigError, match="loss is set both"):
+        build_task(cfg)

@@ -40,18 +40,18 @@ class DataModule(pl.LightningDataModule):
         super().__init__()
         if train_dataset is None:
             raise ConfigError("DataModule: train_dataset is required")
-        for name, value in (("batch_size", batch_size), ("num_workers", num_workers)):
-            if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
+        for name, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < least
+            ):
                 raise ConfigError(
-                    f"DataModule: {name} must be a non-negative integer, got {value!r}"
+                    f"DataModule: {name} must be an integer >= {least}, got {value!r}"
                 )
-        if batch_size == 0:
-            raise ConfigError("DataModule: batch_size must be at least 1")
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
         self.test_dataset = test_dataset
         self.defaults: dict[str, Any] = {
-            k: int(v)
+            k: v
             for k, v in (("batch_size", batch_size), ("num_workers", num_workers))
             if v is not None
         }
