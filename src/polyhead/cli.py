@@ -115,7 +115,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_check_data(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from polyhead.data import check_data, check_data_from_config
+    from polyhead.config import check_data_from_config
+    from polyhead.data import check_data
 
     target = Path(args.target)
     if target.suffix.lower() in (".yaml", ".yml"):

@@ -265,9 +265,10 @@ def test_build_augmentations_variants():
 def test_augmentation_configs_are_built_by_the_app_layer():
     with pytest.raises(ConfigError, match=r"augmentation_list\[0\].*polyhead.config.build"):
         build_augmentations([{"_target_": "torchvision.transforms.RandomRotation", "degrees": 5}])
-    with pytest.warns(DeprecationWarning, match="built albumentations transforms"):
-        legacy = build_augmentations([{"_target_": "albumentations.HorizontalFlip", "p": 1.0}])
-    assert isinstance(legacy.transforms[0], A.HorizontalFlip)
+    with pytest.raises(ConfigError, match=r"augmentation_list\[0\].*polyhead.config.build"):
+        build_augmentations([{"_target_": "albumentations.HorizontalFlip", "p": 1.0}])
+    built = build_augmentations([A.HorizontalFlip(p=1.0)])
+    assert isinstance(built.transforms[0], A.HorizontalFlip)
 
 
 def test_make_loader_batches(seg_set):

@@ -30,11 +30,4 @@ def __getattr__(name: str) -> Any:
         from polyhead.data.datamodule import DataModule
 
         return DataModule
-    # Transitional: `polyhead check-data` (polyhead/cli.py) still imports this name from here.
-    # It reads a YAML file, so it lives in the application layer; import it from
-    # polyhead.config. Remove this hook once cli.py does.
-    if name == "check_data_from_config":
-        from polyhead.config import check_data_from_config
-
-        return check_data_from_config
     raise AttributeError(f"module 'polyhead.data' has no attribute {name!r}")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -19,40 +17,12 @@ SOFT_TARGET = "soft_mask"
 ADDITIONAL_TARGETS = {SOFT_TARGET: "mask"}
 
 
-def _legacy_spec(item: Mapping[str, Any], where: str) -> Any:
-    """Build a flat albumentations ``_target_`` mapping (deprecated Python-API input).
-
-    Configs are instantiated by the application layer (`polyhead.config`) before they reach a
-    dataset; this shim only keeps old Python callers working and goes away with them.
-    """
-    target = str(item["_target_"])
-    kwargs = {k: v for k, v in item.items() if not str(k).startswith("_")}
-    nested = any(isinstance(v, Mapping) and "_target_" in v for v in kwargs.values())
-    if not target.startswith("albumentations.") or nested:
-        raise ConfigError(
-            f"{where}: got the config {target!r}; pass a built transform (instantiate configs "
-            "with polyhead.config.build before calling the dataset)"
-        )
-    warnings.warn(
-        f"{where}: _target_ mappings are deprecated in the Python API; pass built albumentations "
-        "transforms (polyhead.config.build instantiates a config)",
-        DeprecationWarning,
-        stacklevel=4,
-    )
-    module, _, name = target.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)(**kwargs)
-    except Exception as err:
-        raise ConfigError(f"{where}: cannot build {target!r}: {err}") from err
-
-
 def _as_transform(item: Any, where: str) -> Any:
     if isinstance(item, Mapping):
-        if "_target_" not in item:
-            raise ConfigError(
-                f"{where}: expected an albumentations transform, got a mapping {dict(item)}"
-            )
-        item = _legacy_spec(item, where)
+        raise ConfigError(
+            f"{where}: got the config {dict(item)}; pass a built transform (the application "
+            "layer, polyhead.config.build, instantiates configs)"
+        )
     if not isinstance(item, (A.BasicTransform, A.BaseCompose)):
         raise ConfigError(
             f"{where}: expected an albumentations transform, got {type(item).__name__}"

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from polyhead.aggregation import aggregate_masks
-from polyhead.checkpoint import load_model
+from polyhead.checkpoint import load_checkpoint
+from polyhead.config import build
 from polyhead.data import RandomCropSegmentationDataset
 from polyhead.demo.figures import save_prediction_figure
 from polyhead.demo.synthetic import SyntheticDataset, generate_synthetic_dataset
@@ -206,14 +207,14 @@ def run_demo(
     )
     result = train(cfg)
     checkpoint = result.best_checkpoint or result.last_checkpoint
-    model, _ = load_model(checkpoint)
+    model = load_checkpoint(checkpoint).model
     val = RandomCropSegmentationDataset(
         val_csv,
         crop_size=min(128, size),
         n_classes=len(data.class_names),
         soft_labels=True,
         grid_mode=True,
-        augmentation_list=cfg["val_dataset"]["augmentation_list"],
+        augmentation_list=build(cfg["val_dataset"]["augmentation_list"], "augmentation_list"),
     )
     results = evaluate_heads(model, val, len(data.class_names))
     console.print(metrics_table(results, "validation metrics per head (best checkpoint, EMA)"))
