@@ -89,6 +89,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from polyhead.inference.tta import tta_from_config
 
     expand_inputs(args.inputs)  # bad inputs fail before the checkpoint is read
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise PolyheadError(f"-o {args.output} is a file; give a folder for the outputs")
     tta_from_config(args.tta)
     loaded = load_checkpoint(args.checkpoint, list(args.set or []))
     if args.head:
@@ -150,6 +152,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polyhead", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, show the traceback (any position)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train from a Hydra/YAML config")
@@ -229,12 +234,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: exceptions of the libraries below that report a user's mistake, not a polyhead bug
+USER_ERRORS = ("MisconfigurationException",)
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and not isinstance(err, PolyheadError) and err.strerror:
+        where = f": {err.filename}" if err.filename else ""
+        return f"{err.strerror}{where}"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run a sub-command; a user's mistake ends as one line on stderr and exit code 2
+    (``--debug``, anywhere on the command line: the full traceback instead)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return args.func(args)
-    except PolyheadError as err:
-        print(f"polyhead {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        user_error = isinstance(err, PolyheadError | OSError) or type(err).__name__ in USER_ERRORS
+        if debug or not user_error:
+            raise
+        print(f"polyhead {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -19,7 +19,7 @@ from scipy import ndimage
 from polyhead.aggregation import majority_vote_labels, vote_fractions_labels
 from polyhead.demo.scenes import CLASS_NAMES, land_cover_map, render_scene, smooth_field
 from polyhead.errors import ConfigError, DataError
-from polyhead.io import AtomicGeoTiff, write_csv
+from polyhead.io import AtomicGeoTiff, Staging, write_csv
 
 DEFAULT_ANNOTATORS: dict[str, float] = {"expert": 0.95, "trained": 0.8, "novice": 0.6}
 CRS = "EPSG:32633"
@@ -203,6 +203,37 @@ def _write_tif(path: Path, data: np.ndarray, transform: Affine) -> None:
         writer.commit()
 
 
+def _write_scene(
+    stage: Staging,
+    name: str,
+    i: int,
+    rng: np.random.Generator,
+    size: int,
+    bands: int,
+    n_classes: int,
+    annotators: Mapping[str, tuple[float, np.ndarray]],
+    tie_order: Sequence[int],
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Write scene ``i``: image, truth, each annotator's mask, hard and soft masks; returns
+    ``{annotator: (truth, mask)}``."""
+    transform = Affine(
+        PIXEL_SIZE, 0.0, 500000.0 + 5000.0 * i, 0.0, -PIXEL_SIZE, 5200000.0 - 3000.0 * i
+    )
+    truth = land_cover_map(rng, size, n_classes)
+    _write_tif(stage.path(f"scenes/{name}.tif"), render_scene(rng, truth, bands), transform)
+    _write_tif(stage.path(f"truth/{name}.tif"), truth, transform)
+    labels = {}
+    for a, (reliability, confusion) in annotators.items():
+        labels[a] = corrupt_mask(truth, reliability, confusion, rng)
+        _write_tif(stage.path(f"annotators/{a}/{name}.tif"), labels[a], transform)
+    stack = np.stack(list(labels.values()))
+    hard = majority_vote(stack, n_classes, tie_order)
+    _write_tif(stage.path(f"masks/hard/{name}.tif"), hard, transform)
+    soft = vote_fractions(stack, n_classes)
+    _write_tif(stage.path(f"masks/soft/{name}.tif"), soft, transform)
+    return {a: (truth, m) for a, m in labels.items()}
+
+
 def generate_synthetic_dataset(
     out_dir: str | Path,
     n_train: int = 6,
@@ -230,7 +261,6 @@ def generate_synthetic_dataset(
     names = tuple(ann)
     tie_order = sorted(range(len(names)), key=lambda i: -ann[names[i]])
     out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     root = np.random.SeedSequence(seed)
     conf_rng = np.random.default_rng(root.spawn(1)[0])
     confusions = {a: _confusion_for(conf_rng, n_classes) for a in names}
@@ -238,40 +268,33 @@ def generate_synthetic_dataset(
     splits: dict[str, list[list[str]]] = {"train": [], "val": []}
     ann_rows: list[list[str]] = []
     scenes: dict[str, list[str]] = {"train": [], "val": []}
-    for i, ss in enumerate(root.spawn(n_train + n_val + 1)[1:]):
-        rng = np.random.default_rng(ss)
-        name = f"scene_{i:03d}"
-        transform = Affine(
-            PIXEL_SIZE, 0.0, 500000.0 + 5000.0 * i, 0.0, -PIXEL_SIZE, 5200000.0 - 3000.0 * i
-        )
-        truth = land_cover_map(rng, size, n_classes)
-        _write_tif(out / "scenes" / f"{name}.tif", render_scene(rng, truth, bands), transform)
-        _write_tif(out / "truth" / f"{name}.tif", truth, transform)
-        labels = []
-        for a in names:
-            m = corrupt_mask(truth, ann[a], confusions[a], rng)
-            labels.append(m)
-            np.add.at(counts[a], (truth.ravel(), m.ravel()), 1)
-            _write_tif(out / "annotators" / a / f"{name}.tif", m, transform)
-            ann_rows.append([f"scenes/{name}.tif", a, f"annotators/{a}/{name}.tif"])
-        stack = np.stack(labels)
-        _write_tif(
-            out / "masks" / "hard" / f"{name}.tif",
-            majority_vote(stack, n_classes, tie_order),
-            transform,
-        )
-        _write_tif(
-            out / "masks" / "soft" / f"{name}.tif", vote_fractions(stack, n_classes), transform
-        )
-        split = "train" if i < n_train else "val"
-        scenes[split].append(name)
-        splits[split].append(
-            [f"scenes/{name}.tif", f"masks/hard/{name}.tif", f"masks/soft/{name}.tif"]
-        )
-    header = ("image", "mask", "soft_mask")
-    write_csv(out / "train.csv", header, splits["train"])
-    write_csv(out / "val.csv", header, splits["val"])
-    write_csv(out / "annotators.csv", ("image", "annotator", "mask"), ann_rows)
+    with Staging(out) as stage:  # the data set appears whole or not at all
+        for i, ss in enumerate(root.spawn(n_train + n_val + 1)[1:]):
+            name = f"scene_{i:03d}"
+            annotated = _write_scene(
+                stage,
+                name,
+                i,
+                np.random.default_rng(ss),
+                size,
+                bands,
+                n_classes,
+                {a: (ann[a], confusions[a]) for a in names},
+                tie_order,
+            )
+            for a, (truth, m) in annotated.items():
+                np.add.at(counts[a], (truth.ravel(), m.ravel()), 1)
+                ann_rows.append([f"scenes/{name}.tif", a, f"annotators/{a}/{name}.tif"])
+            split = "train" if i < n_train else "val"
+            scenes[split].append(name)
+            splits[split].append(
+                [f"scenes/{name}.tif", f"masks/hard/{name}.tif", f"masks/soft/{name}.tif"]
+            )
+        header = ("image", "mask", "soft_mask")
+        write_csv(stage.path("train.csv"), header, splits["train"])
+        write_csv(stage.path("val.csv"), header, splits["val"])
+        write_csv(stage.path("annotators.csv"), ("image", "annotator", "mask"), ann_rows)
+        stage.commit()
     rows_total = {a: np.maximum(c.sum(axis=1, keepdims=True), 1) for a, c in counts.items()}
     return SyntheticDataset(
         out_dir=out,

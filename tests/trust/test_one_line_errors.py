@@ -1,0 +1,79 @@
+"""A user's mistake ends as one line on stderr and exit code 2; --debug shows the traceback;
+a full disk leaves no file under a final name (the issue "Runs a user can trust")."""
+
+import pytest
+
+from polyhead.cli import main
+
+from .conftest import write_scene
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"polyhead {command}: error: ") and "\n" not in err, err
+    return err
+
+
+def test_unknown_head_is_one_line_naming_the_valid_heads(trained_dual, tmp_path, capsys):
+    scene = write_scene(tmp_path / "x.tif", size=64)
+    out = tmp_path / "out"
+    assert main(["predict", str(trained_dual), str(scene), "-o", str(out), "--head", "C"]) == 2
+    err = _one_line_error(capsys, "predict")
+    assert "'C' is not a head" in err and "['A', 'B', 'average']" in err
+    assert not out.exists()
+
+
+def test_output_that_is_a_file(conv_checkpoint, tmp_path, capsys):
+    scene = write_scene(tmp_path / "x.tif", size=64)
+    taken = tmp_path / "taken.tif"
+    taken.write_bytes(b"not a folder")
+    assert main(["predict", str(conv_checkpoint), str(scene), "-o", str(taken)]) == 2
+    assert "is a file; give a folder" in _one_line_error(capsys, "predict")
+    assert taken.read_bytes() == b"not a folder"
+
+
+def test_debug_shows_the_traceback(conv_checkpoint, tmp_path):
+    scene = write_scene(tmp_path / "x.tif", size=64)
+    taken = tmp_path / "taken.tif"
+    taken.write_bytes(b"")
+    with pytest.raises(Exception, match="is a file"):
+        main(["predict", str(conv_checkpoint), str(scene), "-o", str(taken), "--debug"])
+
+
+def _final_files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_predict_into_a_full_disk(conv_checkpoint, small_disk, tmp_path, capsys):
+    disk = small_disk("256k")
+    scene = write_scene(tmp_path / "scene.tif", size=512)  # 3 MiB of float32 probabilities
+    argv = ["predict", str(conv_checkpoint), str(scene), "-o", str(disk / "out")]
+    assert main([*argv, "--probabilities", "--tile-size", "128", "--overlap", "0"]) == 2
+    err = _one_line_error(capsys, "predict")
+    assert "scene_" in err  # names the file that could not be written
+    assert _final_files(disk) == []  # no class map, no probabilities, no temp file
+
+
+def test_aggregate_into_a_full_disk(synthetic, small_disk, capsys):
+    disk = small_disk("16k")
+    argv = ["aggregate", str(synthetic.annotator_csv), "--out", str(disk / "agg")]
+    assert main([*argv, "--n-classes", "4", "--no-progress"]) == 2
+    _one_line_error(capsys, "aggregate")
+    assert _final_files(disk) == []
+
+
+def test_distill_targets_into_a_full_disk(conv_checkpoint, synthetic, small_disk, capsys):
+    disk = small_disk("16k")
+    argv = ["distill-targets", "--teacher", str(conv_checkpoint), str(conv_checkpoint)]
+    argv += ["--csv", str(synthetic.train_csv), "--out", str(disk / "targets")]
+    assert main([*argv, "--tile-size", "32", "--overlap", "0"]) == 2
+    _one_line_error(capsys, "distill-targets")
+    assert _final_files(disk) == []
+
+
+def test_demo_into_a_full_disk(small_disk, capsys):
+    disk = small_disk("64k")
+    argv = ["demo", "--out", str(disk / "demo"), "--scenes", "2", "--size", "64", "--epochs", "1"]
+    assert main(argv) == 2
+    _one_line_error(capsys, "demo")
+    assert _final_files(disk) == []
