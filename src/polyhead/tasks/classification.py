@@ -21,7 +21,7 @@ from torchmetrics.classification import (
 )
 
 from polyhead.errors import ConfigError
-from polyhead.tasks.base import BaseTask
+from polyhead.tasks.base import BaseTask, log_losses
 
 BALANCING = ("fixed", "uncertainty")
 
@@ -172,26 +172,8 @@ class ClassificationTask(BaseTask):
         outputs = self.model(image)
         parts = {h: self.head_loss(h, outputs[h], targets[h]) for h in self.head_outputs}
         loss = self.combine(parts)
-        bs, train = image.shape[0], stage == "train"
-        self.log(
-            f"loss/{stage}",
-            loss,
-            prog_bar=True,
-            batch_size=bs,
-            on_step=train,
-            on_epoch=True,
-            sync_dist=not train,
-        )
-        for head, value in parts.items():
-            self.log(
-                f"loss/{stage}/{head}",
-                value,
-                batch_size=bs,
-                on_step=False,
-                on_epoch=True,
-                sync_dist=not train,
-            )
-        if train and self.log_vars is not None:
+        log_losses(self, stage, loss, parts, image.shape[0])
+        if stage == "train" and self.log_vars is not None:
             for head, s in self.log_vars.items():
                 self.log(f"weight/{head}", torch.exp(-s.detach()), on_step=False, on_epoch=True)
         return loss, outputs
