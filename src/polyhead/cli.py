@@ -245,6 +245,16 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def _clean_leftovers(args: argparse.Namespace) -> None:
+    """Remove the temp files killed runs left in this command's output folder."""
+    out = getattr(args, "output", None) or getattr(args, "out", None)
+    if out and Path(out).is_dir():
+        from polyhead.io import clean_output_folder
+
+        for path in clean_output_folder(out):
+            print(f"polyhead: removed {path} (left by a killed run)", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a sub-command; a user's mistake ends as one line on stderr and exit code 2
     (``--debug``, anywhere on the command line: the full traceback instead)."""
@@ -252,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
+        _clean_leftovers(args)
         return args.func(args)
     except Exception as err:
         user_error = isinstance(err, PolyheadError | OSError) or type(err).__name__ in USER_ERRORS

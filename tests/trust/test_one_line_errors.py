@@ -77,3 +77,28 @@ def test_demo_into_a_full_disk(small_disk, capsys):
     assert main(argv) == 2
     _one_line_error(capsys, "demo")
     assert _final_files(disk) == []
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_the_next(conv_checkpoint, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(dead.stdout)
+    out = tmp_path / "out"
+    out.mkdir()
+    left = out / f".x_classes.tif.polyhead.partial-{pid}-0123abcd"
+    left.write_bytes(b"half a raster")
+    staged = tmp_path / f".out.polyhead.partial-{pid}-89abcdef"
+    staged.mkdir()
+    mine = out / f".y.polyhead.partial-{__import__('os').getpid()}-0123abcd"
+    mine.write_bytes(b"a live process's temp")
+    scene = write_scene(tmp_path / "x.tif", size=64)
+    assert main(["predict", str(conv_checkpoint), str(scene), "-o", str(out)]) == 0
+    assert not left.exists() and not staged.exists() and mine.exists()
+    assert "left by a killed run" in capsys.readouterr().err

@@ -119,6 +119,18 @@ def remove_stale_temp_files(
     return removed
 
 
+def clean_output_folder(out_dir: PathLike) -> list[Path]:
+    """Remove what killed runs left for ``out_dir``: stale temps inside it (recursively) and
+    stale staging folders of ``out_dir`` itself beside it; returns the paths removed."""
+    out = Path(out_dir)
+    removed = remove_stale_temp_files(out, recursive=True)
+    for path in stale_temp_files(out.parent):
+        if path.name.startswith(f".{out.name}."):
+            _remove(path)
+            removed.append(path)
+    return removed
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
