@@ -28,7 +28,7 @@ import numpy as np
 
 from polyhead.data import raster_io
 from polyhead.errors import DataError
-from polyhead.paths import resolve_cell
+from polyhead.paths import open_csv, resolve_cell
 
 MASK_COLUMNS = ("image", "annotator", "mask")
 LABEL_COLUMNS = ("item", "annotator", "label")
@@ -68,7 +68,7 @@ class ImageEntry:
 def read_header(csv_path: Path) -> list[str]:
     """Column names of a CSV (stripped), or a `DataError` if it cannot be read."""
     try:
-        with open(csv_path, newline="") as fh:
+        with open_csv(csv_path) as fh:
             return [c.strip() for c in next(csv.reader(fh), [])]
     except OSError as err:
         raise DataError(f"cannot read {csv_path}: {err}") from err
@@ -97,7 +97,7 @@ def iter_csv(
     """
     nonempty = required if nonempty is None else nonempty
     try:
-        fh = open(csv_path, newline="")
+        fh = open_csv(csv_path)
     except OSError as err:
         raise DataError(f"cannot read {csv_path}: {err}") from err
     with fh:

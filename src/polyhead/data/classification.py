@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from polyhead.data.loader import loader_options, make_loader
 from polyhead.errors import ConfigError, DataError
-from polyhead.paths import resolve_cell
+from polyhead.paths import open_csv, resolve_cell
 
 MISSING = -1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -128,7 +128,7 @@ def read_rows(
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: CSV file not found")
     base = root if root is not None else csv_path.resolve().parent
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+    with open_csv(csv_path) as fh:
         records = [r for r in csv.reader(fh) if any(c.strip() for c in r)]
     if not records:
         raise DataError(f"{csv_path}: the CSV is empty")

@@ -20,7 +20,7 @@ from polyhead.data import raster_io
 from polyhead.data.extra_targets import value_transform
 from polyhead.errors import ConfigError, DataError
 from polyhead.losses.uncertainty import UNCERTAINTY_BANDS
-from polyhead.paths import resolve_cell
+from polyhead.paths import open_csv, resolve_cell
 
 #: file a ``polyhead distill-targets`` run writes in its ``--out`` folder
 DISTILL_CSV = "distill.csv"
@@ -49,7 +49,7 @@ def teacher_uncertainty_paths(path: str | Path) -> dict[str, Path]:
             f"teacher targets not found: {csv_path} (give the distill.csv written "
             "by `polyhead distill-targets`, or its folder)"
         )
-    with open(csv_path, newline="") as fh:
+    with open_csv(csv_path) as fh:
         reader = csv.DictReader(fh)
         if not {"image", "uncertainty"} <= set(reader.fieldnames or ()):
             raise DataError(
