@@ -42,7 +42,7 @@ def check_data_in_config(
     """Check every mapping in a plain config tree that has ``input_csv_path``.
 
     Each such mapping (at any depth) is checked with its ``n_classes``, ``crop_size``,
-    ``soft_labels`` and ``ignore_index``; a key missing there is taken from the nearest
+    ``soft_labels``, ``ignore_index`` and ``nonfinite``; a key missing there is taken from the nearest
     enclosing mapping. Relative CSV paths resolve against the working directory, then
     against ``base_dir`` (the YAML file's folder).
     """
@@ -65,6 +65,7 @@ def check_data_in_config(
             crop_size=int(crop) if crop is not None else None,
             soft_labels=bool(soft) if soft is not None else None,
             ignore_index=int(_lookup("ignore_index", chain, 255)),
+            nonfinite=str(_lookup("nonfinite", chain, "error")),
         )
         summaries.append(summary)
     return summaries

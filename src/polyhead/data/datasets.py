@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from polyhead.data import extra_targets as extra
 from polyhead.data import raster_io
 from polyhead.data.loader import loader_options, make_loader
+from polyhead.data.scan import check_nonfinite_mode, nonfinite_pixels
 from polyhead.data.transforms import SOFT_TARGET, build_augmentations, mask_is_transposed
 from polyhead.data.validation import (
     CsvRow,
@@ -82,6 +83,11 @@ class RandomCropSegmentationDataset(Dataset):
     ``extra_targets`` (``{key: CSV column}``) adds rasters read with the same window and
     augmented as extra masks (padding 0), as float32 ``targets[key]`` ``[bands, c, c]``; see
     `polyhead.data.extra_targets` for how stored values are scaled.
+
+    ``nonfinite``: what NaN/inf pixels of float images mean. ``"error"`` (default): the
+    data check refuses the image, naming the row, the file and the pixel count (a crop
+    holding one raises too when ``validate`` is off). ``"nodata"``: those pixels are
+    ignored: image value 0, hard mask ``ignore_index``, soft mask all 0.
     """
 
     def __init__(
@@ -97,12 +103,14 @@ class RandomCropSegmentationDataset(Dataset):
         ignore_index: int = 255,
         validate: bool = True,
         extra_targets: Mapping[str, str] | None = None,
+        nonfinite: str = "error",
     ) -> None:
         self.crop_size = _positive_int(crop_size, "crop_size")
         self.n_classes = _positive_int(n_classes, "n_classes")
         self.grid_mode = bool(grid_mode)
         self.soft_labels = bool(soft_labels)
         self.ignore_index = int(ignore_index)
+        self.nonfinite = check_nonfinite_mode(nonfinite)
         if not self.grid_mode:
             if samples_per_epoch is None:
                 raise ConfigError("samples_per_epoch is required when grid_mode is false")
@@ -123,6 +131,7 @@ class RandomCropSegmentationDataset(Dataset):
                 crop_size=self.crop_size,
                 soft_labels=self.soft_labels,
                 ignore_index=self.ignore_index,
+                nonfinite=self.nonfinite,
             )
             self.image_sizes = [(im.height, im.width) for im in self.summary.images]
         else:
@@ -193,7 +202,35 @@ class RandomCropSegmentationDataset(Dataset):
             soft = soft.astype(np.float32)
             if scale != 1.0:
                 soft /= np.float32(scale)
+        bad = nonfinite_pixels(pixels)
+        if bad is not None:
+            pixels = self._ignore_nonfinite(row, bad, pixels, hard, soft, (row_off, col_off))
         return pixels, hard, soft
+
+    def _ignore_nonfinite(
+        self,
+        row: CsvRow,
+        bad: np.ndarray,
+        pixels: np.ndarray,
+        hard: np.ndarray,
+        soft: np.ndarray | None,
+        offset: tuple[int, int],
+    ) -> np.ndarray:
+        """NaN/inf pixels as ignored ones (``nonfinite="nodata"``), else a row error."""
+        if self.nonfinite == "error":
+            r, c = (int(v[0]) for v in np.nonzero(bad))
+            raise self._row_error(
+                row,
+                DataError(
+                    f"{int(bad.sum())} NaN/inf pixel(s) in the crop at pixel row "
+                    f"{offset[0] + r}, col {offset[1] + c}; fix the file, or set the "
+                    "dataset's nonfinite: nodata to ignore them"
+                ),
+            )
+        hard[bad] = self.ignore_index
+        if soft is not None:
+            soft[:, bad] = 0.0
+        return np.where(bad, pixels.dtype.type(0), pixels)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):

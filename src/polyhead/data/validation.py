@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
-import itertools
 import os
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,15 +16,19 @@ from typing import Any
 import numpy as np
 
 from polyhead.data import raster_io
+from polyhead.data.scan import (
+    Report,
+    check_nonfinite_mode,
+    report_nonfinite,
+    scan_image,
+    scan_mask,
+)
 from polyhead.errors import ConfigError, DataError
-from polyhead.paths import resolve_cell
+from polyhead.paths import open_csv, resolve_cell
 
 REQUIRED_COLUMNS = ("image", "mask")
 SOFT_COLUMN = "soft_mask"
 MAX_PROBLEMS = 20
-
-# report(role, path, problem): one problem line for the CSV row being checked.
-_Report = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class ImageSummary:
     dtype: str
     mask_dtype: str
     soft_dtype: str | None = None
+    nonfinite: int = 0  # NaN/inf pixels (ignored as nodata; with nonfinite="error" a problem)
 
 
 @dataclass
@@ -72,6 +75,11 @@ class DataSummary:
     @property
     def total_pixels(self) -> int:
         return sum(im.height * im.width for im in self.images)
+
+    @property
+    def nonfinite_pixels(self) -> int:
+        """NaN/inf image pixels, ignored as nodata (``nonfinite="nodata"``)."""
+        return sum(im.nonfinite for im in self.images)
 
     def image_table(self) -> Any:
         """Per-image sizes, band counts and dtypes as a ``rich.table.Table``."""
@@ -108,6 +116,7 @@ class DataSummary:
             ("total pixels", f"{self.total_pixels:,}"),
             ("classes", str(self.n_classes)),
             ("soft labels", "yes" if self.soft_labels else "no"),
+            ("NaN/inf pixels (ignored)", f"{self.nonfinite_pixels:,}"),
             ("per image", self.image_table()),
             ("class histogram", self.class_table()),
         ]:
@@ -154,7 +163,7 @@ def read_csv_rows(csv_path: str | Path, soft_labels: bool | None = False) -> lis
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: CSV file not found")
     base = csv_path.resolve().parent
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+    with open_csv(csv_path) as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         required = list(REQUIRED_COLUMNS) + ([SOFT_COLUMN] if soft_labels else [])
@@ -185,162 +194,125 @@ def read_csv_rows(csv_path: str | Path, soft_labels: bool | None = False) -> lis
     return rows
 
 
-def _open_info(role: str, path: Path, report: _Report) -> raster_io.RasterInfo | None:
+def _open_info(role: str, path: Path, report: Report) -> raster_io.RasterInfo | None:
+    """The file's header, or None (and a problem line) when it is missing or unreadable.
+
+    Pixels are decoded by the scans that follow (`polyhead.data.scan`), all of them."""
     if not path.is_file():
         report(role, path, "file not found")
         return None
     try:
-        info = raster_io.raster_info(path)
-        # Decode one pixel so a file with a valid header but broken data is caught too.
-        raster_io.read_window(path, 0, 0, 1, 1)
+        return raster_io.raster_info(path)
     except DataError as err:
         report(role, path, f"unreadable ({err.__cause__ or err})")
         return None
-    return info
 
 
 def _size(info: raster_io.RasterInfo) -> str:
     return f"H x W = {info.height} x {info.width} px"
 
 
-def _at(pixel: tuple[int, int]) -> str:
-    return f"pixel row {pixel[0]}, col {pixel[1]}"
+@dataclass(frozen=True)
+class _Options:
+    """What every row is checked against."""
+
+    n_classes: int
+    crop_size: int | None
+    soft_labels: bool
+    ignore_index: int
+    nonfinite: str
 
 
-def _first(flags: np.ndarray, row_off: int) -> tuple[int, int]:
-    r, c = np.unravel_index(int(np.argmax(flags)), flags.shape)
-    return row_off + int(r), int(c)
-
-
-def _scan_mask(
-    mask: raster_io.RasterInfo,
-    soft: raster_io.RasterInfo | None,
-    n_classes: int,
-    ignore_index: int,
-    counts: np.ndarray,
-    report: _Report,
-) -> int:
-    """Scan the hard (and soft) mask strip by strip; return the ignored pixel count."""
-    ignored, bad_ids = 0, set()
-    bad_at: tuple[int, int] | None = None
-    non_integer_at = bad_at
-    is_float = np.issubdtype(np.dtype(mask.dtype), np.floating)
-    worst_dev, worst_at, n_off, out_of_range = 0.0, (0, 0), 0, None
-    soft_strips: Iterable[tuple[int, np.ndarray] | None] = itertools.repeat(None)
-    if soft is not None:
-        scale = raster_io.soft_scale(soft.dtype) or 1.0
-        tol = raster_io.soft_tolerance(soft.dtype, n_classes)
-        soft_strips = raster_io.iter_strips(soft.path, soft)
-
-    for (row_off, strip), soft_item in zip(
-        raster_io.iter_strips(mask.path, mask), soft_strips, strict=False
-    ):
-        values = strip[0]
-        if is_float:
-            broken = ~np.isfinite(values) | (values != np.round(values))
-            if broken.any() and non_integer_at is None:
-                non_integer_at = _first(broken, row_off)
-            values = np.where(broken, ignore_index, values)
-        values = values.astype(np.int64)
-        ignore = values == ignore_index
-        valid = (values >= 0) & (values < n_classes) & ~ignore
-        ignored += int(ignore.sum())
-        counts += np.bincount(values[valid], minlength=n_classes)[:n_classes]
-        bad = ~(valid | ignore)
-        if bad.any():
-            bad_ids.update(np.unique(values[bad])[:10].tolist())
-            bad_at = bad_at or _first(bad, row_off)
-        if soft_item is None:
-            continue
-
-        probs = soft_item[1].astype(np.float32) / np.float32(scale)
-        sums = probs.sum(axis=0, dtype=np.float64)
-        dev = np.abs(sums - 1.0)
-        dev[ignore & (sums == 0)] = 0.0  # unlabelled pixels may carry no probabilities
-        dev[np.isnan(dev)] = np.inf
-        n_off += int((dev > tol).sum())
-        if dev.max() > worst_dev:
-            worst_dev, worst_at = float(dev.max()), _first(dev == dev.max(), row_off)
-        lo, hi = float(np.nanmin(probs)), float(np.nanmax(probs))
-        if lo < -tol or hi > 1 + tol:
-            out_of_range = out_of_range or (lo, hi)
-
-    if non_integer_at is not None:
-        report("mask", mask.path, f"non-integer or NaN class ids (first at {_at(non_integer_at)})")
-    if bad_at is not None:
-        ids = ", ".join(str(i) for i in sorted(bad_ids)[:10])
-        report(
-            "mask",
-            mask.path,
-            f"class id(s) {ids} outside 0..{n_classes - 1} (n_classes={n_classes}) and not "
-            f"ignore_index={ignore_index}; first at {_at(bad_at)}",
-        )
-    if soft is not None and n_off:
-        report(
-            "soft mask",
-            soft.path,
-            f"probabilities do not sum to 1 at {n_off} pixel(s): max |sum - 1| = "
-            f"{worst_dev:.4g} at {_at(worst_at)} (tolerance {tol:.4g})",
-        )
-    if soft is not None and out_of_range is not None:
-        lo, hi = out_of_range
-        report("soft mask", soft.path, f"values outside [0, 1] (min {lo:.4g}, max {hi:.4g})")
-    return ignored
-
-
-def _check_row(
-    row: CsvRow,
-    n_classes: int,
-    crop_size: int | None,
-    soft_labels: bool,
-    ignore_index: int,
-    counts: np.ndarray,
-    problems: _Problems,
-) -> tuple[ImageSummary | None, int]:
-    report: _Report = functools.partial(problems.add_row, row)
-    image = _open_info("image", row.image, report)
-    mask = _open_info("mask", row.mask, report)
-    soft = None
-    if soft_labels and row.soft_mask is not None:
-        soft = _open_info("soft mask", row.soft_mask, report)
-    if image is None or mask is None or (soft_labels and soft is None):
-        return None, 0
-
-    crop = crop_size or 0
-    if crop > image.height or crop > image.width:
-        report("image", image.path, f"crop_size {crop} is larger than the image ({_size(image)})")
-    differs = f"differs from the image's {_size(image)}"
+def _mask_headers_ok(
+    image: raster_io.RasterInfo, mask: raster_io.RasterInfo, report: Report, problems: _Problems
+) -> bool:
     before = len(problems.lines)
     if mask.count != 1:
         report("mask", mask.path, f"has {mask.count} bands, expected 1 (class ids)")
     if np.dtype(mask.dtype).kind not in "iuf":
         report("mask", mask.path, f"dtype {mask.dtype} cannot hold class ids")
     if (mask.height, mask.width) != (image.height, image.width):
-        report("mask", mask.path, f"size {_size(mask)} {differs}")
-    mask_ok, before = len(problems.lines) == before, len(problems.lines)
-    if soft is not None:
-        if soft.count != n_classes:
-            report(
-                "soft mask", soft.path, f"has {soft.count} bands, expected n_classes={n_classes}"
-            )
-        if (soft.height, soft.width) != (image.height, image.width):
-            report("soft mask", soft.path, f"size {_size(soft)} {differs}")
-        if raster_io.soft_scale(soft.dtype) is None:
-            supported = "float probabilities or uint8 scaled 0-255"
-            report("soft mask", soft.path, f"dtype {soft.dtype} not supported (use {supported})")
-    soft_ok = len(problems.lines) == before
+        report("mask", mask.path, f"size {_size(mask)} differs from the image's {_size(image)}")
+    return len(problems.lines) == before
+
+
+def _soft_headers_ok(
+    image: raster_io.RasterInfo,
+    soft: raster_io.RasterInfo,
+    n_classes: int,
+    report: Report,
+    problems: _Problems,
+) -> bool:
+    before = len(problems.lines)
+    if soft.count != n_classes:
+        report("soft mask", soft.path, f"has {soft.count} bands, expected n_classes={n_classes}")
+    if (soft.height, soft.width) != (image.height, image.width):
+        report(
+            "soft mask", soft.path, f"size {_size(soft)} differs from the image's {_size(image)}"
+        )
+    if raster_io.soft_scale(soft.dtype) is None:
+        supported = "float probabilities or uint8 scaled 0-255"
+        report("soft mask", soft.path, f"dtype {soft.dtype} not supported (use {supported})")
+    return len(problems.lines) == before
+
+
+def _scan_image(image: raster_io.RasterInfo, nonfinite: str, report: Report) -> int | None:
+    """Decode the whole image; its NaN/inf pixel count, or None when it cannot be decoded."""
+    try:
+        scan = scan_image(image)
+    except DataError as err:
+        report("image", image.path, f"unreadable while scanning ({err.__cause__ or err})")
+        return None
+    if scan.nonfinite and nonfinite == "error":
+        report_nonfinite(scan, image, report)
+    return scan.nonfinite
+
+
+def _check_row(
+    row: CsvRow, opts: _Options, counts: np.ndarray, problems: _Problems
+) -> tuple[ImageSummary | None, int]:
+    report: Report = functools.partial(problems.add_row, row)
+    image = _open_info("image", row.image, report)
+    mask = _open_info("mask", row.mask, report)
+    soft = None
+    if opts.soft_labels and row.soft_mask is not None:
+        soft = _open_info("soft mask", row.soft_mask, report)
+    if image is None or mask is None or (opts.soft_labels and soft is None):
+        return None, 0
+
+    crop = opts.crop_size or 0
+    if crop > image.height or crop > image.width:
+        report("image", image.path, f"crop_size {crop} is larger than the image ({_size(image)})")
+    mask_ok = _mask_headers_ok(image, mask, report, problems)
+    soft_ok = soft is not None and _soft_headers_ok(image, soft, opts.n_classes, report, problems)
+    nonfinite = _scan_image(image, opts.nonfinite, report) if not problems.full else 0
+    if nonfinite is None:
+        return None, 0
 
     ignored = 0
     if mask_ok and not problems.full:
         try:
             scan_soft = soft if soft_ok else None
-            ignored = _scan_mask(mask, scan_soft, n_classes, ignore_index, counts, report)
+            ignored = scan_mask(mask, scan_soft, opts.n_classes, opts.ignore_index, counts, report)
         except DataError as err:
             report("mask", None, f"unreadable while scanning ({err})")
             return None, 0
     soft_dtype = soft.dtype if soft is not None else None
     info = (image.height, image.width, image.count, image.dtype, mask.dtype, soft_dtype)
-    return ImageSummary(row.number, image.path, *info), ignored
+    return ImageSummary(row.number, image.path, *info, nonfinite=nonfinite), ignored
+
+
+def _check_bands(images: list[ImageSummary], problems: _Problems) -> None:
+    """Every image must have the band count of the first one (the model reads one count)."""
+    if not images:
+        return
+    ref = images[0]
+    for im in images[1:]:
+        if im.bands != ref.bands:
+            problems.add(
+                f"row {im.row} (image {im.image.name}): image {im.image}: has {im.bands} "
+                f"band(s), row {ref.row}'s image has {ref.bands}; every image needs the same bands"
+            )
 
 
 def validate_rows(
@@ -351,14 +323,21 @@ def validate_rows(
     soft_labels: bool = False,
     ignore_index: int = 255,
     max_problems: int = MAX_PROBLEMS,
+    nonfinite: str = "error",
 ) -> DataSummary:
     """Check every row's files; raise one ``DataError`` listing up to ``max_problems`` problems.
 
-    Masks are read in bounded row strips, so memory does not grow with raster size.
-    Returns the summary (sizes, dtypes, class histogram) when nothing is wrong.
+    Every image is decoded whole (so a truncated file fails here) and, like the masks, read
+    in bounded row strips, so memory does not grow with raster size. NaN/inf image pixels
+    are a problem with ``nonfinite="error"`` and counted in the summary with ``"nodata"``
+    (the dataset then ignores them). Every image must have the same band count. Returns the
+    summary (sizes, dtypes, class histogram) when nothing is wrong.
     """
     if n_classes < 1:
         raise ConfigError(f"n_classes must be >= 1, got {n_classes}")
+    opts = _Options(
+        n_classes, crop_size, soft_labels, ignore_index, check_nonfinite_mode(nonfinite)
+    )
     csv_path = Path(csv_path)
     problems = _Problems(csv_path, max_problems)
     counts = np.zeros(n_classes, dtype=np.int64)
@@ -368,12 +347,11 @@ def validate_rows(
     for row in rows:
         if problems.full:
             break
-        image, ignored = _check_row(
-            row, n_classes, crop_size, soft_labels, ignore_index, counts, problems
-        )
+        image, ignored = _check_row(row, opts, counts, problems)
         if image is not None:
             summary.images.append(image)
         summary.ignored_pixels += ignored
+    _check_bands(summary.images, problems)
     problems.raise_if_any()
     summary.class_counts = counts.tolist()
     return summary
@@ -385,11 +363,15 @@ def check_data(
     crop_size: int | None = None,
     soft_labels: bool | None = None,
     ignore_index: int = 255,
+    nonfinite: str = "error",
 ) -> DataSummary:
     """Run every data check on one CSV and return its summary.
 
-    ``soft_labels=None`` checks the soft_mask column when the CSV has one.
+    ``soft_labels=None`` checks the soft_mask column when the CSV has one; ``nonfinite`` is
+    the dataset option of that name (see `validate_rows`).
     """
     rows = read_csv_rows(csv_path, soft_labels)
     use_soft = bool(rows) and all(r.soft_mask is not None for r in rows)
-    return validate_rows(csv_path, rows, n_classes, crop_size, use_soft, ignore_index)
+    return validate_rows(
+        csv_path, rows, n_classes, crop_size, use_soft, ignore_index, nonfinite=nonfinite
+    )
