@@ -121,8 +121,19 @@ _PIL_MODES = {
 }
 
 
+def error_detail(err: BaseException) -> str:
+    """``Type: message`` of a read error, with GDAL's own message when rasterio chained it
+    behind "See previous exception for details" (e.g. where a truncated file ends)."""
+    if isinstance(err, DataError) and err.__cause__ is not None:
+        err = err.__cause__
+    detail, cause = str(err), err.__cause__ or err.__context__
+    while "previous exception" in detail and cause is not None:
+        detail, cause = str(cause), cause.__cause__ or cause.__context__
+    return f"{type(err).__name__}: {detail}"
+
+
 def _wrap_error(path: Path, err: Exception) -> DataError:
-    return DataError(f"cannot read {path}: {type(err).__name__}: {err}")
+    return DataError(f"cannot read {path}: {error_detail(err)}")
 
 
 def _is_read_error(err: Exception) -> bool:

@@ -204,7 +204,7 @@ def _open_info(role: str, path: Path, report: Report) -> raster_io.RasterInfo | 
     try:
         return raster_io.raster_info(path)
     except DataError as err:
-        report(role, path, f"unreadable ({err.__cause__ or err})")
+        report(role, path, f"unreadable ({raster_io.error_detail(err)})")
         return None
 
 
@@ -261,7 +261,7 @@ def _scan_image(image: raster_io.RasterInfo, nonfinite: str, report: Report) -> 
     try:
         scan = scan_image(image)
     except DataError as err:
-        report("image", image.path, f"unreadable while scanning ({err.__cause__ or err})")
+        report("image", image.path, f"unreadable ({raster_io.error_detail(err)})")
         return None
     if scan.nonfinite and nonfinite == "error":
         report_nonfinite(scan, image, report)
