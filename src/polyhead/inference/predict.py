@@ -4,30 +4,61 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+
+from rasterio.errors import RasterioError
 
 from polyhead.errors import DataError
 from polyhead.inference.crf import check_crf_size, predict_raster_crf
 from polyhead.inference.predictor import Predictor, has_uncertainty_head
-from polyhead.inference.rasters import predict_raster
+from polyhead.inference.rasters import check_bands, open_raster, predict_raster
 from polyhead.inference.tiling import Normalize
+from polyhead.paths import open_csv, resolve_cell
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
+def _csv_images(path: Path) -> list[Path]:
+    """The ``image`` column of a CSV (UTF-8, BOM or not), resolved against its folder."""
+    with open_csv(path) as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        if "image" not in columns:
+            raise DataError(f"{path}: no 'image' column (columns: {columns})")
+        reader.fieldnames = columns
+        cells = [(row.get("image") or "").strip() for row in reader]
+    return [resolve_cell(cell, path.parent).resolve() for cell in cells if cell]
+
+
+def _check_names(images: list[Path]) -> None:
+    """DataError listing inputs whose outputs would share a name (``<stem>_classes.tif``)."""
+    by_stem: dict[str, list[Path]] = {}
+    for image in images:
+        by_stem.setdefault(image.stem.casefold(), []).append(image)
+    clashes = [paths for paths in by_stem.values() if len(paths) > 1]
+    if clashes:
+        listed = "; ".join(" and ".join(map(str, paths)) for paths in clashes[:5])
+        more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
+        raise DataError(
+            f"inputs with the same name would write the same output files: {listed}{more}; "
+            "predict them into separate output folders, or rename them"
+        )
+
+
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image paths from files, folders (their images, sorted) and CSVs (``image`` column)."""
+    """Image paths from files, folders (their images, sorted) and CSVs (``image`` column).
+
+    A file listed twice is predicted once. DataError when an image is missing, none is found,
+    or two inputs share a file name stem (their outputs would overwrite each other).
+    """
     images: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
             images += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         elif item.suffix.lower() == ".csv":
-            with item.open(newline="") as fh:
-                reader = csv.DictReader(fh)
-                if "image" not in (reader.fieldnames or []):
-                    raise DataError(f"{item}: no 'image' column (columns: {reader.fieldnames})")
-                images += [(item.parent / row["image"]).resolve() for row in reader]
+            images += _csv_images(item)
         else:
             images.append(item)
     missing = [str(p) for p in images if not p.is_file()]
@@ -35,7 +66,29 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         raise DataError(f"input image(s) not found: {', '.join(missing[:10])}")
     if not images:
         raise DataError(f"no images found in {[str(i) for i in inputs]}")
-    return images
+    seen: set[Path] = set()
+    unique = [p for p in images if not (p.resolve() in seen or seen.add(p.resolve()))]
+    _check_names(unique)
+    return unique
+
+
+def check_inputs(model: Any, images: Sequence[Path]) -> None:
+    """Before anything is predicted: every image opens and has the model's band count.
+
+    DataError, one line naming the first file that fails (and how many more do); the band
+    count is checked when the model says it (`model_in_channels`)."""
+    errors = []
+    for image in images:
+        try:
+            with ExitStack() as stack:
+                check_bands(image, open_raster(stack, image).count, model)
+        except DataError as err:
+            errors.append(str(err))
+        except RasterioError as err:
+            errors.append(f"cannot read {image}: {err}")
+    if errors:
+        more = f" (and {len(errors) - 1} more input(s))" if len(errors) > 1 else ""
+        raise DataError(errors[0] + more)
 
 
 def predict_files(
@@ -66,8 +119,17 @@ def predict_files(
     must have at most 4096 x 4096 pixels: checked before anything is predicted).
     ``write_uncertainty``: also write ``<stem>_uncertainty.tif`` (float32): the model's
     uncertainty head when it has one, else the predictive entropy normalised by log K.
+
+    Before any tile runs (and before ``output_dir`` is created) every input is checked:
+    it exists and opens, it has the model's band count (``in_channels``), and no two inputs
+    share a file name stem: same-named images from different folders (``a/x.tif``,
+    ``b/x.tif``) would write the same ``x_classes.tif``, so they are refused with a
+    `DataError` listing each clash (predict them into separate output folders); a file
+    listed twice is predicted once. The inputs' nodata pixels (nodata value, mask, NaN/inf)
+    are nodata in every output (`polyhead.inference.rasters`).
     """
     images = expand_inputs(inputs)  # fail on bad input before any tile runs
+    check_inputs(model, images)
     if crf:
         for image in images:
             check_crf_size(image)

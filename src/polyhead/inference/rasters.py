@@ -10,6 +10,13 @@ multiples of 256 align with the output blocks), each top to bottom, so memory is
 a band border are run by both bands (``n_tiles_run`` counts them), which keeps the output
 equal to blending the global tile grid in one piece. GDAL's block cache is capped at 64 MiB
 meanwhile unless GDAL_CACHEMAX is set.
+
+Nodata. A pixel is nodata when the input masks it in any band read (its nodata value, mask
+band or alpha band: rasterio's ``read_masks``) or when any of its bands is NaN/inf. Such
+pixels are read as 0 (so they cannot spread NaN through the network to their neighbours)
+and written as nodata in every output: 255 in the class map, NaN in float32
+probabilities and uncertainty (each file says so in its ``nodata``); uint8 probabilities,
+where every value is a probability, are 0 in every band there.
 """
 
 from __future__ import annotations
@@ -26,22 +33,26 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
+from rasterio.enums import MaskFlags
 from rasterio.env import getenv, hasenv
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from polyhead.errors import ConfigError, DataError
-from polyhead.inference.predictor import PROBABILITIES, UNCERTAINTY
+from polyhead.inference.predictor import PROBABILITIES, UNCERTAINTY, Predictor
 from polyhead.inference.sliding_window import _iter_blocks, _progress, as_predictor
 from polyhead.inference.tiling import Normalize, band_cores, check_config, n_tiles, n_tiles_run
 from polyhead.inference.uncertainty import predictive_entropy
 from polyhead.io import AtomicGeoTiff, geotiff_profile
+from polyhead.models.single import HEAD, NetworkModel
 
 # GDAL's block cache defaults to 5% of RAM, far more than streaming needs. Same bound as
 # `polyhead.data.raster_io.GDAL_CACHE_BYTES` (not imported: it pulls in the training stack).
 GDAL_CACHE_BYTES = 64 * 2**20
 
 PROBABILITY_DTYPES = ("float32", "uint8")
+#: class-map value of nodata pixels (set as the file's nodata)
+CLASS_NODATA = 255
 
 
 @dataclass
@@ -100,14 +111,74 @@ def band_indexes(bands: Sequence[int] | None, count: int) -> list[int]:
     return indexes
 
 
+def model_in_channels(model: Any) -> int | None:
+    """The input bands a model reads, when it says: a polyhead model's ``in_channels``, or
+    the ``in_channels`` of a wrapped network (None when it does not say; nothing is guessed).
+    ``model`` may be a `Predictor`."""
+    if isinstance(model, Predictor):
+        model = model.model
+    if isinstance(model, NetworkModel):
+        model = model.heads[HEAD].network
+    value = getattr(model, "in_channels", None)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_bands(image_path: Path, count: int, model: Any) -> None:
+    """DataError (one line naming the file) when ``count`` bands are not what ``model`` reads."""
+    expected = model_in_channels(model)
+    if expected is not None and count != expected:
+        raise DataError(
+            f"{image_path}: {count} band(s) read, but the model reads {expected} (its "
+            f"in_channels); give {expected}-band images (or choose bands)"
+        )
+
+
+class NodataMask:
+    """Which pixels of an open raster are nodata (see the module docstring), by window."""
+
+    def __init__(self, src: Any, indexes: Sequence[int]) -> None:
+        self.src, self.indexes = src, list(indexes)
+        flags = [src.mask_flag_enums[i - 1] for i in self.indexes]
+        self.masked = any(MaskFlags.all_valid not in f for f in flags)
+        self.floating = any(np.dtype(src.dtypes[i - 1]).kind == "f" for i in self.indexes)
+
+    def __call__(
+        self, y: int, x: int, h: int, w: int, pixels: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """``[h, w]`` True at the window's nodata pixels; None when it has none. ``pixels``:
+        the window's bands when already read."""
+        if not (self.masked or self.floating):
+            return None
+        window = Window(x, y, w, h)
+        bad = np.zeros((h, w), bool)
+        if self.masked:
+            bad |= (self.src.read_masks(self.indexes, window=window) == 0).any(axis=0)
+        if self.floating:
+            if pixels is None:
+                pixels = self.src.read(self.indexes, window=window, out_dtype=np.float32)
+            if not np.isfinite(np.add.reduce(pixels, axis=None)):
+                bad |= ~np.isfinite(pixels).all(axis=0)
+        return bad if bad.any() else None
+
+    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """The window's bands as float32 ``[C, h, w]``, nodata pixels set to 0."""
+        window = Window(x, y, w, h)
+        pixels = self.src.read(self.indexes, window=window, out_dtype=np.float32)
+        bad = self(y, x, h, w, pixels)
+        if bad is not None:
+            pixels[:, bad] = 0.0
+        return pixels
+
+
 class MapWriters:
     """The rasters of a prediction, written block by block from blended maps.
 
     ``outputs`` is `output_paths`'s dict. ``classes``: arg-max of ``probabilities``
     (uint8); ``proba``: the probabilities (``float32``, or ``uint8`` scaled 0-255);
     ``uncertainty``: the maps' own ``uncertainty`` when present, else the normalised
-    predictive entropy. The files open on the first block (K is known then); `commit`
-    checks every file before moving any into place. Use inside an ``ExitStack``.
+    predictive entropy. Pixels marked in ``write``'s ``nodata`` are written as nodata
+    (see the module docstring). The files open on the first block (K is known then);
+    `commit` checks every file before moving any into place. Use inside an ``ExitStack``.
     """
 
     def __init__(
@@ -132,27 +203,44 @@ class MapWriters:
         if n_classes > 256:
             raise ConfigError(f"a uint8 class map holds at most 256 classes, got {n_classes}")
         self.n_classes = n_classes
-        layout = {"classes": (1, "uint8"), "proba": (n_classes, self.dtype)}
-        layout["uncertainty"] = (1, "float32")
+        class_nodata = CLASS_NODATA if n_classes <= CLASS_NODATA else None
+        layout = {"classes": (1, "uint8", class_nodata), "uncertainty": (1, "float32", np.nan)}
+        layout["proba"] = (n_classes, self.dtype, np.nan if self.dtype == "float32" else None)
         for key, path in self.outputs.items():
-            count, dtype = layout[key]
+            count, dtype, nodata = layout[key]
             profile = geotiff_profile(*self.shape, count, dtype, self.crs, self.transform)
+            if nodata is not None:
+                profile["nodata"] = nodata
             self.writers[key] = self.stack.enter_context(AtomicGeoTiff(path, profile))
 
-    def write(self, maps: Mapping[str, np.ndarray], row: int, col: int) -> None:
-        """Write the block of blended ``maps`` whose top-left pixel is ``(row, col)``."""
+    def write(
+        self,
+        maps: Mapping[str, np.ndarray],
+        row: int,
+        col: int,
+        nodata: np.ndarray | None = None,
+    ) -> None:
+        """Write the block of blended ``maps`` whose top-left pixel is ``(row, col)``;
+        ``nodata`` (``[h, w]`` bool, optional) marks the block's nodata pixels."""
         proba = maps[PROBABILITIES]
         if not self.writers:
             self._open(proba.shape[0])
-        self.writers["classes"].write(proba.argmax(axis=0)[None].astype(np.uint8), row, col)
+        if nodata is not None and self.n_classes > CLASS_NODATA:
+            raise DataError(
+                f"{self.outputs['classes']}: the input has nodata pixels, but a class map of "
+                f"{self.n_classes} classes has no value left to mark them"
+            )
+        classes = proba.argmax(axis=0)[None].astype(np.uint8)
+        self.writers["classes"].write(_masked(classes, nodata, CLASS_NODATA), row, col)
         if "uncertainty" in self.writers:
             own = maps.get(UNCERTAINTY)
             unc = own if own is not None else predictive_entropy(proba)[None]
-            self.writers["uncertainty"].write(unc, row, col)
+            self.writers["uncertainty"].write(_masked(unc, nodata, np.nan), row, col)
         if "proba" in self.writers:
+            fill = np.nan
             if self.dtype == "uint8":
-                proba = np.clip(np.rint(proba * 255.0), 0, 255)
-            self.writers["proba"].write(proba, row, col)
+                proba, fill = np.clip(np.rint(proba * 255.0), 0, 255), 0
+            self.writers["proba"].write(_masked(proba, nodata, fill), row, col)
 
     def commit(self) -> None:
         """Close and check every file, then move them all into place."""
@@ -160,6 +248,13 @@ class MapWriters:
             writer.close()
         for writer in reversed(self.writers.values()):
             writer.commit()
+
+
+def _masked(block: np.ndarray, nodata: np.ndarray | None, fill: float) -> np.ndarray:
+    """``block [c, h, w]`` with ``fill`` at the ``nodata`` pixels (a copy when any)."""
+    if nodata is None:
+        return block
+    return np.where(nodata[None], np.asarray(fill, block.dtype), block)
 
 
 def open_raster(stack: ExitStack, path: Path) -> Any:
@@ -211,7 +306,9 @@ def predict_raster(
     (an uncertainty head), else the predictive entropy normalised by log K (0 = certain,
     1 = uniform; see `polyhead.inference.uncertainty`). Outputs are written to temp files,
     checked, and renamed at the end; on failure nothing is left behind. Streaming by
-    bands of ``block_size`` columns bounds memory (see the module docstring).
+    bands of ``block_size`` columns bounds memory (see the module docstring). The bands read
+    must be as many as the model's ``in_channels`` (DataError naming the file, before any
+    tile runs); the input's nodata pixels are nodata in every output (module docstring).
     """
     check_config(tile_size, overlap, batch_size, blend)
     image_path, out_path = Path(image_path), Path(out_path)
@@ -229,19 +326,18 @@ def predict_raster(
         height, width = src.height, src.width
         band_cores(width, block_size, tile_size)  # validates block_size
         indexes = band_indexes(bands, src.count)
+        check_bands(image_path, len(indexes), model)
+        nodata = NodataMask(src, indexes)
         writers = MapWriters(
             stack, outputs, (height, width), *georeference(src), probabilities_dtype
         )
-
-        def read(y: int, x: int, h: int, w: int) -> np.ndarray:
-            return src.read(indexes, window=Window(x, y, w, h), out_dtype=np.float32)
 
         total = n_tiles_run(height, width, tile_size, overlap, block_size)
         bar, advance = _progress(progress, total, image_path.name)
         stack.enter_context(bar)
         blocks = _iter_blocks(
             as_predictor(model),
-            read,
+            nodata.read,
             height,
             width,
             tile_size=tile_size,
@@ -255,7 +351,8 @@ def predict_raster(
             on_tiles=advance,
         )
         for y, x, maps in stack.enter_context(closing(blocks)):
-            writers.write(maps, y, x)
+            h, w = maps[PROBABILITIES].shape[1:]
+            writers.write(maps, y, x, nodata(y, x, h, w))
         writers.commit()
     return PredictionResult(
         class_map_path=out_path,
