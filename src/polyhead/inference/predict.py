@@ -66,10 +66,11 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         raise DataError(f"input image(s) not found: {', '.join(missing[:10])}")
     if not images:
         raise DataError(f"no images found in {[str(i) for i in inputs]}")
-    seen: set[Path] = set()
-    unique = [p for p in images if not (p.resolve() in seen or seen.add(p.resolve()))]
-    _check_names(unique)
-    return unique
+    unique: dict[Path, Path] = {}
+    for path in images:
+        unique.setdefault(path.resolve(), path)  # a file listed twice is predicted once
+    _check_names(list(unique.values()))
+    return list(unique.values())
 
 
 def check_inputs(model: Any, images: Sequence[Path]) -> None:
