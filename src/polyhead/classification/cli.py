@@ -4,7 +4,9 @@
 multi-head model of CONFIG and writes ``comparison.md`` / ``comparison.png``;
 ``polyhead compare --demo`` first writes scikit-learn's bundled digits as a class-id CSV and
 runs the built-in digits config (``configs/examples/classifier_digits.yaml`` as a dict).
-``polyhead export CHECKPOINT --format onnx [--head NAME | --all-heads]`` writes ONNX.
+``polyhead export CHECKPOINT --format onnx [--head NAME | --all-heads]`` writes ONNX;
+``--format safetensors`` writes the weights as ``.safetensors`` with a JSON model spec beside
+them (`polyhead.model_file`), which ``polyhead predict`` loads like a checkpoint.
 
 This is the application layer of :mod:`polyhead.classification`: it reads configs and
 checkpoints, trains and instantiates (`run_compare`, `export_checkpoint`); the modules beside
@@ -156,11 +158,37 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_safetensors(args: argparse.Namespace, loaded: Any) -> int:
+    """Write ``.safetensors`` + spec; check that they load back to the same weights."""
+    import torch
+
+    from polyhead.checkpoint import load_checkpoint
+    from polyhead.model_file import write_safetensors
+
+    if args.head:
+        raise ConfigError("--head applies to ONNX; a safetensors export holds every head")
+    output = args.output or Path(args.checkpoint).with_suffix(".safetensors")
+    weights, spec = write_safetensors(loaded, output)
+    print(f"wrote {weights} ({weights.stat().st_size / 1024:.0f} KB) and {spec}")
+    if not args.no_check:
+        back = load_checkpoint(weights).model.state_dict()
+        for key, value in loaded.model.state_dict().items():
+            if key not in back or not torch.equal(back[key], value):
+                weights.unlink(missing_ok=True)
+                spec.unlink(missing_ok=True)
+                raise PolyheadError(f"{weights}: tensor {key!r} does not load back unchanged")
+        print(f"loaded back: {len(back)} tensors identical")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a checkpoint to ONNX and check it against PyTorch with onnxruntime."""
+    """Export a checkpoint to ONNX (checked against PyTorch with onnxruntime) or to
+    safetensors with a JSON model spec."""
     from polyhead.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(args.checkpoint, args.set or [])  # read once
+    if args.format == "safetensors":
+        return _export_safetensors(args, loaded)
     heads = None if args.all_heads else args.head
     if hasattr(loaded.model, "forward_heads"):  # a segmentation model: one output per head
         from polyhead.inference.export import compare_segmentation_onnx, export_segmentation_onnx
@@ -212,21 +240,29 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
     p = subparsers.add_parser(
-        "export", help="export a checkpoint to ONNX (one named output per head)"
+        "export",
+        help="export a checkpoint to ONNX (one named output per head) or safetensors + spec",
     )
     p.add_argument("checkpoint", help="a checkpoint written by polyhead train / compare")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "safetensors"],
+        default="onnx",
+        help="onnx, or safetensors: the weights plus NAME.polyhead.json (loads in predict)",
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument(
         "--head", action="append", metavar="NAME", help="export this head (repeatable)"
     )
     which.add_argument("--all-heads", action="store_true", help="export every head (default)")
-    p.add_argument("--output", "-o", help="ONNX file (default: beside the checkpoint)")
+    p.add_argument(
+        "--output", "-o", help="ONNX / .safetensors file (default: beside the checkpoint)"
+    )
     p.add_argument("--image-size", type=int, help="input size (default: the training data's)")
     p.add_argument(
         "--probabilities", action="store_true", help="output probabilities instead of logits"
     )
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime / load-back check")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the stored config")
     p.set_defaults(func=cmd_export)
