@@ -334,7 +334,9 @@ def test_predict_accepts_a_csv_with_a_bom(tmp_path, conv_ckpt):
     assert (out / "x_classes.tif").is_file()
 
 
-def nodata_outputs(tmp_path: Path, array: np.ndarray, **profile) -> dict[str, np.ndarray]:
+def nodata_outputs(
+    tmp_path: Path, array: np.ndarray, crf: bool = False, **profile
+) -> dict[str, np.ndarray]:
     from polyhead.inference.predict import predict_files
 
     path = tif(tmp_path / "in" / "scene.tif", array, **profile)
@@ -349,6 +351,7 @@ def nodata_outputs(tmp_path: Path, array: np.ndarray, **profile) -> dict[str, np
         progress=False,
         write_probabilities=True,
         write_uncertainty=True,
+        crf=crf,
     )
     found = {}
     for key in ("classes", "proba", "uncertainty"):
@@ -365,12 +368,13 @@ def assert_nodata_at(found: dict[str, np.ndarray], hole: np.ndarray) -> None:
         assert np.isnan(found[key][:, hole]).all() and np.isfinite(found[key][:, ~hole]).all()
 
 
-def test_predict_writes_the_inputs_nodata_as_nodata(tmp_path):
+@pytest.mark.parametrize("crf", [False, True])
+def test_predict_writes_the_inputs_nodata_as_nodata(tmp_path, crf):
     array = image(0, dtype="uint16") + 1
     array[:, 5:20, 10:40] = 0
     hole = np.zeros((SIZE, SIZE), bool)
     hole[5:20, 10:40] = True
-    assert_nodata_at(nodata_outputs(tmp_path, array, nodata=0), hole)
+    assert_nodata_at(nodata_outputs(tmp_path, array, crf=crf, nodata=0), hole)
 
 
 def test_predict_treats_nan_pixels_as_nodata_without_spreading_them(tmp_path):

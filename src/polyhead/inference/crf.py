@@ -56,6 +56,7 @@ from polyhead.errors import ConfigError, DataError
 from polyhead.inference.predictor import PROBABILITIES
 from polyhead.inference.rasters import (
     MapWriters,
+    NodataMask,
     PredictionResult,
     band_indexes,
     georeference,
@@ -361,11 +362,12 @@ def predict_raster_crf(
     height, width = check_crf_size(image_path, max_pixels)
     with ExitStack() as stack:
         src = open_raster(stack, image_path)
-        image = src.read(band_indexes(bands, src.count))
+        nodata = NodataMask(src, band_indexes(bands, src.count))
+        image = nodata.read(0, 0, height, width)  # nodata pixels read as 0, as when tiling
         writers = MapWriters(stack, outputs, (height, width), *georeference(src))
-        maps = predict_maps(as_predictor(model), image.astype(np.float32), **predict_kwargs)
+        maps = predict_maps(as_predictor(model), image, **predict_kwargs)
         maps[PROBABILITIES] = dense_crf(maps[PROBABILITIES], image, **dict(crf_kwargs or {}))
-        writers.write(maps, 0, 0)
+        writers.write(maps, 0, 0, nodata(0, 0, height, width))
         writers.commit()
     return PredictionResult(
         class_map_path=out_path,
