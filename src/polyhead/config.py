@@ -19,8 +19,11 @@ Two config layouts train alike:
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,37 @@ from polyhead.errors import ConfigError
 DATASET_KEYS = ("train_dataset", "val_dataset", "test_dataset")
 DATAMODULE = "polyhead.data.DataModule"
 TRAINER = "lightning.pytorch.Trainer"
+
+#: every top-level key a training config may have (either layout), and what reads it; keys
+#: starting with ``_`` are free (values for other entries to interpolate, e.g. ``${_crop}``)
+CONFIG_KEYS: dict[str, str] = {
+    "model": "the network (train.build_task)",
+    "loss": "head A's / the task's loss (flat layout; or task.loss)",
+    "optimizer": "optimizer factory, _partial_: true (flat layout; or task.optimizer)",
+    "scheduler": "LR scheduler factory, _partial_: true (flat layout; or task.scheduler)",
+    "task": "the LightningModule's arguments (and _target_)",
+    "train_dataset": "training dataset (flat layout; or data.train_dataset)",
+    "val_dataset": "validation dataset (flat layout; or data.val_dataset)",
+    "test_dataset": "test dataset (flat layout; or data.test_dataset)",
+    "data": "polyhead.data.DataModule and its arguments",
+    "callbacks": "Lightning callbacks",
+    "pl_trainer": "lightning.pytorch.Trainer arguments (flat layout)",
+    "trainer": "lightning.pytorch.Trainer arguments (config groups)",
+    "output_dir": "folder of the run folders",
+    "seed": "seed_everything",
+    "ckpt_path": "resume from this checkpoint, like polyhead train --resume",
+    "num_classes": "shared value the config groups interpolate",
+    "in_channels": "shared value the config groups interpolate",
+    "data_dir": "shared value the examples interpolate",
+    "compare": "polyhead compare options",
+    "distillation": "uncertainty options of students trained before heads owned them",
+}
+#: Trainer arguments that belong elsewhere now, and where
+MOVED_TRAINER_ARGS = {
+    "resume_from_checkpoint": "resume with polyhead train --resume RUN_DIR_OR_CKPT",
+    "ckpt_path": "resume with polyhead train --resume RUN_DIR_OR_CKPT",
+    "callbacks": "list callbacks under the top-level 'callbacks'",
+}
 
 
 def _to_plain(cfg: Any) -> dict[str, Any]:
@@ -71,10 +105,47 @@ def compose(
     ``group=option`` and ``+key=value`` overrides) into a resolved plain dict."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import ConfigCompositionException, OverrideParseException
 
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        try:
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        except (ConfigCompositionException, OverrideParseException) as err:
+            base = None
+            if _OVERRIDE_FAILED.search(str(err)):
+                base = hydra_compose(config_name=config_name)
+            raise _override_error(err, base) from None
     return _to_plain(cfg)
+
+
+_OVERRIDE_FAILED = re.compile(r"Could not override '([^']+)'")
+
+
+def _override_error(err: Exception, base: Any) -> ConfigError:
+    """A Hydra composition error as one line; an override of a key the config lacks names the
+    close valid keys (Trainer arguments under ``pl_trainer``/``trainer``)."""
+    match = _OVERRIDE_FAILED.search(str(err))
+    if match is None or base is None:
+        return ConfigError(" ".join(str(err).split()))
+    path = match[1]
+    parent, _, leaf = path.rpartition(".")
+    if parent in ("pl_trainer", "trainer"):
+        valid = trainer_arguments()
+    else:
+        node = OmegaConf.select(base, parent) if parent else base
+        valid = [str(k) for k in node] if isinstance(node, DictConfig) else []
+        if not parent:
+            valid = sorted(set(valid) | set(CONFIG_KEYS))
+    if leaf in valid:  # a valid key the config does not set yet
+        add = re.search(r"use (\+\S+)", str(err))
+        return ConfigError(
+            f"{path} is not in the config; add it with a leading +: "
+            f"{add[1] if add else '+' + path + '=...'}"
+        )
+    what = "config key" if not parent else f"{parent} key"
+    if parent in ("pl_trainer", "trainer"):
+        what = f"{parent} argument"
+    return _unknown(what, leaf, valid)
 
 
 def build(node: Any, key: str) -> Any:
@@ -160,3 +231,42 @@ def check_data_from_config(path_or_mapping: Any) -> list[DataSummary]:
     except Exception:  # e.g. ${hydra:...} interpolations outside a Hydra run
         tree = OmegaConf.to_container(cfg, resolve=False)
     return check_data_in_config(tree, yaml_dir)
+
+
+def _unknown(what: str, key: str, valid: Iterable[str]) -> ConfigError:
+    """``unknown <what> 'key'; did you mean 'x'? valid: ...`` as one line."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ";"
+    return ConfigError(f"unknown {what} {key!r}{hint} valid: {', '.join(valid)}")
+
+
+def check_config_keys(cfg: Mapping[str, Any]) -> None:
+    """Refuse a top-level key no part of polyhead reads (see `CONFIG_KEYS`)."""
+    for key in cfg:
+        if not str(key).startswith("_") and key not in CONFIG_KEYS:
+            raise _unknown("config key", str(key), CONFIG_KEYS)
+
+
+def trainer_arguments() -> list[str]:
+    """The arguments of ``lightning.pytorch.Trainer``."""
+    from lightning.pytorch import Trainer
+
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = inspect.signature(Trainer.__init__).parameters.values()
+    return [p.name for p in params if p.kind in named and p.name != "self"]
+
+
+def check_trainer_args(args: Mapping[str, Any], section: str = "pl_trainer") -> None:
+    """Refuse an argument ``lightning.pytorch.Trainer`` does not take."""
+    valid = trainer_arguments()
+    for key in args:
+        if key in MOVED_TRAINER_ARGS:
+            raise ConfigError(f"{section}.{key}: {MOVED_TRAINER_ARGS[key]}")
+        if key == "enable_checkpointing" and not args[key]:
+            raise ConfigError(
+                f"{section}.enable_checkpointing=false: every run writes checkpoints/last.ckpt "
+                "(to resume from); leave it out"
+            )
+        if key not in valid:
+            raise _unknown(f"{section} argument", str(key), valid)
