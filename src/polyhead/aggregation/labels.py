@@ -15,7 +15,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -87,6 +87,31 @@ def read_label_csv(
     )
 
 
+def _fit_labels(
+    method: str,
+    rows: np.ndarray,
+    anns: np.ndarray,
+    labs: np.ndarray,
+    shape: tuple[int, int, int],
+    labelled: np.ndarray,
+    options: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[list[float], int, bool]]:
+    """``(posteriors, hard labels, confusion, priors, (log-likelihood trace, iterations,
+    converged))`` of Dawid-Skene or the majority vote over ``(row, annotator, label)``
+    triplets of ``shape = (items, annotators, classes)``."""
+    n, a, k = shape
+    if method == "dawid_skene":
+        res = dawid_skene_sparse(rows, anns, labs, k, n_rows=n, n_annotators=a, **options)
+        fit = (res.log_likelihood, res.n_iter, res.converged)
+        return res.posteriors, res.labels, res.confusion, res.priors, fit
+    dense = np.full((n, a), -1, np.int64)
+    dense[rows, anns] = labs
+    post = vote_fractions_labels(dense, k)
+    hard = majority_vote_labels(dense, k)
+    conf = confusion_from_posteriors(dense, post, k, smoothing=options["smoothing"])
+    return post, hard, conf, post[labelled].mean(axis=0), ([], 0, True)
+
+
 def aggregate_labels(
     csv_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -122,31 +147,10 @@ def aggregate_labels(
             msg + f"; written with label {ignore_index} and zero probabilities", stacklevel=2
         )
 
-    trace: list[float] = []
-    n_iter, converged = 0, True
-    if method == "dawid_skene":
-        res = dawid_skene_sparse(
-            rows,
-            anns,
-            labs,
-            k,
-            n_rows=n,
-            n_annotators=a,
-            model=model,
-            max_iter=max_iter,
-            tol=tol,
-            smoothing=smoothing,
-        )
-        post, conf, priors = res.posteriors, res.confusion, res.priors
-        hard = res.labels
-        trace, n_iter, converged = res.log_likelihood, res.n_iter, res.converged
-    else:
-        dense = np.full((n, a), -1, np.int64)
-        dense[rows, anns] = labs
-        post = vote_fractions_labels(dense, k)
-        hard = majority_vote_labels(dense, k)
-        conf = confusion_from_posteriors(dense, post, k, smoothing=smoothing)
-        priors = post[labelled].mean(axis=0)
+    options = dict(model=model, max_iter=max_iter, tol=tol, smoothing=smoothing)
+    post, hard, conf, priors, (trace, n_iter, converged) = _fit_labels(
+        method, rows, anns, labs, (n, a, k), labelled, options
+    )
     hard = np.where(hard < 0, ignore_index, hard)
 
     with Staging(out_dir) as stage:

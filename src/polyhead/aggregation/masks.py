@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -194,6 +194,73 @@ def _write_image(
     reader.cache.close()
 
 
+def _labelled_images(
+    csv_path: Path, entries: list, counted: Any, empty_images: str
+) -> tuple[list[int], list[str]]:
+    """Indexes of the images with a labelled pixel, and the keys of those skipped (an image
+    without one is an error unless ``empty_images="skip"``)."""
+    kept_idx, skipped = [], []
+    for i, entry in enumerate(entries):
+        if counted.labelled[i] > 0:
+            kept_idx.append(i)
+            continue
+        lines = ", ".join(str(r.line) for r in entry.rows)
+        msg = f"{csv_path}, line(s) {lines}: image {entry.key!r} has no labelled pixel"
+        if empty_images == "error":
+            raise DataError(
+                msg + " (every mask is ignore_index); pass empty_images='skip' to drop it"
+            )
+        warnings.warn(msg + "; skipped", stacklevel=3)
+        skipped.append(entry.key)
+    if not kept_idx:
+        raise DataError(f"{csv_path}: no image has a labelled pixel")
+    return kept_idx, skipped
+
+
+def _pattern_table(
+    counted: Any, kept_idx: list[int], per_image_prior: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[slice]]:
+    """``(codes, counts, groups, slices)``: the label patterns to fit, their pixel counts,
+    the image of each row (per-image priors only) and the rows each image looks up."""
+    if not per_image_prior:
+        assert counted.total is not None
+        codes, counts = counted.total.result()
+        return codes, counts, None, [slice(None)] * len(kept_idx)
+    tables = [counted.per_image[i] for i in kept_idx]
+    sizes = [c.size for c, _ in tables]
+    ends = np.cumsum(sizes)
+    slices = [slice(int(e - n), int(e)) for e, n in zip(ends, sizes, strict=True)]
+    codes = np.concatenate([c for c, _ in tables])
+    counts = np.concatenate([n for _, n in tables])
+    return codes, counts, np.repeat(np.arange(len(kept_idx)), sizes), slices
+
+
+def _report_extra(
+    settings: Mapping[str, Any],
+    model: str,
+    codes: np.ndarray,
+    counts: np.ndarray,
+    counted: Any,
+    annotators: Sequence[str],
+    per_annotator: np.ndarray,
+) -> dict[str, Any]:
+    """The run's settings and pixel counts for ``confusion.json``."""
+    return {
+        "ignore_index": int(settings["ignore_index"]),
+        "smoothing": float(settings["smoothing"]),
+        "tol": float(settings["tol"]),
+        "max_iter": int(settings["max_iter"]),
+        "model": model,
+        "tie_rule": "hard mask: argmax, ties to the lowest class id",
+        "n_patterns": int(codes.size),
+        "n_labelled_pixels": int(counts.sum()),
+        "n_unlabelled_pixels": int(sum(counted.unlabelled)),
+        "labelled_pixels_per_annotator": dict(
+            zip(annotators, (int(x) for x in per_annotator), strict=True)
+        ),
+    }
+
+
 def aggregate_masks(
     csv_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -231,36 +298,9 @@ def aggregate_masks(
     reader = MaskReader(csv_path, len(annotators), k, int(ignore_index))
     counted = _count_patterns(entries, reader, codec, progress, per_image_prior)
 
-    kept_idx, skipped = [], []
-    for i, entry in enumerate(entries):
-        if counted.labelled[i] > 0:
-            kept_idx.append(i)
-            continue
-        lines = ", ".join(str(r.line) for r in entry.rows)
-        msg = f"{csv_path}, line(s) {lines}: image {entry.key!r} has no labelled pixel"
-        if empty_images == "error":
-            raise DataError(
-                msg + " (every mask is ignore_index); pass empty_images='skip' to drop it"
-            )
-        warnings.warn(msg + "; skipped", stacklevel=2)
-        skipped.append(entry.key)
-    if not kept_idx:
-        raise DataError(f"{csv_path}: no image has a labelled pixel")
+    kept_idx, skipped = _labelled_images(csv_path, entries, counted, empty_images)
     kept = [entries[i] for i in kept_idx]
-
-    groups: np.ndarray | None = None
-    slices = [slice(None)] * len(kept)  # rows of the fitted table each image looks up
-    if per_image_prior:
-        tables = [counted.per_image[i] for i in kept_idx]
-        codes = np.concatenate([c for c, _ in tables])
-        counts = np.concatenate([n for _, n in tables])
-        sizes = [c.size for c, _ in tables]
-        groups = np.repeat(np.arange(len(kept)), sizes)
-        ends = np.cumsum(sizes)
-        slices = [slice(int(e - n), int(e)) for e, n in zip(ends, sizes, strict=True)]
-    else:
-        assert counted.total is not None
-        codes, counts = counted.total.result()
+    codes, counts, groups, slices = _pattern_table(counted, kept_idx, per_image_prior)
     labels = codec.decode(codes)
     options = dict(max_iter=max_iter, tol=tol, smoothing=smoothing, model=model)
     post, hard, conf, priors, res = _fit(
@@ -283,22 +323,10 @@ def aggregate_masks(
             soft_paths.append(out_dir / soft_rel)
             hard_paths.append(out_dir / hard_rel)
         write_csv(stage.path("train.csv"), ("image", "mask", "soft_mask"), train_rows)
-        extra = {
-            "ignore_index": int(ignore_index),
-            "smoothing": float(smoothing),
-            "tol": float(tol),
-            "max_iter": int(max_iter),
-            "model": model,
-            "tie_rule": "hard mask: argmax, ties to the lowest class id",
-            "n_patterns": int(codes.size),
-            "n_labelled_pixels": int(counts.sum()),
-            "n_unlabelled_pixels": int(sum(counted.unlabelled)),
-            "labelled_pixels_per_annotator": dict(
-                zip(annotators, (int(x) for x in per_annotator), strict=True)
-            ),
-            "images": [e.key for e in kept],
-            "skipped_images": skipped,
-        }
+        settings = dict(ignore_index=ignore_index, smoothing=smoothing, tol=tol, max_iter=max_iter)
+        extra = _report_extra(settings, model, codes, counts, counted, annotators, per_annotator)
+        extra.update(images=[e.key for e in kept], skipped_images=skipped)
+        priors_out = priors
         if per_image_prior:
             extra["priors_per_image"] = {
                 e.key: p for e, p in zip(kept, np.round(priors, 8).tolist(), strict=True)
@@ -306,8 +334,6 @@ def aggregate_masks(
             weight = np.array([counted.labelled[i] for i in kept_idx], dtype=np.float64)
             priors_global = (priors * weight[:, None]).sum(0)
             priors_out = priors_global / priors_global.sum()
-        else:
-            priors_out = priors
         write_report(stage, method, annotators, conf, priors_out, trace, n_iter, converged, extra)
         stage.commit()
     return AggregationResult(
