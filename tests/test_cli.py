@@ -79,7 +79,8 @@ def test_train_with_ddp_on_two_cpu_processes(synthetic_rgb6, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "distributed_backend=gloo" in log and "All distributed processes registered" in log
-    assert list((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert len(list(tmp_path.glob("run-*"))) == 1  # both processes write into one run folder
+    assert list(tmp_path.glob("run-*/checkpoints/*.ckpt"))
 
 
 @pytest.mark.parametrize("argv", [["train"], ["predict", "x.ckpt", "img.tif", "-o", "out"]])

@@ -259,7 +259,7 @@ def test_experiment_trains_through_the_cli(experiment, request, tmp_path, capsys
     argv = ["train", "--config-dir", str(CONFIGS), "--config-name", "train"]
     assert main([*argv, f"experiment={experiment}", *overrides]) == 0, capsys.readouterr().err
     assert "best checkpoint:" in capsys.readouterr().out
-    assert list((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert list(tmp_path.glob("run-*/checkpoints/*.ckpt"))
 
 
 def test_layouts_do_not_mix_silently():

@@ -64,7 +64,8 @@ def test_training_logs_each_term_and_checkpoints(trained):
     ):
         assert key in m, key
     assert m["val/mIoU"] == m["val/average/mIoU"]  # inference_head: average
-    log = (Path(cfg["output_dir"]) / "metrics.csv").read_text()
+    assert result.run_dir.parent == Path(cfg["output_dir"])  # its own run folder
+    log = (result.run_dir / "metrics.csv").read_text()
     assert "loss/train/consistency" in log
 
 
@@ -164,7 +165,7 @@ def test_seed_config_runs_with_only_paths_changed(synthetic_rgb6, tmp_path, caps
         "pytorch_lightning.callbacks.ModelCheckpoint -> lightning.pytorch.callbacks",
     ):
         assert out.count(alias) == 1, alias
-    assert list((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert list(tmp_path.glob("run-*/checkpoints/*.ckpt"))
 
 
 def test_predict_cli_with_tta_and_uncertainty(trained, synthetic, tmp_path):

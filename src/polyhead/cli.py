@@ -31,11 +31,25 @@ def _compose(config_dir: str | None, config_name: str | None, config: str | None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train in a new run folder, or ``--resume`` one (with its own ``config.yaml`` unless a
+    config is given; overrides apply to either)."""
+    from polyhead.runs import resolve_resume, run_config
     from polyhead.train import train
 
-    cfg = _compose(args.config_dir, args.config_name, args.config, args.overrides)
-    result = train(cfg)
+    config = args.config
+    if args.resume and not (config or args.config_dir or args.config_name):
+        run_dir = resolve_resume(args.resume).run_dir
+        if run_dir is None:
+            raise PolyheadError(f"--resume {args.resume}: in no run folder; give its --config")
+        config = str(run_config(run_dir))
+    cfg = _compose(args.config_dir, args.config_name, config, args.overrides)
+    result = train(cfg, resume=args.resume)
+    if result.validation_table:
+        print(f"validation ({result.validation}):\n{result.validation_table}")
+    print(f"run folder:      {result.run_dir}")
     print(f"best checkpoint: {result.best_checkpoint}")
+    print(f"last checkpoint: {result.last_checkpoint}")
+    print(f"to continue:     polyhead train --resume {result.run_dir} pl_trainer.max_epochs=N")
     return 0
 
 
@@ -161,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-dir", help="folder holding the config")
     p.add_argument("--config-name", help="config file name without .yaml")
     p.add_argument("--config", help="path to a YAML config (instead of dir + name)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR_OR_CKPT",
+        help="continue a run in its folder: from its checkpoints/last.ckpt (or this full "
+        "checkpoint), with its config.yaml unless a config is given",
+    )
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. pl_trainer.max_epochs=5")
     p.set_defaults(func=cmd_train)
 

@@ -11,10 +11,17 @@ Everything is instantiated here and handed over built: datasets (with built tran
 `polyhead.data.DataModule`, which owns the loaders; model, losses and optimizer factories to
 the task; the DataModule to ``trainer.fit``. The task never reads the config; it only stores
 the resolved one in checkpoints.
+
+Each run writes into its own folder under ``output_dir`` (see `polyhead.runs`): its resolved
+``config.yaml``, ``checkpoints/last.ckpt`` (always, full: what ``--resume`` continues from) and
+the monitored best (weights only), ``metrics.csv`` and ``validation.md``. Checkpoints are
+written whole-or-absent (`polyhead.checkpoint_io.AtomicCheckpointIO`); leftover temps of killed
+runs in the output folder are removed when a run starts.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,9 +31,30 @@ from typing import Any
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
+from polyhead.callbacks import RNGStateCallback, RunCheckpoint
+from polyhead.checkpoint_io import AtomicCheckpointIO
 from polyhead.compat import resolve_aliases
-from polyhead.config import DATAMODULE, build, flatten_layout, load_config, target_class
+from polyhead.config import (
+    DATAMODULE,
+    build,
+    check_config_keys,
+    check_trainer_args,
+    flatten_layout,
+    load_config,
+    target_class,
+)
 from polyhead.errors import ConfigError
+from polyhead.io import remove_stale_temp_files
+from polyhead.runs import (
+    CHECKPOINTS,
+    Resume,
+    RunCSVLogger,
+    discard_new_run,
+    new_run_dir,
+    resolve_resume,
+    run_config,
+    write_run_config,
+)
 
 #: what a config gets when it leaves a key out
 DEFAULTS: dict[str, Any] = {
@@ -39,21 +67,44 @@ DEFAULTS: dict[str, Any] = {
 DEFAULT_TASK = "polyhead.tasks.SegmentationTask"
 #: task arguments that may also sit at the top level (the flat layout)
 TOP_LEVEL_TASK_ARGS = ("loss", "optimizer", "scheduler")
+#: ``_target_``s of Lightning's ModelCheckpoint, built as `polyhead.callbacks.RunCheckpoint`
+MODEL_CHECKPOINT_TARGETS = (
+    "lightning.pytorch.callbacks.ModelCheckpoint",
+    "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
+)
+#: a temp untouched this long whose writer is gone is a leftover (see `polyhead.io.atomic`)
+STALE_AFTER_S = 60.0
+#: the run folder, for the processes a DDP launch starts (they re-run the same command)
+RUN_DIR_ENV = "POLYHEAD_RUN_DIR"
 
 
 @dataclass
 class TrainResult:
-    output_dir: Path
+    """Where a run wrote its files, and its last validation metrics."""
+
+    run_dir: Path
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     metrics: dict[str, float] = field(default_factory=dict)
+    validation: Path | None = None  # validation.md
+    validation_table: str | None = None  # its per-head table (markdown)
+    resumed_from: Path | None = None
+
+    @property
+    def output_dir(self) -> Path:
+        """The run folder (the name earlier versions used)."""
+        return self.run_dir
 
 
 def to_plain_config(cfg: Mapping[str, Any] | DictConfig | str | Path) -> dict[str, Any]:
     """Load/resolve a config (YAML path, DictConfig or mapping) to the flat layout + defaults."""
     if isinstance(cfg, str | Path | DictConfig):
         cfg = load_config(cfg)
+    check_config_keys(cfg)
     plain = flatten_layout(resolve_aliases(dict(cfg)))
+    check_trainer_args(
+        plain.get("pl_trainer") or {}, "trainer" if "trainer" in cfg else "pl_trainer"
+    )
     merged = {**DEFAULTS, **plain}
     merged["pl_trainer"] = {**DEFAULTS["pl_trainer"], **(plain.get("pl_trainer") or {})}
     if not merged.get("model"):
@@ -80,17 +131,28 @@ def build_datamodule(cfg: Mapping[str, Any], splits: tuple[str, ...] = ("train",
         raise ConfigError(f"data: {err}") from None
 
 
-def build_callbacks(cfg: Mapping[str, Any], output_dir: Path) -> list[pl.Callback]:
-    callbacks = [build(c, f"callbacks[{i}]") for i, c in enumerate(cfg.get("callbacks") or [])]
-    for cb in callbacks:
-        if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.dirpath is None:
-            cb.dirpath = str(output_dir / "checkpoints")
-    if not any(isinstance(cb, pl.callbacks.ModelCheckpoint) for cb in callbacks):
-        callbacks.append(
-            pl.callbacks.ModelCheckpoint(
-                dirpath=str(output_dir / "checkpoints"), monitor="loss/val", save_last=True
-            )
-        )
+def _callback_spec(spec: Any) -> Any:
+    """A callback entry, Lightning's ModelCheckpoint built as `RunCheckpoint`."""
+    if isinstance(spec, Mapping) and spec.get("_target_") in MODEL_CHECKPOINT_TARGETS:
+        return {**spec, "_target_": f"{RunCheckpoint.__module__}.{RunCheckpoint.__name__}"}
+    return spec
+
+
+def build_callbacks(cfg: Mapping[str, Any], run_dir: Path) -> list[pl.Callback]:
+    """The config's callbacks, every checkpoint in ``run_dir/checkpoints``: the first
+    ModelCheckpoint also writes ``last.ckpt`` (a `RunCheckpoint` on ``loss/val`` when the
+    config has none); RNG states go into every full checkpoint."""
+    specs = [_callback_spec(c) for c in cfg.get("callbacks") or []]
+    callbacks = [build(c, f"callbacks[{i}]") for i, c in enumerate(specs)]
+    ckpts = [cb for cb in callbacks if isinstance(cb, pl.callbacks.ModelCheckpoint)]
+    if not ckpts:
+        monitor = "loss/val" if cfg.get("val_dataset") else None
+        ckpts = [RunCheckpoint(monitor=monitor)]
+        callbacks.append(ckpts[0])
+    for cb in ckpts:
+        cb.dirpath = str((run_dir / CHECKPOINTS).resolve())
+    ckpts[0].save_last = True  # always, whatever the config says: what a resume needs
+    callbacks.append(RNGStateCallback())
     wants_bar = cfg["pl_trainer"].get("enable_progress_bar", True)
     if wants_bar and not any(isinstance(cb, pl.callbacks.ProgressBar) for cb in callbacks):
         callbacks.append(pl.callbacks.RichProgressBar())
@@ -127,31 +189,142 @@ def build_task(cfg: Mapping[str, Any], ignore_index: int | None = None) -> pl.Li
     return task_cls(model=model, config=cfg, **built)
 
 
-def build_trainer(cfg: Mapping[str, Any], output_dir: Path) -> pl.Trainer:
-    """``lightning.pytorch.Trainer`` from ``pl_trainer``, with callbacks and a CSV logger."""
+def _plugins(kwargs: dict[str, Any]) -> list[Any]:
+    """``pl_trainer.plugins`` built, plus `AtomicCheckpointIO` unless one is a CheckpointIO."""
+    spec = kwargs.pop("plugins", None) or []
+    plugins = [build(p, f"pl_trainer.plugins[{i}]") for i, p in enumerate(_as_list(spec))]
+    if not any(isinstance(p, pl.plugins.CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def build_trainer(
+    cfg: Mapping[str, Any], run_dir: Path, keep_metrics_below_step: int | None = None
+) -> pl.Trainer:
+    """``lightning.pytorch.Trainer`` from ``pl_trainer``, with callbacks, `AtomicCheckpointIO`
+    and a CSV logger writing ``run_dir/metrics.csv`` (rows from ``keep_metrics_below_step``
+    on, those a resumed run logs again, are dropped)."""
     kwargs = dict(cfg["pl_trainer"])
-    kwargs.setdefault("default_root_dir", str(output_dir))
+    kwargs["default_root_dir"] = str(run_dir)
     if "logger" not in kwargs:
-        kwargs["logger"] = pl.loggers.CSVLogger(str(output_dir), name="", version="")
+        kwargs["logger"] = RunCSVLogger(run_dir, keep_below_step=keep_metrics_below_step)
     elif isinstance(kwargs["logger"], Mapping):
         kwargs["logger"] = build(kwargs["logger"], "pl_trainer.logger")
-    return pl.Trainer(callbacks=build_callbacks(cfg, output_dir), **kwargs)
+    plugins = _plugins(kwargs)
+    return pl.Trainer(callbacks=build_callbacks(cfg, run_dir), plugins=plugins, **kwargs)
 
 
-def train(cfg: Mapping[str, Any] | DictConfig | str | Path) -> TrainResult:
-    """Train from a config; returns where the checkpoints are and the last validation metrics."""
-    cfg = to_plain_config(cfg)
-    pl.seed_everything(cfg["seed"], workers=True, verbose=False)
+def _resume_from(cfg: Mapping[str, Any] | None, resume: str | Path | None) -> Resume | None:
+    """``resume``, or the config's ``ckpt_path`` (the same thing); both, naming different
+    checkpoints: an error."""
+    key = (cfg or {}).get("ckpt_path")
+    found = resolve_resume(resume) if resume is not None else None
+    if key is not None:
+        from_key = resolve_resume(key)
+        if found is not None and found.checkpoint.resolve() != from_key.checkpoint.resolve():
+            raise ConfigError(f"ckpt_path {key} and --resume {resume} differ; give one")
+        found = found or from_key
+    return found
+
+
+def _prepare(
+    cfg: Mapping[str, Any] | DictConfig | str | Path | None, resume: str | Path | None
+) -> tuple[dict[str, Any], Resume | None]:
+    """The plain config and what to resume from (``resume=`` or the config's ``ckpt_path``);
+    with ``resume`` and no config, the run folder's ``config.yaml``."""
+    plain = to_plain_config(cfg) if cfg is not None else None
+    found = _resume_from(plain, resume)
+    if plain is None:
+        if found is None or found.run_dir is None:
+            raise ConfigError("train: give a config (or resume a run folder, which holds one)")
+        plain = to_plain_config(run_config(found.run_dir))
+    plain.pop("ckpt_path", None)
+    return plain, found
+
+
+def open_run(cfg: Mapping[str, Any], resume: Resume | None) -> Path:
+    """The run folder: the resumed run's, else a new one under ``output_dir``; leftover temps
+    of killed runs are removed and the config is written as ``config.yaml``."""
+    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])  # a DDP worker: the launching process's run
     output_dir = Path(cfg["output_dir"])
+    remove_stale_temp_files(output_dir, recursive=True, min_age_s=STALE_AFTER_S)
+    if resume is not None and resume.run_dir is not None:
+        run_dir = resume.run_dir
+        remove_stale_temp_files(run_dir, recursive=True, min_age_s=STALE_AFTER_S)
+    else:
+        run_dir = new_run_dir(output_dir)
+    write_run_config(run_dir, cfg)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    return run_dir
+
+
+def train(
+    cfg: Mapping[str, Any] | DictConfig | str | Path | None = None,
+    resume: str | Path | None = None,
+) -> TrainResult:
+    """Train from a config in a new run folder, or continue a run: ``resume`` is a run folder
+    (its ``checkpoints/last.ckpt``) or a full checkpoint; without ``cfg`` the run's
+    ``config.yaml`` is used. Returns the run folder, checkpoints and last validation metrics."""
+    cfg, found = _prepare(cfg, resume)
+    pl.seed_everything(cfg["seed"], workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     task = build_task(cfg, getattr(datamodule.train_dataset, "ignore_index", None))
-    trainer = build_trainer(cfg, output_dir)
+    run_dir = open_run(cfg, found)  # once the config has built: no folder for a broken one
+    try:
+        trainer = build_trainer(cfg, run_dir, found.global_step if found else None)
+    except Exception:
+        if found is None:
+            discard_new_run(run_dir)
+        raise
     with warnings.catch_warnings():
         # raised inside Lightning's own pytree helper on torch >= 2.10; not actionable here
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-        trainer.fit(task, datamodule=datamodule)
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
+        trainer.fit(task, datamodule=datamodule, ckpt_path=found.checkpoint if found else None)
     ckpt = trainer.checkpoint_callback
     best = Path(ckpt.best_model_path) if ckpt is not None and ckpt.best_model_path else None
     last = Path(ckpt.last_model_path) if ckpt is not None and ckpt.last_model_path else None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    return TrainResult(output_dir, best, last, metrics)
+    result = TrainResult(
+        run_dir, best, last, metrics, resumed_from=found.checkpoint if found else None
+    )
+    if trainer.world_size == 1:  # in a multi-process run the metrics would sync across ranks
+        _report(result, task, datamodule, trainer)
+    return result
+
+
+def _report(result: TrainResult, task: Any, datamodule: Any, trainer: pl.Trainer) -> None:
+    """``validation.md``: per-head metrics of the best checkpoint (EMA weights) on the
+    validation set, for single-process segmentation runs (what `polyhead demo` prints)."""
+    from polyhead.tasks import SegmentationTask
+
+    dataset = datamodule.val_dataset
+    n_classes = getattr(dataset, "n_classes", None)
+    checkpoint = result.best_checkpoint or result.last_checkpoint
+    if not isinstance(task, SegmentationTask) or n_classes is None or checkpoint is None:
+        return
+    from polyhead.checkpoint import load_checkpoint
+    from polyhead.evaluate import evaluate_heads
+    from polyhead.runs import write_validation_report
+
+    try:
+        model = load_checkpoint(checkpoint).model
+    except ConfigError as err:  # e.g. a model outside the loader's allow-list
+        warnings.warn(f"validation.md not written: {err}", stacklevel=2)
+        return
+    device = "cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
+    results = evaluate_heads(
+        model,
+        dataset,
+        n_classes,
+        ignore_index=getattr(dataset, "ignore_index", 255),
+        device=device,
+    )
+    result.validation, result.validation_table = write_validation_report(
+        result.run_dir, results, checkpoint
+    )

@@ -93,7 +93,7 @@ def test_compare_demo_writes_table_and_figure(tmp_path, capsys):
     assert (out / "onnx" / "multihead.onnx").is_file() and (
         out / "onnx" / "baseline.onnx"
     ).is_file()
-    assert (out / "baseline" / "checkpoints").is_dir() and (
-        out / "multihead" / "checkpoints"
-    ).is_dir()
+    assert list(out.glob("baseline/run-*/checkpoints")) and list(
+        out.glob("multihead/run-*/checkpoints")
+    )
     assert "| 2 heads, split at conv5 |" in capsys.readouterr().out

@@ -34,5 +34,6 @@ def test_example_config_trains_a_student(name, target, tiny_targets, tmp_path):
     ]
     config = REPO / "configs" / "examples" / f"{name}.yaml"
     assert main(["train", "--config", str(config), *overrides]) == 0
-    model = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt").model
+    (last,) = tmp_path.glob("run-*/checkpoints/last.ckpt")  # the run's own folder
+    model = load_checkpoint(last).model
     assert model.heads["unc"].uncertainty_target == target  # the head owns what it predicts
