@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from torch.utils.data import DataLoader, TensorDataset
 
+from polyhead.callbacks import EMACallback, RunCheckpoint
 from polyhead.checkpoint_io import AtomicCheckpointIO
 from polyhead.cli import main
 from polyhead.demo.run import demo_config
@@ -247,3 +250,43 @@ def test_checkpoint_io_is_whole_or_absent(tmp_path, monkeypatch):
         {**full, "lr_schedulers": [], "MixedPrecision": {}}, slim, {"weights_only": True}
     )
     assert set(torch.load(slim, weights_only=True)) == {"state_dict"}
+
+
+class Scored(pl.LightningModule):
+    """A linear model whose validation score only gets worse: the best stays at epoch 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 1)
+
+    def training_step(self, batch, _):
+        return torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+
+    def validation_step(self, batch, _):
+        self.log("score", float(self.current_epoch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_every_epoch_best_weights_only_with_ema(tmp_path):
+    """Lightning >= 2.5 writes last.ckpt only beside a new best; RunCheckpoint every epoch."""
+    data = DataLoader(TensorDataset(torch.randn(8, 3), torch.randn(8, 1)), batch_size=4)
+    ema = EMACallback(decay=0.5, warmup=False)
+    trainer = pl.Trainer(
+        max_epochs=3,
+        callbacks=[ema, RunCheckpoint(dirpath=tmp_path, monitor="score", mode="min")],
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(Scored(), data, data)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    best = torch.load(tmp_path / "epoch=0-step=2.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and "optimizer_states" in last and best["epoch"] == 0
+    assert not {"optimizer_states", "lr_schedulers", "callbacks"} & set(best)
+    training = last["callbacks"]["EMACallback"]["training_weights"]["layer.weight"]
+    assert torch.equal(last["state_dict"]["layer.weight"], ema.shadow["layer.weight"])
+    assert not torch.equal(training, last["state_dict"]["layer.weight"])  # EMA != training
