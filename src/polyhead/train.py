@@ -45,6 +45,7 @@ from polyhead.config import (
 )
 from polyhead.errors import ConfigError
 from polyhead.io import remove_stale_temp_files
+from polyhead.preflight import check_task
 from polyhead.runs import (
     CHECKPOINTS,
     Resume,
@@ -274,6 +275,7 @@ def train(
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     task = build_task(cfg, getattr(datamodule.train_dataset, "ignore_index", None))
+    check_task(task, datamodule)  # bands and class counts agree, before any run folder exists
     run_dir = open_run(cfg, found)  # once the config has built: no folder for a broken one
     try:
         trainer = build_trainer(cfg, run_dir, found.global_step if found else None)

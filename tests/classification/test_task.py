@@ -72,8 +72,9 @@ def test_training_logs_per_head_losses_and_metrics_and_selects_on_a_head(digits,
             assert 0.0 <= m[f"val/{head}/{key}"] <= 1.0
     assert "loss/val" in m
     assert result.best_checkpoint is not None
-    ckpt = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)
-    callback = next(v for k, v in ckpt["callbacks"].items() if "ModelCheckpoint" in k)
+    # the full training state (callbacks included) is in last.ckpt; best holds the weights
+    ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
+    callback = next(v for k, v in ckpt["callbacks"].items() if "Checkpoint{" in k)
     assert callback["monitor"] == "val/screen/f1"
     model, stored = load_model(result.best_checkpoint)
     assert stored["model"]["heads"] == {"screen": 2, "other": 2}

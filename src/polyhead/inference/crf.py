@@ -362,12 +362,16 @@ def predict_raster_crf(
     height, width = check_crf_size(image_path, max_pixels)
     with ExitStack() as stack:
         src = open_raster(stack, image_path)
-        nodata = NodataMask(src, band_indexes(bands, src.count))
-        image = nodata.read(0, 0, height, width)  # nodata pixels read as 0, as when tiling
+        indexes = band_indexes(bands, src.count)
+        image = src.read(indexes)  # the CRF's guide: the raw bands
+        pixels = image.astype(np.float32)
+        bad = NodataMask(src, indexes)(0, 0, height, width, pixels)
+        if bad is not None:
+            pixels[:, bad] = 0.0  # nodata pixels read as 0, as when tiling
         writers = MapWriters(stack, outputs, (height, width), *georeference(src))
-        maps = predict_maps(as_predictor(model), image, **predict_kwargs)
+        maps = predict_maps(as_predictor(model), pixels, **predict_kwargs)
         maps[PROBABILITIES] = dense_crf(maps[PROBABILITIES], image, **dict(crf_kwargs or {}))
-        writers.write(maps, 0, 0, nodata(0, 0, height, width))
+        writers.write(maps, 0, 0, bad)
         writers.commit()
     return PredictionResult(
         class_map_path=out_path,
