@@ -102,3 +102,22 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next(conv_checkpoint, tmp_
     assert main(["predict", str(conv_checkpoint), str(scene), "-o", str(out)]) == 0
     assert not left.exists() and not staged.exists() and mine.exists()
     assert "left by a killed run" in capsys.readouterr().err
+
+
+def test_train_into_a_full_disk(synthetic, small_disk, tmp_path, capsys):
+    """A checkpoint that does not fit: exit 2, one line, no checkpoint under a final name."""
+    from omegaconf import OmegaConf
+
+    from polyhead.demo.run import demo_config
+
+    disk = small_disk("2m")  # room for the run's config and metrics, not for a checkpoint
+    cfg = demo_config(synthetic, disk / "runs", 1, "resnet18", crop_size=32, samples_per_epoch=8)
+    cfg["train_dataset"]["data_loader"]["batch_size"] = 4
+    cfg["pl_trainer"].update(enable_progress_bar=False, enable_model_summary=False)
+    config = tmp_path / "train.yaml"
+    OmegaConf.save(OmegaConf.create(cfg), config)
+    assert main(["train", "--config", str(config)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after Lightning's own log lines
+    assert last.startswith("polyhead train: error: could not write") and ".ckpt" in last
+    files = _final_files(disk)
+    assert not [f for f in files if f.endswith(".ckpt") or ".polyhead.partial-" in f], files
