@@ -4,14 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from polyhead.distill.losses import (
-    DistillationLoss,
-    ThreadRecipeLoss,
-    UncertaintyRegressionLoss,
-    forward_transform,
-    to_uncertainty,
-)
+from polyhead.distill.losses import DistillationLoss, ThreadRecipeLoss
 from polyhead.errors import ConfigError
+from polyhead.losses.uncertainty import UncertaintyRegressionLoss, forward_transform, to_uncertainty
 
 B, K, H, W = 2, 4, 8, 8
 

@@ -8,8 +8,9 @@ targets) with switches to remove one ingredient at a time, for the ablation in
 Both take ``(seg_logits [B, K, H, W], unc_out [B, C, H, W], targets)`` where ``targets``
 holds ``soft`` (teacher mean probabilities), ``uncertainty`` (``[B, 3 + K, H, W]``, bands as
 `polyhead.losses.uncertainty.UNCERTAINTY_BANDS` then per-class std) and optionally ``hard``;
-they return ``(total, {part: value})`` and map the head's output back to uncertainty with
-``to_uncertainty``.
+they return ``(total, {part: value})`` and name the ``transform``, ``activation`` and
+``uncertainty_target`` they regress in, which the student's uncertainty head must share (the
+head maps its output back: `polyhead.models.UncertaintyHead.activate`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from polyhead.losses.uncertainty import (
     forward_transform,
     select_target,
     target_variance,
-    to_uncertainty,
 )
 
 
@@ -73,10 +73,6 @@ class DistillationLoss(nn.Module):
     @property
     def activation(self) -> str:
         return "none"
-
-    def to_uncertainty(self, z: torch.Tensor) -> torch.Tensor:
-        """Head output -> uncertainty."""
-        return self.uncertainty.to_uncertainty(z)
 
     def forward(
         self, seg_logits: torch.Tensor, unc_out: torch.Tensor, targets: Mapping[str, Any]
@@ -140,10 +136,6 @@ class ThreadRecipeLoss(nn.Module):
     @property
     def activation(self) -> str:
         return "sigmoid" if self.sigmoid else "none"
-
-    def to_uncertainty(self, z: torch.Tensor) -> torch.Tensor:
-        """Head output -> uncertainty (sigmoid if on, then the inverse transform)."""
-        return to_uncertainty(z, self.transform, self.activation)
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
         # the thread computes the loss against .to(float16) targets; keep that rounding

@@ -129,10 +129,6 @@ class UncertaintyRegressionLoss(nn.Module):
         self.log_eps, self.min_variance, self.beta = float(log_eps), float(min_variance), beta
         self.activation = "none"
 
-    def to_uncertainty(self, z: torch.Tensor) -> torch.Tensor:
-        """Head output -> uncertainty (inverse transform, >= 0)."""
-        return to_uncertainty(z, self.transform, "none", self.log_eps)
-
     def forward(
         self, z: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
     ) -> torch.Tensor:
