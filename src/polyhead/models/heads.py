@@ -5,6 +5,7 @@ its default loss, and the activation that turns its raw output into what a user 
 
 - ``hard``: a class map learnt from integer masks (``targets["hard"]``); softmax.
 - ``soft``: a class map learnt from per-class probability masks (``targets["soft"]``); softmax.
+  Both divide their logits by their ``temperature`` buffer first (1.0 unless calibrated).
 - ``uncertainty``: a per-pixel uncertainty map learnt from ``targets["uncertainty"]`` (the
   channels of its ``uncertainty_target``); its raw output lives in a transformed space
   (``transform``, optional sigmoid ``activation``) and `activate` maps it back to uncertainty.
@@ -32,6 +33,8 @@ from polyhead.losses.uncertainty import (
 )
 from polyhead.models.decoders import build_decoder
 
+#: name of a class-map head's calibrated softmax temperature (a persistent buffer)
+TEMPERATURE = "temperature"
 #: options of an uncertainty head that are not decoder options
 UNCERTAINTY_OPTIONS = ("uncertainty_target", "transform", "activation", "log_eps")
 
@@ -102,6 +105,17 @@ class Head(nn.Module):
         )
         smp_init.initialize_decoder(self.decoder)
         smp_init.initialize_head(self.segmentation_head)
+        if self.class_map:
+            self.register_buffer("temperature", torch.ones(()))
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """State dicts written before temperature calibration have no ``temperature``: 1.0."""
+        key = prefix + TEMPERATURE
+        if self.class_map and key not in state_dict:
+            state_dict[key] = torch.ones(())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.segmentation_head(self.decoder(features))
@@ -115,8 +129,9 @@ class Head(nn.Module):
         return DEFAULT_LOSSES[self.target_key]()
 
     def activate(self, raw: torch.Tensor) -> torch.Tensor:
-        """Raw output -> what a user gets (class probabilities for a class-map head)."""
-        return torch.softmax(raw.float(), dim=1)
+        """Raw output -> what a user gets: class probabilities ``softmax(raw / temperature)``
+        for a class-map head (the temperature is 1 until `polyhead calibrate` fits it)."""
+        return torch.softmax(raw.float() / self.temperature, dim=1)
 
 
 class HardHead(Head):
@@ -131,6 +146,7 @@ class NetworkHead(HardHead):
     def __init__(self, network: nn.Module, classes: int | None = None) -> None:
         nn.Module.__init__(self)
         self.name, self.classes, self.network = "main", classes, network
+        self.register_buffer("temperature", torch.ones(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.network(x)

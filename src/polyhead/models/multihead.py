@@ -15,6 +15,8 @@ from polyhead.models.encoder import build_encoder
 from polyhead.models.heads import HeadSpec
 
 AVERAGE = "average"
+#: the multi-head model's buffer: softmax temperature of the ``average`` blend
+AVERAGE_TEMPERATURE = "average_temperature"
 
 
 def _pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -76,6 +78,18 @@ class HeadSelection:
             return outputs[names[0]]
         return torch.stack([outputs[n] for n in names]).mean(0)
 
+    def class_probabilities(
+        self, outputs: Mapping[str, torch.Tensor], selection: str
+    ) -> torch.Tensor:
+        """Probabilities of a class-map selection: one head's own activation (its calibrated
+        temperature), or ``softmax(mean logits / average_temperature)`` for ``average``."""
+        names = self.heads_for(selection)
+        if len(names) == 1:
+            return self.heads[names[0]].activate(outputs[names[0]])
+        logits = self.class_logits(outputs, selection).float()
+        temperature = getattr(self, AVERAGE_TEMPERATURE, None)
+        return torch.softmax(logits if temperature is None else logits / temperature, dim=1)
+
 
 class MultiHeadSegmentationModel(HeadSelection, nn.Module):
     """One encoder, several heads; ``forward`` returns ``{head name: raw output}``.
@@ -134,6 +148,14 @@ class MultiHeadSegmentationModel(HeadSelection, nn.Module):
         self.classes = classes
         self.pad_to_stride = bool(pad_to_stride)
         self.inference_head = inference_head or self.class_map_heads()[0]
+        self.register_buffer(AVERAGE_TEMPERATURE, torch.ones(()))
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """State dicts written before temperature calibration: ``average_temperature`` 1.0."""
+        state_dict.setdefault(prefix + AVERAGE_TEMPERATURE, torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def check_input_shape(self, x: torch.Tensor) -> None:
         stride = self.encoder.output_stride
