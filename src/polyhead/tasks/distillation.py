@@ -141,7 +141,8 @@ class DistillationTask(BaseTask):
 
     def validation_step(self, batch, batch_idx):
         _, seg, unc, targets = self._shared_step(batch, "val")
-        self.val_metrics.update(seg.float().softmax(dim=1), targets["hard"])
+        probs = self.model.heads[self.seg_head].activate(seg)
+        self.val_metrics.update(probs, targets["hard"])
         k = targets["soft"].shape[1]
         target = targets["uncertainty"][:, uncertainty_channels(self.eval_target, k)]
         valid = valid_soft_pixels(targets["soft"].float()).unsqueeze(1)

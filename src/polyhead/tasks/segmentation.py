@@ -96,8 +96,7 @@ class SegmentationTask(BaseTask):
         _, outputs = self._shared_step(batch, "val", batch_idx)
         hard = batch["targets"]["hard"]
         for head in self.metric_heads:
-            logits = self.model.class_logits(outputs, head)
-            self.val_metrics[head].update(logits.float().softmax(dim=1), hard)
+            self.val_metrics[head].update(self.model.class_probabilities(outputs, head), hard)
 
     def on_validation_epoch_end(self) -> None:
         selected = self.model.inference_head
