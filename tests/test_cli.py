@@ -73,6 +73,7 @@ def test_train_with_ddp_on_two_cpu_processes(synthetic_rgb6, tmp_path):
         "+pl_trainer.max_steps=2",
         "+pl_trainer.limit_val_batches=1",
         "+pl_trainer.enable_progress_bar=false",
+        "--verbose",  # Lightning's DDP start-up lines, checked below
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

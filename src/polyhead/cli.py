@@ -1,12 +1,15 @@
-"""polyhead command line: train, predict, check-data, aggregate, compare, export, demo.
+"""polyhead command line: one sub-command per job (``polyhead --help`` lists them).
 
-Heavy imports happen inside each command so ``polyhead --help`` stays quick. This is the only
-module that touches Hydra's config composition; everything it calls is a plain Python API.
+Heavy imports happen inside each command so ``polyhead --help`` stays quick: building the parser
+imports the standard library and the ``add_*`` parser functions of light modules only (no torch,
+Lightning or rasterio; ``tests/test_cli_help.py``). This is the only module that touches Hydra's
+config composition; everything it calls is a plain Python API.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -164,12 +167,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: set to 1 by ``--verbose``: Lightning's banners, tips and model summary are shown
+VERBOSE_ENV = "POLYHEAD_VERBOSE"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """End each option's help with its default (what ``ArgumentDefaultsHelpFormatter`` does,
+    also for options without a help text; none shown for ``None`` or a flag's ``False``)."""
+    for action in parser._actions:
+        default, text = action.default, action.help or ""
+        if default is None or isinstance(default, bool) or default == argparse.SUPPRESS:
+            continue
+        if "%(default)" in text or text == argparse.SUPPRESS:
+            continue
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            action.help = f"{text} (default: %(default)s)".lstrip()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("polyhead")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        from polyhead import __version__
+
+        return __version__
+
+
+def _describe(commands: Sequence[str]) -> str:
+    return (
+        "polyhead: vision models with one shared encoder and several heads. "
+        f"Commands: {', '.join(commands)}. `polyhead COMMAND --help` lists a command's options."
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="polyhead", description=__doc__.splitlines()[0])
+    """The ``polyhead`` parser; each sub-command's ``func(args)`` returns the exit code."""
+    parser = argparse.ArgumentParser(prog="polyhead")
+    parser.add_argument("--version", action="version", version=f"polyhead {_version()}")
     parser.add_argument(
         "--debug", action="store_true", help="on an error, show the traceback (any position)"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Lightning's start-up banners, tips and model summary (any position)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train from a Hydra/YAML config")
     p.add_argument("--config-dir", help="folder holding the config")
@@ -194,10 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--probabilities", action="store_true", help="also write per-class probabilities"
     )
-    p.add_argument("--tile-size", type=int, default=512)
-    p.add_argument("--overlap", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--tile-size", type=int, default=512, help="sliding-window tile (px)")
+    p.add_argument("--overlap", type=int, default=64, help="overlap of adjacent tiles (px)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     p.add_argument(
         "--tta",
         metavar="SPEC",
@@ -225,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-data", help="validate a training CSV or config before training")
     p.add_argument("target", help="a CSV (image,mask[,soft_mask]) or a training YAML")
-    p.add_argument("--n-classes", type=int)
-    p.add_argument("--crop-size", type=int)
+    p.add_argument("--n-classes", type=int, help="number of classes K (needed for a CSV)")
+    p.add_argument("--crop-size", type=int, help="CSV: check that images are at least this big")
     p.set_defaults(func=cmd_check_data)
 
     from polyhead.aggregation.cli import add_aggregate_parser
@@ -245,14 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         choices=["segmentation", "classifier"],
         default="segmentation",
-        help="segmentation (default): the dual head; classifier: polyhead compare --demo",
+        help="segmentation: the dual head; classifier: polyhead compare --demo",
     )
     p.add_argument("--out", default="polyhead-demo", help="output folder")
     p.add_argument("--scenes", type=int, default=8, help="training scenes")
     p.add_argument("--size", type=int, default=256, help="scene size in pixels")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=6, help="training epochs")
     p.add_argument("--encoder", default="resnet18", help="encoder name (random init)")
     p.set_defaults(func=cmd_demo)
+
+    parser.description = _describe(list(sub.choices))
+    for command in sub.choices.values():
+        _show_defaults(command)
     return parser
 
 
@@ -279,10 +328,14 @@ def _clean_leftovers(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a sub-command; a user's mistake ends as one line on stderr and exit code 2
-    (``--debug``, anywhere on the command line: the full traceback instead)."""
+    (``--debug``, anywhere on the command line: the full traceback instead; ``--verbose``,
+    anywhere: Lightning's banners and tips are shown)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    debug, verbose = "--debug" in argv, "--verbose" in argv
+    args = build_parser().parse_args([a for a in argv if a not in ("--debug", "--verbose")])
+    before = os.environ.get(VERBOSE_ENV)
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read by polyhead.train (and DDP workers it starts)
     try:
         _clean_leftovers(args)
         return args.func(args)
@@ -292,6 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"polyhead {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        if verbose and before is None:
+            os.environ.pop(VERBOSE_ENV, None)
+        elif verbose:
+            os.environ[VERBOSE_ENV] = before
 
 
 if __name__ == "__main__":

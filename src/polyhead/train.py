@@ -21,9 +21,11 @@ runs in the output folder are removed when a run starts.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,17 @@ MODEL_CHECKPOINT_TARGETS = (
 STALE_AFTER_S = 60.0
 #: the run folder, for the processes a DDP launch starts (they re-run the same command)
 RUN_DIR_ENV = "POLYHEAD_RUN_DIR"
+#: ``1`` (``polyhead --verbose``): Lightning's banners, tips and model summary are shown
+VERBOSE_ENV = "POLYHEAD_VERBOSE"
+#: Lightning's loggers, quiet below WARNING unless verbose (``rank_zero`` may carry its own level)
+LIGHTNING_LOGGERS = (
+    "lightning.pytorch",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric",
+    "lightning.fabric.utilities.rank_zero",
+)
+#: Lightning warnings about settings that are fine as they are (a short epoch), unless verbose
+QUIET_WARNINGS = (r"The number of training batches \(\d+\) is smaller than the logging interval",)
 
 
 @dataclass
@@ -204,12 +217,18 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def build_trainer(
-    cfg: Mapping[str, Any], run_dir: Path, keep_metrics_below_step: int | None = None
+    cfg: Mapping[str, Any],
+    run_dir: Path,
+    keep_metrics_below_step: int | None = None,
+    verbose: bool = True,
 ) -> pl.Trainer:
     """``lightning.pytorch.Trainer`` from ``pl_trainer``, with callbacks, `AtomicCheckpointIO`
     and a CSV logger writing ``run_dir/metrics.csv`` (rows from ``keep_metrics_below_step``
-    on, those a resumed run logs again, are dropped)."""
+    on, those a resumed run logs again, are dropped). Not ``verbose``: no model summary unless
+    ``pl_trainer.enable_model_summary`` asks for one."""
     kwargs = dict(cfg["pl_trainer"])
+    if not verbose:
+        kwargs.setdefault("enable_model_summary", False)
     kwargs["default_root_dir"] = str(run_dir)
     if "logger" not in kwargs:
         kwargs["logger"] = RunCSVLogger(run_dir, keep_below_step=keep_metrics_below_step)
@@ -264,13 +283,52 @@ def open_run(cfg: Mapping[str, Any], resume: Resume | None) -> Path:
     return run_dir
 
 
+def _verbose(verbose: bool | None) -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0") if verbose is None else verbose
+
+
+@contextmanager
+def lightning_output(verbose: bool | None = None) -> Iterator[None]:
+    """Within: Lightning's start-up banners (GPU/TPU available), tips, model summary and
+    `QUIET_WARNINGS` silenced, unless ``verbose`` (default: ``$POLYHEAD_VERBOSE`` set, not 0);
+    its warnings and errors always show. Logger levels are restored on exit."""
+    verbose = _verbose(verbose)
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        if not verbose:
+            for message in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+        for logger in loggers:
+            logger.setLevel(logging.INFO if verbose else logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
 def train(
     cfg: Mapping[str, Any] | DictConfig | str | Path | None = None,
     resume: str | Path | None = None,
+    *,
+    verbose: bool | None = None,
 ) -> TrainResult:
     """Train from a config in a new run folder, or continue a run: ``resume`` is a run folder
     (its ``checkpoints/last.ckpt``) or a full checkpoint; without ``cfg`` the run's
-    ``config.yaml`` is used. Returns the run folder, checkpoints and last validation metrics."""
+    ``config.yaml`` is used. Returns the run folder, checkpoints and last validation metrics.
+    Lightning's banners, tips and model summary are silenced unless ``verbose`` (default:
+    ``$POLYHEAD_VERBOSE``; see `lightning_output`)."""
+    verbose = _verbose(verbose)
+    with lightning_output(verbose):
+        return _train(cfg, resume, verbose)
+
+
+def _train(
+    cfg: Mapping[str, Any] | DictConfig | str | Path | None,
+    resume: str | Path | None,
+    verbose: bool,
+) -> TrainResult:
     cfg, found = _prepare(cfg, resume)
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
@@ -278,7 +336,7 @@ def train(
     check_task(task, datamodule)  # bands and class counts agree, before any run folder exists
     run_dir = open_run(cfg, found)  # once the config has built: no folder for a broken one
     try:
-        trainer = build_trainer(cfg, run_dir, found.global_step if found else None)
+        trainer = build_trainer(cfg, run_dir, found.global_step if found else None, verbose)
     except Exception:
         if found is None:
             discard_new_run(run_dir)

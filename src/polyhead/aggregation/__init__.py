@@ -6,29 +6,35 @@
   ``confusion.json``, plots (streaming, bounded memory);
 * `aggregate_labels`: ``item,annotator,label`` CSV -> ``labels.csv`` + ``confusion.json``.
 
-The command line is ``polyhead aggregate`` (`polyhead.aggregation.cli`).
+The command line is ``polyhead aggregate`` (`polyhead.aggregation.cli`). Names here are
+imported on first use, so ``polyhead --help`` stays quick.
 """
 
-from polyhead.aggregation.dawid_skene import (
-    DawidSkeneResult,
-    confusion_from_posteriors,
-    dawid_skene,
-    dawid_skene_sparse,
-    majority_vote_labels,
-    vote_fractions_labels,
-)
-from polyhead.aggregation.labels import aggregate_labels
-from polyhead.aggregation.masks import aggregate_masks
-from polyhead.aggregation.outputs import AggregationResult
+from __future__ import annotations
 
-__all__ = [
-    "AggregationResult",
-    "DawidSkeneResult",
-    "aggregate_labels",
-    "aggregate_masks",
-    "confusion_from_posteriors",
-    "dawid_skene",
-    "dawid_skene_sparse",
-    "majority_vote_labels",
-    "vote_fractions_labels",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "AggregationResult": "polyhead.aggregation.outputs",
+    "DawidSkeneResult": "polyhead.aggregation.dawid_skene",
+    "aggregate_labels": "polyhead.aggregation.labels",
+    "aggregate_masks": "polyhead.aggregation.masks",
+    "confusion_from_posteriors": "polyhead.aggregation.dawid_skene",
+    "dawid_skene": "polyhead.aggregation.dawid_skene",
+    "dawid_skene_sparse": "polyhead.aggregation.dawid_skene",
+    "majority_vote_labels": "polyhead.aggregation.dawid_skene",
+    "vote_fractions_labels": "polyhead.aggregation.dawid_skene",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'polyhead.aggregation' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

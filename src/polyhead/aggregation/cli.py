@@ -16,7 +16,12 @@ def add_aggregate_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--n-classes", type=int, required=True, help="number of classes K")
-    p.add_argument("--method", choices=("dawid_skene", "majority"), default="dawid_skene")
+    p.add_argument(
+        "--method",
+        choices=("dawid_skene", "majority"),
+        default="dawid_skene",
+        help="Dawid-Skene EM, or majority vote (soft masks: vote fractions)",
+    )
     p.add_argument("--kind", choices=("masks", "labels"), help="default: from the CSV columns")
     p.add_argument("--ignore-index", type=int, default=255, help="label meaning 'no label'")
     p.add_argument("--max-iter", type=int, default=100, help="maximum EM iterations")
@@ -41,7 +46,7 @@ def add_aggregate_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--empty",
         choices=("error", "skip"),
         default="error",
-        help="an image/item nobody labelled: fail (default), or warn and skip the image "
+        help="an image/item nobody labelled: fail (error), or warn and skip the image "
         "(labels: write the item with label ignore_index and zero probabilities)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

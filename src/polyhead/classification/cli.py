@@ -233,7 +233,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         help="first write scikit-learn's digits (no download) and use them",
     )
     p.add_argument("--out", help="output folder (default: the config's output_dir)")
-    p.add_argument("--runs", type=int, help="latency runs per model (default 50)")
+    p.add_argument("--runs", type=int, help="latency runs per model (default: 50)")
     p.add_argument("--epochs", type=int, help="training epochs of both models")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--limit", type=int, help="--demo: use only this many digits")
@@ -262,7 +262,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--probabilities", action="store_true", help="output probabilities instead of logits"
     )
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime / load-back check")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the stored config")
     p.set_defaults(func=cmd_export)

@@ -1,30 +1,38 @@
-"""Uncertainty distillation: teachers, cached targets, losses, student prediction, figures."""
+"""Uncertainty distillation: teachers, cached targets, losses, student prediction, figures.
 
-from polyhead.distill.losses import DistillationLoss, ThreadRecipeLoss
-from polyhead.distill.metrics import UncertaintyAgreement, pearson, spearman
-from polyhead.distill.targets import DistillTargets, write_distillation_targets
-from polyhead.distill.teacher import EnsembleTeacher, stack_uncertainty
-from polyhead.losses.uncertainty import (
-    UNCERTAINTY_BANDS,
-    UNCERTAINTY_TARGETS,
-    UncertaintyRegressionLoss,
-    to_uncertainty,
-    uncertainty_channels,
-)
+Names here are imported on first use, so ``polyhead --help`` stays quick.
+"""
 
-__all__ = [
-    "UNCERTAINTY_BANDS",
-    "UNCERTAINTY_TARGETS",
-    "DistillTargets",
-    "DistillationLoss",
-    "EnsembleTeacher",
-    "ThreadRecipeLoss",
-    "UncertaintyAgreement",
-    "UncertaintyRegressionLoss",
-    "pearson",
-    "spearman",
-    "stack_uncertainty",
-    "to_uncertainty",
-    "uncertainty_channels",
-    "write_distillation_targets",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "UNCERTAINTY_BANDS": "polyhead.losses.uncertainty",
+    "UNCERTAINTY_TARGETS": "polyhead.losses.uncertainty",
+    "DistillTargets": "polyhead.distill.targets",
+    "DistillationLoss": "polyhead.distill.losses",
+    "EnsembleTeacher": "polyhead.distill.teacher",
+    "ThreadRecipeLoss": "polyhead.distill.losses",
+    "UncertaintyAgreement": "polyhead.distill.metrics",
+    "UncertaintyRegressionLoss": "polyhead.losses.uncertainty",
+    "pearson": "polyhead.distill.metrics",
+    "spearman": "polyhead.distill.metrics",
+    "stack_uncertainty": "polyhead.distill.teacher",
+    "to_uncertainty": "polyhead.losses.uncertainty",
+    "uncertainty_channels": "polyhead.losses.uncertainty",
+    "write_distillation_targets": "polyhead.distill.targets",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'polyhead.distill' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -79,10 +79,15 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--head", help="head of multi-head teachers (default: their inference head)")
     p.add_argument("--csv", required=True, help="CSV with image,mask columns")
     p.add_argument("--out", required=True, help="output folder (teacher/ and distill.csv)")
-    p.add_argument("--tile-size", type=int, default=512)
-    p.add_argument("--overlap", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--uncertainty-dtype", choices=("uint16", "float32"), default="uint16")
+    p.add_argument("--tile-size", type=int, default=512, help="sliding-window tile (px)")
+    p.add_argument("--overlap", type=int, default=64, help="overlap of adjacent tiles (px)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    p.add_argument(
+        "--uncertainty-dtype",
+        choices=("uint16", "float32"),
+        default="uint16",
+        help="storage of the uncertainty GeoTIFFs (uint16: scaled per band, half the size)",
+    )
     p.set_defaults(func=cmd_distill_targets)
     return p
