@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 import subprocess
 import sys
+import types
 from importlib.metadata import version
 from pathlib import Path
 
@@ -102,9 +104,13 @@ def test_version(capsys):
 @pytest.mark.parametrize("package", ["polyhead.aggregation", "polyhead.distill"])
 def test_lazy_packages_keep_every_public_name(package):
     module = importlib.import_module(package)
+    for info in pkgutil.iter_modules(module.__path__):  # submodules set package attributes
+        importlib.import_module(f"{package}.{info.name}")
     for name in module.__all__:
-        assert getattr(module, name) is not None, name
+        value = getattr(module, name)
+        assert value is not None and not isinstance(value, types.ModuleType), name
         assert name in dir(module)
+    assert module.__all__ == sorted(set(module.__all__))
     with pytest.raises(AttributeError):
         module.no_such_name  # noqa: B018
 

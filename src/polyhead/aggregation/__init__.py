@@ -13,6 +13,8 @@ imported on first use, so ``polyhead --help`` stays quick.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _LAZY = {
@@ -28,6 +30,25 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
+
+
+class _Package(types.ModuleType):
+    """``dawid_skene`` here is the function, as ``__all__`` says, not the submodule of that
+    name (which the import system sets on the package when anything imports it)."""
+
+    @property
+    def dawid_skene(self) -> Any:
+        if "_dawid_skene" in self.__dict__:  # set by a caller, e.g. a test's monkeypatch
+            return self.__dict__["_dawid_skene"]
+        return importlib.import_module("polyhead.aggregation.dawid_skene").dawid_skene
+
+    @dawid_skene.setter
+    def dawid_skene(self, value: Any) -> None:
+        if not isinstance(value, types.ModuleType):
+            self.__dict__["_dawid_skene"] = value
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
