@@ -115,6 +115,12 @@ def test_lazy_packages_keep_every_public_name(package):
         module.no_such_name  # noqa: B018
 
 
+def test_the_cli_and_train_read_the_same_verbose_variable():
+    from polyhead import cli, train
+
+    assert cli.VERBOSE_ENV == train.VERBOSE_ENV
+
+
 def _train_output(config: Path, *flags: str) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "polyhead", "train", "--config", str(config), *flags],

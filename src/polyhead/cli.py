@@ -167,7 +167,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-#: set to 1 by ``--verbose``: Lightning's banners, tips and model summary are shown
+#: set to 1 by ``--verbose`` (read by `polyhead.train`, its ``VERBOSE_ENV``; not imported here:
+#: it imports Lightning): Lightning's banners, tips and model summary are shown
 VERBOSE_ENV = "POLYHEAD_VERBOSE"
 
 
