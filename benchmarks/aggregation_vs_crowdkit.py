@@ -20,7 +20,7 @@ Variants, interleaved ``--repeat`` times:
 * ``polyhead-pixels``: ``dawid_skene`` on the 1 M x 3 label matrix without pattern
   collapsing (same iterations as crowd-kit), to show what the collapsing buys.
 
-    uv run python benchmarks/aggregation_vs_crowdkit.py [--repeat 2] [--pixels 1000000]
+    uv run --group dev python benchmarks/aggregation_vs_crowdkit.py [--repeat 2] [--pixels 1000000]
 """
 
 from __future__ import annotations
