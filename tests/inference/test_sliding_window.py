@@ -307,6 +307,9 @@ class _TwoHeads(nn.Module):
     def class_logits(self, outputs, selection: str) -> torch.Tensor:
         return outputs[selection]
 
+    def class_probabilities(self, outputs, selection: str) -> torch.Tensor:
+        return torch.softmax(outputs[selection], dim=1)
+
     def forward_heads(self, x: torch.Tensor, heads=None) -> dict[str, torch.Tensor]:
         out = {"a": self.net(x), "b": self.net(x)[:, :2], "u": x[:, :1] ** 2}
         return {k: out[k] for k in (heads or out)}

@@ -118,6 +118,9 @@ class _AsPolyhead(nn.Module):
     def class_logits(self, outputs, selection: str) -> torch.Tensor:
         return outputs[selection]
 
+    def class_probabilities(self, outputs, selection: str) -> torch.Tensor:
+        return torch.softmax(outputs[selection], dim=1)
+
     def forward_heads(self, x: torch.Tensor, heads=None) -> dict[str, torch.Tensor]:
         return self.net(x)
 

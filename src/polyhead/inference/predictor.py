@@ -30,18 +30,6 @@ def has_uncertainty_head(model: Any) -> bool:
     return any(getattr(h, "role", None) == "uncertainty" for h in heads.values())
 
 
-def class_probabilities(
-    model: Any, raw: Mapping[str, torch.Tensor], selection: str
-) -> torch.Tensor:
-    """The model's probabilities of a class-map selection (`HeadSelection.class_probabilities`:
-    its calibrated temperatures); softmax of ``class_logits`` for a model keeping only the
-    older ``forward_heads``/``heads_for``/``class_logits`` contract."""
-    own = getattr(model, "class_probabilities", None)
-    if own is not None:
-        return own(raw, selection)
-    return torch.softmax(model.class_logits(raw, selection).float(), dim=1)
-
-
 class Predictor(nn.Module):
     """Per-pixel maps for image tiles: ``{"probabilities": [B, K, h, w]}`` and, when asked,
     ``{"uncertainty": [B, 1, h, w]}`` from the model's uncertainty head.
@@ -93,7 +81,7 @@ class Predictor(nn.Module):
 
     def maps(self, raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The maps of one view from the heads' raw outputs."""
-        probs = class_probabilities(self.model, raw, self.head)
+        probs = self.model.class_probabilities(raw, self.head)
         out = {PROBABILITIES: probs}
         if self.uncertainty_head is not None:
             u = self.model.heads[self.uncertainty_head].activate(raw[self.uncertainty_head])
@@ -123,7 +111,7 @@ def head_outputs(model: Any, x: torch.Tensor, names: Sequence[str]) -> dict[str,
     out = {}
     for name in names:
         if name == AVERAGE:
-            out[name] = class_probabilities(model, raw, AVERAGE)
+            out[name] = model.class_probabilities(raw, AVERAGE)
         else:
             out[name] = model.heads[name].activate(raw[name])
     return out
