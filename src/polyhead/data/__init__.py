@@ -5,29 +5,30 @@ Everything here takes built objects and plain values; configs are loaded and ins
 the application layer (`polyhead.config`, `polyhead.train`).
 """
 
+from importlib import import_module
 from typing import Any
 
-from polyhead.data.config_check import check_data_in_config
-from polyhead.data.datasets import RandomCropSegmentationDataset
-from polyhead.data.loader import loader_options, make_loader
-from polyhead.data.transforms import build_augmentations
-from polyhead.data.validation import DataSummary, check_data
+#: public name -> module: imported on first use, so reading rasters (e.g. `polyhead aggregate`
+#: through `polyhead.data.raster_io`) does not import torch, albumentations or Lightning
+_LAZY = {
+    "DataModule": "polyhead.data.datamodule",
+    "DataSummary": "polyhead.data.validation",
+    "RandomCropSegmentationDataset": "polyhead.data.datasets",
+    "build_augmentations": "polyhead.data.transforms",
+    "check_data": "polyhead.data.validation",
+    "check_data_in_config": "polyhead.data.config_check",
+    "loader_options": "polyhead.data.loader",
+    "make_loader": "polyhead.data.loader",
+}
 
-__all__ = [
-    "DataModule",
-    "DataSummary",
-    "RandomCropSegmentationDataset",
-    "build_augmentations",
-    "check_data",
-    "check_data_in_config",
-    "loader_options",
-    "make_loader",
-]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "DataModule":  # imported on use: Lightning takes seconds to import
-        from polyhead.data.datamodule import DataModule
-
-        return DataModule
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'polyhead.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
