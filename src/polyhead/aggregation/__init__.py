@@ -17,6 +17,8 @@ import sys
 import types
 from typing import Any
 
+from polyhead.lazy import lazy_exports
+
 _LAZY = {
     "AggregationResult": "polyhead.aggregation.outputs",
     "DawidSkeneResult": "polyhead.aggregation.dawid_skene",
@@ -50,12 +52,4 @@ class _Package(types.ModuleType):
 
 sys.modules[__name__].__class__ = _Package
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'polyhead.aggregation' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

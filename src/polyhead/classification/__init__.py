@@ -10,8 +10,7 @@ imported on first use, so ``polyhead --help`` stays quick.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from polyhead.lazy import lazy_exports
 
 _LAZY = {
     "run_compare": "polyhead.classification.cli",
@@ -26,8 +25,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'polyhead.classification' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

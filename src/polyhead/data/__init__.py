@@ -5,11 +5,10 @@ Everything here takes built objects and plain values; configs are loaded and ins
 the application layer (`polyhead.config`, `polyhead.train`).
 """
 
-from importlib import import_module
-from typing import Any
-
 #: public name -> module: imported on first use, so reading rasters (e.g. `polyhead aggregate`
 #: through `polyhead.data.raster_io`) does not import torch, albumentations or Lightning
+from polyhead.lazy import lazy_exports
+
 _LAZY = {
     "DataModule": "polyhead.data.datamodule",
     "DataSummary": "polyhead.data.validation",
@@ -23,12 +22,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'polyhead.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

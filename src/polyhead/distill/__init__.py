@@ -5,8 +5,7 @@ Names here are imported on first use, so ``polyhead --help`` stays quick.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from polyhead.lazy import lazy_exports
 
 _LAZY = {
     "UNCERTAINTY_BANDS": "polyhead.losses.uncertainty",
@@ -27,12 +26,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'polyhead.distill' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
