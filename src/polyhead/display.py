@@ -4,33 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
 import numpy as np
-from matplotlib.colors import to_rgb
 
+from polyhead.classes import ClassTable
 from polyhead.errors import DataError
-
-# background, water, vegetation, building, road, cropland, then tab10-like extras
-_PALETTE = (
-    "#c8b48c",
-    "#2b6cc4",
-    "#2e8b3a",
-    "#d43d2f",
-    "#555555",
-    "#e8d044",
-    "#9467bd",
-    "#17becf",
-    "#ff7f0e",
-    "#e377c2",
-)
 
 
 def class_colors(n_classes: int) -> np.ndarray:
-    """RGB colours ``[K, 3]`` in [0, 1], consistent across figures."""
-    cmap = matplotlib.colormaps["tab20"]
-    cols = [to_rgb(c) for c in _PALETTE]
-    cols += [cmap(i % 20)[:3] for i in range(max(0, n_classes - len(cols)))]
-    return np.asarray(cols[:n_classes], dtype=np.float64)
+    """RGB colours ``[K, 3]`` in [0, 1], consistent across figures (`polyhead.classes`)."""
+    return np.asarray(ClassTable.default(n_classes).colors_float(), dtype=np.float64).reshape(-1, 3)
 
 
 def stretch_rgb(
