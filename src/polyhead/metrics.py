@@ -8,6 +8,7 @@ pixel's confidence) and DDP reduces by summing.
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torchmetrics import Metric
 
 
@@ -70,3 +71,60 @@ class SegmentationMetrics(Metric):
             "pixel_accuracy": (tp.sum() / cm.sum().clamp_min(1)).float(),
             "ECE": ece.float(),
         }
+
+
+class ImageLevelMetrics(nn.Module):
+    """Metrics of an image-level head, by its role (torchmetrics underneath).
+
+    ``classification``: ``accuracy``, ``F1`` (macro) and ``F1_{k}`` per class, from logits or
+    probabilities ``[B, n]`` and class ids ``[B]``. ``multilabel``: ``F1`` (macro) and
+    ``F1_{k}`` per label, from probabilities ``[B, n]`` and 0/1 ``[B, n]`` (threshold 0.5).
+    ``regression``: ``MAE``, ``RMSE`` and ``R2`` (averaged over outputs) from values ``[B, n]``.
+    """
+
+    def __init__(self, role: str, n: int) -> None:
+        super().__init__()
+        from torchmetrics import classification as c
+        from torchmetrics import regression as r
+
+        self.role = role
+        if role == "classification":
+            parts = {
+                "accuracy": c.MulticlassAccuracy(n, average="micro"),
+                "F1": c.MulticlassF1Score(n, average="macro"),
+                "F1_per": c.MulticlassF1Score(n, average="none"),
+            }
+        elif role == "multilabel":
+            parts = {
+                "F1": c.MultilabelF1Score(n, average="macro"),
+                "F1_per": c.MultilabelF1Score(n, average="none"),
+            }
+        elif role == "regression":
+            parts = {
+                "MAE": r.MeanAbsoluteError(),
+                "RMSE": r.MeanSquaredError(squared=False),
+                "R2": r.R2Score(multioutput="uniform_average"),
+            }
+        else:
+            raise ValueError(f"no image-level metrics for role {role!r}")
+        from torchmetrics import MetricCollection
+
+        self.parts = MetricCollection(parts)
+
+    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        output = output.detach().float()
+        if self.role == "regression" and output.shape[1] == 1:
+            output, target = output[:, 0], target.reshape(-1)
+        if self.role == "multilabel":
+            target = target.long()
+        self.parts.update(output, target)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        values = self.parts.compute()
+        out = {k: v for k, v in values.items() if k != "F1_per"}
+        for k, v in enumerate(values.get("F1_per", [])):
+            out[f"F1_{k}"] = v
+        return out
+
+    def reset(self) -> None:
+        self.parts.reset()

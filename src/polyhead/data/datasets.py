@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from polyhead.data import extra_targets as extra
 from polyhead.data import raster_io
+from polyhead.data.image_targets import ImageTargets
 from polyhead.data.loader import loader_options, make_loader
 from polyhead.data.scan import check_nonfinite_mode, nonfinite_pixels
 from polyhead.data.transforms import SOFT_TARGET, build_augmentations, mask_is_transposed
@@ -84,6 +85,14 @@ class RandomCropSegmentationDataset(Dataset):
     augmented as extra masks (padding 0), as float32 ``targets[key]`` ``[bands, c, c]``; see
     `polyhead.data.extra_targets` for how stored values are scaled.
 
+    ``image_targets`` (``{key: spec}``) adds one value or vector per item from CSV columns,
+    or computed from the crop (``fraction_of: hard``), as ``targets[key]``; see
+    `polyhead.data.image_targets`.
+
+    Targets that may be missing come with ``item["present"] = {target key: bool}`` (collated
+    to ``Bool[B]``): ``soft`` when ``soft_labels`` (an empty ``soft_mask`` cell: soft target
+    all 0) and every image-level key (an empty cell: placeholder 0).
+
     ``nonfinite``: what NaN/inf pixels of float images mean. ``"error"`` (default): the
     data check refuses the image, naming the row, the file and the pixel count (a crop
     holding one raises too when ``validate`` is off). ``"nodata"``: those pixels are
@@ -104,6 +113,7 @@ class RandomCropSegmentationDataset(Dataset):
         validate: bool = True,
         extra_targets: Mapping[str, str] | None = None,
         nonfinite: str = "error",
+        image_targets: Mapping[str, Any] | None = None,
     ) -> None:
         self.crop_size = _positive_int(crop_size, "crop_size")
         self.n_classes = _positive_int(n_classes, "n_classes")
@@ -151,6 +161,18 @@ class RandomCropSegmentationDataset(Dataset):
                 self.csv_path, self.rows, self.image_sizes, extra_targets
             )
             extra.register(self.transform, self.extra.keys)
+        self.image_targets = None
+        if image_targets:
+            self.image_targets = ImageTargets(
+                self.csv_path, self.rows, image_targets, self.n_classes
+            )
+            clash = sorted(
+                set(self.image_targets.keys) & set(self.extra.keys if self.extra else [])
+            )
+            if clash:
+                raise ConfigError(f"image_targets and extra_targets both name {clash}")
+            if self.summary is not None:
+                self.summary.target_counts.update(self.image_targets.counts())
         self._handles = raster_io.HandleCache()
 
     def _size_of(self, row: CsvRow) -> tuple[int, int]:
@@ -190,6 +212,8 @@ class RandomCropSegmentationDataset(Dataset):
             soft = None
             if self.soft_labels and row.soft_mask is not None:
                 soft = raster_io.read_window(row.soft_mask, row_off, col_off, h, w, cache)
+            elif self.soft_labels:  # an empty soft_mask cell: no soft target (present False)
+                soft = np.zeros((self.n_classes, h, w), dtype=np.float32)
         except DataError as err:
             raise self._row_error(row, err) from err
 
@@ -271,6 +295,13 @@ class RandomCropSegmentationDataset(Dataset):
         if soft_t is not None:
             item["targets"]["soft"] = soft_t
         item["targets"].update(more_t)
+        present = {"soft": self.rows[image].soft_mask is not None} if self.soft_labels else {}
+        if self.image_targets is not None:
+            values, flags = self.image_targets.read(image, hard_t, self.ignore_index)
+            item["targets"].update(values)
+            present.update(flags)
+        if present:
+            item["present"] = present
         if self.grid_mode:
             item["window"] = torch.tensor([image, row_off, col_off, h, w], dtype=torch.int64)
         return item

@@ -40,14 +40,18 @@ def target_name(key: str) -> str:
     return PREFIX + key
 
 
-def _read_columns(csv_path: Path, columns: list[str]) -> list[dict[str, str]]:
+def read_columns(
+    csv_path: Path, columns: list[str], what: str = "extra_targets"
+) -> list[dict[str, str]]:
+    """Every data row of the CSV as ``{column: stripped cell}``; ``DataError`` naming the
+    ``what`` option when a column is missing from the header."""
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in columns if c not in header]
         if missing:
             raise DataError(
-                f"{csv_path}: extra_targets column(s) {', '.join(missing)} not in the header "
+                f"{csv_path}: {what} column(s) {', '.join(missing)} not in the header "
                 f"{','.join(header)}"
             )
         return [
@@ -112,7 +116,7 @@ class ExtraTargets:
         if bad:
             raise ConfigError(f"extra_targets keys {bad} are reserved for the masks")
         self.columns = {str(k): str(v) for k, v in columns.items()}
-        records = _read_columns(csv_path, list(self.columns.values()))
+        records = read_columns(csv_path, list(self.columns.values()))
         base = csv_path.resolve().parent
         self.sources: list[dict[str, _Source]] = []
         self.bands: dict[str, int] = {}

@@ -38,7 +38,7 @@ class CsvRow:
     number: int  # 1-based data row, header not counted
     image: Path
     mask: Path
-    soft_mask: Path | None = None
+    soft_mask: Path | None = None  # None: no soft_mask column, or an empty cell (no soft target)
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,9 @@ class DataSummary:
     images: list[ImageSummary] = field(default_factory=list)
     class_counts: list[int] = field(default_factory=list)
     ignored_pixels: int = 0
+    #: ``{CSV column: (rows with a value, rows without)}`` for every column that may be empty
+    #: (``soft_mask`` and any column beyond image/mask: image-level targets, extra targets)
+    target_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def n_images(self) -> int:
@@ -105,6 +108,15 @@ class DataSummary:
             table.add_row(name, f"{count:,}", f"{100.0 * count / total:.2f}%")
         return table
 
+    def target_table(self) -> Any:
+        """Rows with and without a value in each optional column (a head's target)."""
+        from rich.table import Table
+
+        table = Table("column", "rows with a target", "rows without", title="Targets per column")
+        for column, (have, lack) in self.target_counts.items():
+            table.add_row(column, str(have), str(lack))
+        return table
+
     def to_table(self) -> Any:
         """Everything in one ``rich.table.Table`` (the image and class tables nested)."""
         from rich.table import Table
@@ -119,6 +131,7 @@ class DataSummary:
             ("NaN/inf pixels (ignored)", f"{self.nonfinite_pixels:,}"),
             ("per image", self.image_table()),
             ("class histogram", self.class_table()),
+            *([("targets per column", self.target_table())] if self.target_counts else []),
         ]:
             table.add_row(name, value)
         return table
@@ -156,8 +169,9 @@ def read_csv_rows(csv_path: str | Path, soft_labels: bool | None = False) -> lis
     """Read an ``image,mask[,soft_mask]`` CSV; relative paths resolve against its folder.
 
     ``soft_labels=True`` requires the ``soft_mask`` column, ``False`` ignores it and
-    ``None`` uses it when present. Raises ``DataError`` for a missing file, missing
-    columns, no data rows or empty cells.
+    ``None`` uses it when present. An empty ``soft_mask`` cell means that row has no soft
+    target (``soft_mask=None``: the soft heads skip it); at least one row needs one. Raises
+    ``DataError`` for a missing file, missing columns, no data rows or empty image/mask cells.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -184,14 +198,31 @@ def read_csv_rows(csv_path: str | Path, soft_labels: bool | None = False) -> lis
     names = [*REQUIRED_COLUMNS, SOFT_COLUMN] if use_soft else list(REQUIRED_COLUMNS)
     for number, rec in enumerate(records, start=1):
         cells = {name: (rec.get(name) or "").strip() for name in names}
-        empty = [name for name, cell in cells.items() if not cell]
+        empty = [name for name in REQUIRED_COLUMNS if not cells[name]]
         if empty:
             problems.add(f"row {number}: empty {', '.join(empty)} cell(s)")
             continue
-        paths = [resolve_cell(cells[name], base) for name in names]
+        paths = [resolve_cell(cells[name], base) if cells[name] else None for name in names]
         rows.append(CsvRow(number, *paths))
     problems.raise_if_any()
+    if use_soft and soft_labels and rows and all(r.soft_mask is None for r in rows):
+        raise DataError(f"{csv_path}: soft_labels=True but every soft_mask cell is empty")
     return rows
+
+
+def column_counts(csv_path: str | Path) -> dict[str, tuple[int, int]]:
+    """``{column: (rows with a value, rows without)}`` for every column but image and mask."""
+    with open_csv(Path(csv_path)) as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or []) if c and c.strip()]
+        optional = [c for c in columns if c not in REQUIRED_COLUMNS]
+        counts = dict.fromkeys(optional, (0, 0))
+        for rec in reader:
+            cells = {(k or "").strip(): (v or "").strip() for k, v in rec.items() if k}
+            for c in optional:
+                have, lack = counts[c]
+                counts[c] = (have + 1, lack) if cells.get(c) else (have, lack + 1)
+    return counts
 
 
 def _open_info(role: str, path: Path, report: Report) -> raster_io.RasterInfo | None:
@@ -277,7 +308,7 @@ def _check_row(
     soft = None
     if opts.soft_labels and row.soft_mask is not None:
         soft = _open_info("soft mask", row.soft_mask, report)
-    if image is None or mask is None or (opts.soft_labels and soft is None):
+    if image is None or mask is None or (row.soft_mask is not None and soft is None):
         return None, 0
 
     crop = opts.crop_size or 0
@@ -342,7 +373,7 @@ def validate_rows(
     problems = _Problems(csv_path, max_problems)
     counts = np.zeros(n_classes, dtype=np.int64)
     summary = DataSummary(csv_path, n_classes, ignore_index, soft_labels)
-    if soft_labels and any(r.soft_mask is None for r in rows):
+    if soft_labels and rows and all(r.soft_mask is None for r in rows):
         raise DataError(f"{csv_path}: soft_labels=True but the CSV has no soft_mask column")
     for row in rows:
         if problems.full:
@@ -354,6 +385,7 @@ def validate_rows(
     _check_bands(summary.images, problems)
     problems.raise_if_any()
     summary.class_counts = counts.tolist()
+    summary.target_counts = column_counts(csv_path)
     return summary
 
 
@@ -371,7 +403,7 @@ def check_data(
     the dataset option of that name (see `validate_rows`).
     """
     rows = read_csv_rows(csv_path, soft_labels)
-    use_soft = bool(rows) and all(r.soft_mask is not None for r in rows)
+    use_soft = any(r.soft_mask is not None for r in rows)
     return validate_rows(
         csv_path, rows, n_classes, crop_size, use_soft, ignore_index, nonfinite=nonfinite
     )

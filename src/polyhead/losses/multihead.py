@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from polyhead.losses.balancing import LossBalancer, build_balancer
 from polyhead.losses.consistency import HeadConsistencyLoss
 from polyhead.losses.hard_label import ensure_ignore_index
 from polyhead.losses.soft_label import SoftLabelLoss, valid_soft_pixels
@@ -53,6 +54,9 @@ class MultiHeadLoss(nn.Module):
             each head first learns its own target before they are pulled together.
         ignore_index: hard-mask value that marks unlabelled pixels; losses that take one and
             were left at their library default get it.
+        balancing: how the terms are weighed (`polyhead.losses.balancing`): a `LossBalancer`,
+            ``fixed`` (default), ``uncertainty`` or ``dwa``. Its terms are the heads' names
+            plus ``consistency`` when the loss has that term.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class MultiHeadLoss(nn.Module):
         consistency_weight: float = 0.1,
         consistency_warmup_epochs: float = 1.0,
         ignore_index: int = 255,
+        balancing: LossBalancer | str | None = None,
     ) -> None:
         super().__init__()
         self.heads = {n: _KeyTarget(h) if isinstance(h, str) else h for n, h in heads.items()}
@@ -88,6 +93,11 @@ class MultiHeadLoss(nn.Module):
             first.setdefault(head.target_key, name)
         pair = (first.get("hard"), first.get("soft"))
         self.consistency_pair = pair if None not in pair else None
+        terms = list(self.heads)
+        if self.consistency_pair is not None and self.consistency_weight > 0:
+            terms.append("consistency")
+        self.balancer = build_balancer(balancing)
+        self.balancer.setup(terms)
 
     def current_consistency_weight(self, epoch: float) -> float:
         if self.consistency_warmup_epochs <= 0:
@@ -100,14 +110,21 @@ class MultiHeadLoss(nn.Module):
         targets: Mapping[str, torch.Tensor],
         epoch: float = 0.0,
         strict: bool = True,
+        present: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return ``(total, {part name: value})``; parts are the heads' names and ``consistency``.
 
         With ``strict=False`` (validation), heads whose target the batch lacks are left out of
         the total instead of raising, e.g. a validation set without soft masks.
+        ``present`` (``{target key: Bool[B]}``, the dataset's ``item["present"]`` collated)
+        restricts each head's loss to the samples that have its target; a head with none in
+        the batch adds a zero that keeps the graph (``out.sum() * 0``), never NaN.
+        A ``targets[f"{key}_weight"]`` map (e.g. ``soft_weight``) is passed to the head's
+        loss as ``weight`` (`SoftLabelLoss` takes one).
         """
         parts: dict[str, torch.Tensor] = {}
-        total = outputs[next(iter(outputs))].new_zeros(())
+        active: list[str] = []
+        weights = dict(self.weights)
         for name, head in self.heads.items():
             target = head.select_target(targets)
             if target is None:
@@ -117,13 +134,41 @@ class MultiHeadLoss(nn.Module):
                     f"head {name!r} learns from targets[{head.target_key!r}] but the batch has "
                     f"{sorted(targets)}; for soft heads set soft_labels: true on the dataset"
                 )
-            parts[name] = self.losses[name](outputs[name], target)
-            total = total + self.weights[name] * parts[name]
+            mask = None if present is None else present.get(head.target_key)
+            parts[name], has = self._head_loss(name, outputs[name], target, targets, mask)
+            if has:
+                active.append(name)
         if self.consistency_pair is not None and self.consistency_weight > 0:
             a, b = self.consistency_pair
             parts["consistency"] = self.consistency(outputs[a], outputs[b], self._labelled(targets))
-            total = total + self.current_consistency_weight(epoch) * parts["consistency"]
-        return total, parts
+            weights["consistency"] = self.current_consistency_weight(epoch)
+            active.append("consistency")
+        if not parts:
+            return outputs[next(iter(outputs))].sum() * 0.0, parts
+        return self.balancer.combine(parts, weights, active), parts
+
+    def _head_loss(
+        self,
+        name: str,
+        out: torch.Tensor,
+        target: torch.Tensor,
+        targets: Mapping[str, torch.Tensor],
+        mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, bool]:
+        """One head's loss on the samples ``mask`` marks present; ``(0 with grad, False)``
+        when none is."""
+        head = self.heads[name]
+        weight = targets.get(f"{head.target_key}_weight")
+        if mask is not None:
+            mask = mask.to(device=out.device, dtype=torch.bool).reshape(-1)
+            if not bool(mask.any()):
+                return out.sum() * 0.0, False
+            if not bool(mask.all()):
+                out, target = out[mask], target[mask]
+                weight = weight[mask] if weight is not None else None
+        if weight is None:
+            return self.losses[name](out, target), True
+        return self.losses[name](out, target, weight=weight), True
 
     def _labelled(self, targets: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         if "hard" in targets:

@@ -26,6 +26,11 @@ class SoftLabelLoss(nn.Module):
     KL(target || prediction), which is 0 at a perfect fit; ``mode="ce"`` adds the targets'
     entropy (same gradient). With ``temperature`` T the logits are divided by T and the loss is
     multiplied by T**2 (Hinton et al.), keeping gradient scale comparable across T.
+
+    ``weight`` (``[B, 1, H, W]`` or ``[B, H, W]``, e.g. the dataset's ``soft_weight`` extra
+    target) scales each pixel's term by a confidence in [0, 1]; the sum is still divided by
+    the number of labelled pixels, so low-confidence pixels count for less rather than the
+    confident ones for more.
     """
 
     def __init__(self, mode: str = "kl", temperature: float = 1.0) -> None:
@@ -36,7 +41,11 @@ class SoftLabelLoss(nn.Module):
         self.temperature = float(temperature)
 
     def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         t = self.temperature
         log_q = F.log_softmax(logits.float() / t, dim=1)
@@ -46,4 +55,13 @@ class SoftLabelLoss(nn.Module):
             per_pixel = per_pixel + torch.special.xlogy(target, target).sum(dim=1)
         if valid is None:
             valid = valid_soft_pixels(target)
+        if weight is not None:
+            weight = weight.float()
+            weight = weight[:, 0] if weight.ndim == 4 else weight
+            if weight.shape != per_pixel.shape:
+                raise ValueError(
+                    f"soft-label weight map {tuple(weight.shape)} does not match the target's "
+                    f"pixels {tuple(per_pixel.shape)}"
+                )
+            per_pixel = per_pixel * weight
         return masked_pixel_mean(per_pixel, valid) * (t * t)

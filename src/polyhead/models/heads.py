@@ -9,6 +9,14 @@ its default loss, and the activation that turns its raw output into what a user 
 - ``uncertainty``: a per-pixel uncertainty map learnt from ``targets["uncertainty"]`` (the
   channels of its ``uncertainty_target``); its raw output lives in a transformed space
   (``transform``, optional sigmoid ``activation``) and `activate` maps it back to uncertainty.
+
+Image-level heads pool one encoder stage (default the deepest) to a vector ``[B, n]``; their
+target is ``targets[head name]`` (CSV columns, `polyhead.data.image_targets`):
+
+- ``classification``: one of ``classes`` classes (int64 ``[B]``); cross-entropy; softmax.
+- ``multilabel``: ``classes`` independent 0/1 labels (float ``[B, n]``); BCE; sigmoid.
+- ``regression``: ``classes`` values (default 1; float ``[B, n]``); MSE on the output after its
+  ``activation`` (``none``, ``sigmoid``, or ``softmax`` for fractions that sum to 1).
 """
 
 from __future__ import annotations
@@ -85,6 +93,8 @@ class Head(nn.Module):
     target_key: ClassVar[str]
     #: True for heads whose output is class logits (blended by ``"average"``)
     class_map: ClassVar[bool] = True
+    #: True for heads with one output vector per image (``[B, n]``) instead of per pixel
+    image_level: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -225,10 +235,120 @@ class UncertaintyHead(Head):
         return to_uncertainty(raw, self.transform, self.activation, self.log_eps)
 
 
+#: options of an image-level head
+IMAGE_OPTIONS = ("stage", "dropout", "activation")
+REGRESSION_ACTIVATIONS = ("none", "sigmoid", "softmax")
+
+
+class ImageHead(Head):
+    """Global average pooling of one encoder stage, dropout, a linear layer: ``[B, n]``.
+
+    Options: ``stage`` (index into the encoder's feature list, default -1: the deepest),
+    ``dropout`` (default 0), ``classes`` (outputs; required except for regression, default 1).
+    The target key is the head's own name.
+    """
+
+    class_map = False
+    image_level = True
+    needs_classes: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        name: str,
+        spec: HeadSpec,
+        encoder_channels: Sequence[int],
+        encoder_depth: int,
+        output_stride: int,
+        classes: int,
+    ) -> None:
+        nn.Module.__init__(self)
+        options = dict(spec.options)
+        unknown = sorted(set(options) - set(IMAGE_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"heads.{name}: {unknown} are not options of a {self.role} head; "
+                f"valid: {list(IMAGE_OPTIONS)}, classes"
+            )
+        if spec.classes is None and self.needs_classes:
+            raise ConfigError(f"heads.{name}: a {self.role} head needs classes (its outputs)")
+        self.name, self.target_key = name, name
+        self.classes = int(spec.classes if spec.classes is not None else 1)
+        self.stage = int(options.get("stage", -1))
+        n_stages = len(encoder_channels)
+        if not -n_stages <= self.stage < n_stages:
+            raise ConfigError(
+                f"heads.{name}.stage is {self.stage}; the encoder has {n_stages} feature maps"
+            )
+        self.activation = str(options.get("activation", "none"))
+        if self.activation not in REGRESSION_ACTIVATIONS:
+            raise ConfigError(
+                f"heads.{name}.activation is {self.activation!r}; valid: "
+                f"{list(REGRESSION_ACTIVATIONS)}"
+            )
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(float(options.get("dropout", 0.0)))
+        self.linear = nn.Linear(encoder_channels[self.stage], self.classes)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.linear(self.dropout(self.pool(features[self.stage])))
+
+    def select_target(self, targets: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        return targets.get(self.target_key)
+
+
+class ClassificationHead(ImageHead):
+    """One class per image: logits ``[B, classes]``, cross-entropy, softmax."""
+
+    role = "classification"
+
+    def default_loss(self) -> nn.Module:
+        return nn.CrossEntropyLoss()
+
+    def activate(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(raw.float(), dim=1)
+
+
+class MultiLabelHead(ImageHead):
+    """Independent 0/1 labels per image: logits ``[B, n]``, BCE with logits, sigmoid."""
+
+    role = "multilabel"
+
+    def default_loss(self) -> nn.Module:
+        return nn.BCEWithLogitsLoss()
+
+    def activate(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(raw.float())
+
+
+class RegressionHead(ImageHead):
+    """``classes`` values per image (default 1); its ``activation`` is part of ``forward``,
+    so the raw output is the value; MSE."""
+
+    role = "regression"
+    needs_classes = False
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        out = super().forward(features)
+        if self.activation == "sigmoid":
+            return torch.sigmoid(out)
+        if self.activation == "softmax":
+            return torch.softmax(out, dim=1)
+        return out
+
+    def default_loss(self) -> nn.Module:
+        return nn.MSELoss()
+
+    def activate(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw.float()
+
+
 HEAD_TYPES: dict[str, type[Head]] = {
     "hard": HardHead,
     "soft": SoftHead,
     "uncertainty": UncertaintyHead,
+    "classification": ClassificationHead,
+    "multilabel": MultiLabelHead,
+    "regression": RegressionHead,
 }
 
 

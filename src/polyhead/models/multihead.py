@@ -57,6 +57,10 @@ class HeadSelection:
             )
         return names
 
+    def image_level_heads(self) -> list[str]:
+        """Heads with one output vector per image (classification, multilabel, regression)."""
+        return [n for n, h in self.heads.items() if getattr(h, "image_level", False)]
+
     def heads_of_role(self, role: str) -> list[str]:
         """Names of the heads with ``role`` (``hard``, ``soft``, ``uncertainty``), in order."""
         return [n for n, h in self.heads.items() if h.role == role]
@@ -97,7 +101,8 @@ class MultiHeadSegmentationModel(HeadSelection, nn.Module):
     Args:
         heads: ``{name: spec}``; a spec is a decoder name or a mapping with ``decoder``
             (upernet, fpn, unet, deeplabv3plus, segformer, pspnet, ...), ``role`` (hard, soft,
-            uncertainty: see `polyhead.models.heads`), optional ``classes`` and options.
+            uncertainty; image-level: classification, multilabel, regression, pooled from an
+            encoder stage: see `polyhead.models.heads`), optional ``classes`` and options.
         encoder_name: any SMP encoder name, including timm universal ``tu-*`` names.
         encoder_depth: number of encoder stages (3-5).
         encoder_weights: None (random), a local weights file, or a named identifier
@@ -190,5 +195,5 @@ class MultiHeadSegmentationModel(HeadSelection, nn.Module):
         features = self.encoder(x)
         outputs = {name: self.heads[name](features) for name in names}
         if self.pad_to_stride:
-            outputs = {name: out[..., :h, :w] for name, out in outputs.items()}
+            outputs = {n: out if out.ndim == 2 else out[..., :h, :w] for n, out in outputs.items()}
         return outputs

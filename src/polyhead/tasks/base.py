@@ -107,3 +107,23 @@ def log_segmentation_metrics(
                 task.log(f"{also_as}/{key}", value, prog_bar=key == "mIoU")
     for k, iou in enumerate(values["IoU"]):
         task.log(f"{prefix}/IoU_{k}", torch.nan_to_num(iou, nan=0.0))
+
+
+def log_balance(task: pl.LightningModule, values: Mapping[str, float]) -> None:
+    """Log a loss balancer's values (log-variances, DWA weights) per step as
+    ``balance/{term}``."""
+    for term, value in values.items():
+        task.log(f"balance/{term}", value, on_step=True, on_epoch=False)
+
+
+def log_image_metrics(task: pl.LightningModule, metric: Any, prefix: str) -> None:
+    """Compute, log as ``{prefix}/{name}`` and reset an image-level head's metrics (nothing
+    when no validation sample had its target)."""
+    try:
+        values = metric.compute()
+    except (ValueError, RuntimeError):  # no sample (or one, for R2) had this head's target
+        values = {}
+    finally:
+        metric.reset()
+    for key, value in values.items():
+        task.log(f"{prefix}/{key}", torch.nan_to_num(value.float(), nan=0.0))
