@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rasterio.errors import RasterioError
 
-from polyhead.errors import DataError
+from polyhead.classes import ClassTable
+from polyhead.errors import ConfigError, DataError
+from polyhead.inference import distributed
 from polyhead.inference.crf import check_crf_size, predict_raster_crf
 from polyhead.inference.predictor import Predictor, has_uncertainty_head
 from polyhead.inference.rasters import check_bands, open_raster, predict_raster
@@ -92,6 +96,80 @@ def check_inputs(model: Any, images: Sequence[Path]) -> None:
         raise DataError(errors[0] + more)
 
 
+def _extra_options(
+    run: Callable[..., Any], precision: str, channels_last: bool, classes: ClassTable | None
+) -> dict[str, Any]:
+    """Options passed to ``run`` only when not default (``classes``: when it takes them), so
+    a predict function without them still runs; ConfigError when one it lacks is asked for."""
+    accepted = inspect.signature(run).parameters
+    extra: dict[str, Any] = {}
+    for name, value, default in (
+        ("precision", precision, "fp32"),
+        ("channels_last", channels_last, False),
+    ):
+        if value != default:
+            if name not in accepted:
+                raise ConfigError(f"{name}={value!r} is not supported by {run.__name__}")
+            extra[name] = value
+    if classes is not None and "classes" in accepted:
+        extra["classes"] = classes
+    return extra
+
+
+def vector_writer(
+    vector: str | None, classes: ClassTable | None, min_area: float, simplify: float
+) -> Callable[[Path], Any] | None:
+    """``write(class_map)``: polygons of a class map into ``<stem>_classes.gpkg`` beside it
+    (`polyhead.inference.vector.polygonize_raster`); None without ``vector``. ConfigError
+    before any work when the format or the vector module is missing."""
+    if vector is None:
+        return None
+    if vector != "gpkg":
+        raise ConfigError(f"vector output must be 'gpkg', got {vector!r}")
+    try:
+        from polyhead.inference.vector import polygonize_raster
+    except ImportError as err:
+        raise ConfigError(f"vector output needs polyhead.inference.vector ({err})") from None
+
+    def write(class_map: Path) -> Any:
+        stem = class_map.name.removesuffix(class_map.suffix).removesuffix("_classes")
+        out = class_map.with_name(f"{stem}_classes.gpkg")
+        return polygonize_raster(
+            class_map, out_path=out, classes=classes, min_area=min_area, simplify=simplify
+        )
+
+    return write
+
+
+def _raster_sizes(images: Sequence[Path]) -> list[tuple[Path, int, int]]:
+    """``(image, height, width)`` of each input (headers only)."""
+    sizes = []
+    for image in images:
+        with ExitStack() as stack:
+            src = open_raster(stack, image)
+            sizes.append((image, src.height, src.width))
+    return sizes
+
+
+def _predict_one(
+    run: Callable[..., Any],
+    predictor: Predictor,
+    options: dict[str, Any],
+    image: Path,
+    out: Path,
+    stem: str,
+) -> Any:
+    """``run`` (predict_raster or its CRF variant) writing ``<out>/<stem>_<kind>.tif``."""
+    return run(
+        predictor,
+        image,
+        out / f"{stem}_classes.tif",
+        probabilities_path=out / f"{stem}_proba.tif",
+        uncertainty_path=out / f"{stem}_uncertainty.tif",
+        **options,
+    )
+
+
 def predict_files(
     model: Any,
     inputs: Sequence[str | Path],
@@ -107,6 +185,16 @@ def predict_files(
     batch_size: int = 4,
     device: str = "cpu",
     progress: bool = True,
+    *,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    classes: ClassTable | None = None,
+    vector: str | None = None,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    devices: int = 1,
+    num_nodes: int = 1,
+    accelerator: str = "auto",
 ) -> list[Path]:
     """Write ``<stem>_classes.tif`` (and ``_proba.tif``, ``_uncertainty.tif``) per image;
     returns the class maps' paths.
@@ -120,6 +208,17 @@ def predict_files(
     must have at most 4096 x 4096 pixels: checked before anything is predicted).
     ``write_uncertainty``: also write ``<stem>_uncertainty.tif`` (float32): the model's
     uncertainty head when it has one, else the predictive entropy normalised by log K.
+    ``precision`` (``fp32``, ``bf16``, ``fp16``) and ``channels_last`` reach `predict_raster`
+    when not default; ``classes`` (names and colours) when it takes them. ``vector="gpkg"``:
+    also polygonise each class map into ``<stem>_classes.gpkg`` (``min_area``, ``simplify``
+    in CRS units; `polyhead.inference.vector`).
+
+    ``devices`` x ``num_nodes`` > 1: several processes (Lightning Fabric, DDP; see
+    `polyhead.inference.distributed`) share the files by pixel count; a raster larger than
+    one process's share is predicted in row blocks, ``<stem>_part-XXXX_<kind>.tif``, with a
+    ``<stem>_<kind>.vrt`` mosaic (returned for its class map) equal to a single process's
+    output. Without torchrun or SLURM, Fabric starts the other processes by running this
+    program again, so call it from a script or the CLI.
 
     Before any tile runs (and before ``output_dir`` is created) every input is checked:
     it exists and opens, it has the model's band count (``in_channels``), and no two inputs
@@ -134,27 +233,34 @@ def predict_files(
     if crf:
         for image in images:
             check_crf_size(image)
+    run = predict_raster_crf if crf else predict_raster
+    extra = _extra_options(run, precision, channels_last, classes)
+    after = vector_writer(vector, classes, min_area, simplify)
+    group = distributed.launch(devices, num_nodes, accelerator)
     own_uncertainty = write_uncertainty and has_uncertainty_head(model)
     predictor = Predictor(model, head=head, tta=tta, uncertainty=own_uncertainty)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    run = predict_raster_crf if crf else predict_raster
-    written = []
-    for image in images:
-        result = run(
-            predictor,
-            image,
-            output_dir / f"{image.stem}_classes.tif",
-            tile_size=tile_size,
-            overlap=overlap,
-            batch_size=batch_size,
-            device=device,
-            write_probabilities=write_probabilities,
-            probabilities_path=output_dir / f"{image.stem}_proba.tif",
-            write_uncertainty=write_uncertainty,
-            uncertainty_path=output_dir / f"{image.stem}_uncertainty.tif",
-            normalize=normalize,
-            progress=progress,
-        )
-        written.append(Path(result.class_map_path))
-    return written
+    options = dict(
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=group.device or device,
+        write_probabilities=write_probabilities,
+        write_uncertainty=write_uncertainty,
+        normalize=normalize,
+        progress=progress and group.rank == 0,
+        **extra,
+    )
+    parts = distributed.plan_parts(
+        _raster_sizes(images), group.world_size, tile_size, overlap, split=not crf
+    )
+    return distributed.run_parts(
+        parts,
+        group,
+        partial(_predict_one, run, predictor, options),
+        output_dir,
+        tile_size,
+        overlap,
+        after_class_map=after,
+    )
