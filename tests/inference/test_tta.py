@@ -203,3 +203,79 @@ def test_tta_from_config() -> None:
     for bad in ({"flip": ["h"]}, {"scales": []}, {"flips": ["z"]}, 3):
         with pytest.raises(ConfigError):
             tta_from_config(bad)  # type: ignore[arg-type]
+
+
+def test_d4_views_are_the_eight_symmetries_of_the_square() -> None:
+    x = _x(16, 16)
+    kwargs = build_tta("d4")
+    assert kwargs == {"flips": ("none", "h"), "rotations": (0, 1, 2, 3), "scales": (1.0,)}
+    views = [v.apply(x) for v in TTAModel(nn.Identity(), **kwargs).views]
+    t = x.transpose(-2, -1)
+    expected = [
+        x,
+        x.flip(-1),
+        x.flip(-2),
+        x.flip(-2, -1),
+        t,
+        t.flip(-1),
+        t.flip(-2),
+        t.flip(-2, -1),
+    ]
+    for want in expected:  # each symmetry exactly once
+        assert sum(torch.equal(v, want) for v in views) == 1
+
+
+def test_d4_tta_model_equals_hand_computed_average() -> None:
+    model, x = _conv(3), _x(32, 48)  # non-square: turned views are 48 x 32
+    with torch.no_grad():
+        out = TTAModel(model, **build_tta("d4"))(x).exp()
+        views = [
+            torch.rot90(
+                torch.softmax(model(torch.rot90(flip(x), k, dims=(-2, -1))), 1), -k, (-2, -1)
+            )
+            for k in range(4)
+            for flip in (lambda t: t, lambda t: t.flip(-1))
+        ]
+        views = [v if i % 2 == 0 else v.flip(-1) for i, v in enumerate(views)]
+    torch.testing.assert_close(out, torch.stack(views).mean(0), atol=1e-6, rtol=1e-5)
+
+
+def test_build_tta_parses_d4_and_mc_dropout() -> None:
+    assert build_tta("mc-dropout=4") == {"flips": ("none",), "scales": (1.0,), "mc_dropout": 4}
+    assert build_tta("mc_dropout")["mc_dropout"] == 8
+    assert build_tta("d4+mc-dropout=2+seed=5+scales=1,1.5") == {
+        "flips": ("none", "h"),
+        "rotations": (0, 1, 2, 3),
+        "scales": (1.0, 1.5),
+        "mc_dropout": 2,
+        "seed": 5,
+    }
+    for bad, match in (
+        ("d4+flips", "d4 already holds every flip"),
+        ("mc-dropout=1", "samples >= 2"),
+        ("mc-dropout=x", "mc-dropout must be an integer"),
+        ("seed=3", "add mc-dropout"),
+        ("d4=2", "unknown TTA part"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            build_tta(bad)
+    assert tta_from_config({"flips": ["none", "h"], "rotations": [0, 1, 2, 3], "mc_dropout": 3})[
+        "rotations"
+    ] == (0, 1, 2, 3)
+    for bad in ({"rotations": [4]}, {"mc_dropout": 1}, {"mc_dropout": 2.5}):
+        with pytest.raises(ConfigError):
+            tta_from_config(bad)
+
+
+def test_tta_model_mc_dropout_needs_dropout_and_is_seeded() -> None:
+    with pytest.raises(ConfigError, match="Sequential has no dropout layer"):
+        TTAModel(_conv(), **build_tta("mc-dropout=4"))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(C, 8, 3, padding=1), nn.Dropout(0.5), nn.Conv2d(8, K, 1))
+    x = _x()
+    with torch.no_grad():
+        a = TTAModel(net.eval(), **build_tta("mc-dropout=4+seed=1"))(x)
+        b = TTAModel(net.eval(), **build_tta("mc-dropout=4+seed=1"))(x)
+        plain = torch.log_softmax(net(x), 1)
+    assert torch.equal(a, b) and not torch.allclose(a, plain, atol=1e-3)
+    assert not net[1].training

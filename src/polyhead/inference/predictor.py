@@ -3,25 +3,27 @@
 `Predictor` is what every prediction in polyhead goes through (``polyhead predict`` on any
 checkpoint, evaluation, teacher targets, the demo, ONNX export). It runs only the heads its
 answer needs, turns their raw outputs into what a user gets (each head's own activation) and
-averages those over test-time views. The sliding window only tiles and blends its maps.
+averages those over test-time views (flips, D4 rotations, scales, MC-dropout samples), with
+the per-pixel spread of the views beside the mean. The sliding window only tiles and blends its
+maps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from polyhead.errors import ConfigError
-from polyhead.inference.tta import augmentations, tta_from_config
+from polyhead.inference.tta import MCSampler, augmentations, check_mc_dropout, tta_from_config
 from polyhead.models.heads import uncertainty_at_class
 from polyhead.models.multihead import AVERAGE
 from polyhead.models.single import as_polyhead_model
 
 #: names of the maps a `Predictor` returns
-PROBABILITIES, UNCERTAINTY = "probabilities", "uncertainty"
+PROBABILITIES, UNCERTAINTY, SPREAD = "probabilities", "uncertainty", "spread"
 
 
 def has_uncertainty_head(model: Any) -> bool:
@@ -31,18 +33,24 @@ def has_uncertainty_head(model: Any) -> bool:
 
 
 class Predictor(nn.Module):
-    """Per-pixel maps for image tiles: ``{"probabilities": [B, K, h, w]}`` and, when asked,
-    ``{"uncertainty": [B, 1, h, w]}`` from the model's uncertainty head.
+    """Per-pixel maps for image tiles: ``{"probabilities": [B, K, h, w]}``; ``{"spread":
+    [B, 1, h, w]}`` under a TTA of several passes; and, when asked, ``{"uncertainty":
+    [B, 1, h, w]}`` from the model's uncertainty head.
 
     Args:
         model: a polyhead segmentation model, or any network returning class logits.
         head: the class-map head that answers, or ``"average"`` (softmax of the mean logits
             of the class-map heads); default the model's ``inference_head``.
-        tta: test-time augmentation: a spec string (``"flips"``,
-            ``"flips+scales=0.75,1,1.25"``), a mapping (``flips``, ``scales``,
-            ``size_divisor``), or None. Each view's maps are averaged.
+        tta: test-time augmentation: a spec string (``"flips"``, ``"d4"``,
+            ``"mc-dropout=8"``, ``"d4+mc-dropout=4"``, ``"flips+scales=0.75,1,1.25"``), a
+            mapping (see `polyhead.inference.tta.tta_from_config`), or None. Each pass's maps
+            are averaged; MC-dropout runs every view that many times with the model's dropout
+            layers sampling (batch norm stays in eval); a model without dropout is refused.
         uncertainty: also return the map of an uncertainty head: True (the model's first) or
             a head name. A per-class head is read at the predicted class.
+        spread: return ``"spread"``, the per-pixel standard deviation over the passes
+            (``ddof=1``, as ``EnsembleTeacher``'s ``std_winning``) of the probability of the
+            mean's arg-max class, float32. Default: whenever there are 2 or more passes.
     """
 
     def __init__(
@@ -51,6 +59,7 @@ class Predictor(nn.Module):
         head: str | None = None,
         tta: str | Mapping[str, Any] | None = None,
         uncertainty: bool | str = False,
+        spread: bool | None = None,
     ) -> None:
         super().__init__()
         self.model = as_polyhead_model(model)
@@ -60,7 +69,26 @@ class Predictor(nn.Module):
         if self.uncertainty_head is not None:
             needed.append(self.uncertainty_head)
         self.needed = needed
-        self.views = augmentations(**(tta_from_config(tta) or {"flips": ("none",)}))
+        options = dict(tta_from_config(tta) or {"flips": ("none",)})
+        n_samples, seed = options.pop("mc_dropout", 0), options.pop("seed", None)
+        self.views = augmentations(**options)
+        layers = check_mc_dropout(self._sampled_part(), type(model).__name__) if n_samples else []
+        self.sampler = MCSampler(layers, n_samples, seed)
+        self.spread = self.n_passes > 1 if spread is None else bool(spread)
+        if self.spread and self.n_passes < 2:
+            raise ConfigError(
+                "spread needs a TTA of at least 2 passes (e.g. tta='d4' or 'mc-dropout=8')"
+            )
+
+    def _sampled_part(self) -> nn.Module:
+        """The modules a prediction runs: the encoder and the needed heads (else the model)."""
+        heads = getattr(self.model, "heads", None) or {}
+        parts = [
+            getattr(self.model, "encoder", None),
+            *(heads[n] for n in self.needed if n in heads),
+        ]
+        parts = [p for p in parts if isinstance(p, nn.Module)]
+        return nn.ModuleList(parts) if parts else self.model
 
     def _uncertainty_head(self, uncertainty: bool | str) -> str | None:
         if not uncertainty:
@@ -76,8 +104,8 @@ class Predictor(nn.Module):
 
     @property
     def n_passes(self) -> int:
-        """Model calls per input batch."""
-        return len(self.views)
+        """Model calls per input batch (views times MC-dropout samples)."""
+        return len(self.views) * max(1, self.sampler.n_samples)
 
     def maps(self, raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The maps of one view from the heads' raw outputs."""
@@ -88,14 +116,53 @@ class Predictor(nn.Module):
             out[UNCERTAINTY] = uncertainty_at_class(u, probs)
         return out
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def passes(self, x: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
+        """The maps of each pass (view, MC-dropout sample), in the input's frame."""
         size = tuple(x.shape[-2:])
+        for _ in self.sampler.samples(x.device):
+            for view in self.views:
+                raw = self.model.forward_heads(view.apply(x), self.needed)
+                yield self.maps({k: view.undo(v, size) for k, v in raw.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         total: dict[str, torch.Tensor] = {}
-        for view in self.views:
-            raw = self.model.forward_heads(view.apply(x), self.needed)
-            for name, value in self.maps({k: view.undo(v, size) for k, v in raw.items()}).items():
+        spread = _Spread() if self.spread else None
+        for maps in self.passes(x):
+            if spread is not None:
+                spread.add(maps.pop(PROBABILITIES))
+            for name, value in maps.items():
                 total[name] = value if name not in total else total[name].add_(value)
-        return {name: value.div_(len(self.views)) for name, value in total.items()}
+        out = {name: value.div_(self.n_passes) for name, value in total.items()}
+        if spread is not None:
+            out[PROBABILITIES], out[SPREAD] = spread.result()
+        return out
+
+
+class _Spread:
+    """Welford's running mean and variance of per-pass probabilities (exact 0 for equal
+    passes, where sums of squares would cancel to rounding noise)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def add(self, p: torch.Tensor) -> None:
+        self.n += 1
+        p = p.float()
+        if self.mean is None or self.m2 is None:
+            self.mean, self.m2 = p.clone(), torch.zeros_like(p)
+            return
+        delta = p - self.mean
+        self.mean.add_(delta / self.n)
+        self.m2.addcmul_(delta, p - self.mean)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean probabilities and the std (ddof=1) at the mean's arg-max class."""
+        assert self.mean is not None and self.m2 is not None and self.n > 1
+        winner = self.mean.argmax(dim=1, keepdim=True)
+        std = self.m2.gather(1, winner).div_(self.n - 1).clamp_min_(0.0).sqrt_()
+        return self.mean, std
 
 
 def head_outputs(model: Any, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,300 @@
+"""Class maps as polygons: a GeoPackage layer, streamed in blocks, merged across block borders.
+
+`polygonize_raster` reads the class map in ``block_size`` x ``block_size`` windows, one row of
+blocks after another, and polygonises each (``rasterio.features.shapes``, 4-connected, in
+global pixel coordinates so pieces from neighbouring blocks share their border vertices
+exactly). A piece that does not reach an internal block border is final: it is written when
+its block is done. A piece that reaches one is held back; once its row of blocks is done, the
+held pieces of one class that share a border segment are unioned (shapely, over that
+touching set only), and a merged polygon is written unless it still reaches the next row.
+Memory therefore holds one block, the pieces along the current row of blocks and the
+polygons crossing it, never the whole raster. Geometries go to CRS coordinates (the raster's
+affine transform) only when written. The output is written to a temp file beside
+``out_path`` (`polyhead.io` naming) and renamed at the end; on failure nothing is left.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pyogrio.raw
+import rasterio
+import shapely
+import shapely.geometry
+from rasterio.features import shapes
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from polyhead.classes import ClassTable
+from polyhead.errors import ConfigError, DataError
+from polyhead.io.atomic import AtomicPath
+
+#: the class map's nodata value when its file sets none (polyhead's class maps use 255)
+CLASS_NODATA = 255
+FIELDS = ("class_id", "class_name", "area")
+# GDAL asks GeoPackages to end in .gpkg; the temp name beside the target does not
+_GPKG_NAME_WARNING = r".*(non conformant file extension|filename extension should be).*"
+
+
+@dataclass(frozen=True)
+class VectorResult:
+    """What `polygonize_raster` wrote: ``n_polygons`` features at ``path``, of which
+    ``n_merged`` were assembled from pieces of two or more blocks; ``seconds`` of wall time."""
+
+    path: Path
+    n_polygons: int
+    n_merged: int
+    seconds: float
+
+
+@dataclass
+class _Layer:
+    """The temp GeoPackage: features appended in batches; attributes from the class table."""
+
+    path: Path
+    layer: str
+    crs: str | None
+    transform: Affine
+    names: list[str]
+    min_area: float
+    simplify: float
+    source: Path
+    n_polygons: int = 0
+    n_merged: int = 0
+    _started: bool = field(default=False, repr=False)
+
+    def write(self, pixel_geoms: list, class_ids: list[int], pieces: list[int] | None = None):
+        """Write polygons given in pixel coordinates (to CRS, filtered, simplified);
+        ``pieces``: how many block pieces each was merged from (default 1)."""
+        if not pixel_geoms:
+            return
+        ids = np.asarray(class_ids, dtype=np.int64)
+        bad = ids[ids >= len(self.names)]
+        if len(bad):
+            raise DataError(
+                f"{self.source}: class id {int(bad[0])} has no entry in the class table of "
+                f"{len(self.names)} classes; pass classes= covering every id"
+            )
+        geoms = _to_crs(np.asarray(pixel_geoms, dtype=object), self.transform)
+        keep = shapely.area(geoms) >= self.min_area
+        if self.simplify > 0:
+            geoms = shapely.simplify(geoms, self.simplify, preserve_topology=True)
+        geoms, ids = geoms[keep], ids[keep]
+        merged = int((np.asarray(pieces)[keep] > 1).sum()) if pieces is not None else 0
+        if not len(geoms):
+            return
+        fields = [
+            ids.astype(np.int32),
+            np.asarray([self.names[i] for i in ids], dtype=object),
+            shapely.area(geoms),
+        ]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _GPKG_NAME_WARNING, RuntimeWarning)
+            pyogrio.raw.write(
+                self.path,
+                shapely.to_wkb(geoms),
+                fields,
+                list(FIELDS),
+                layer=self.layer,
+                driver="GPKG",
+                geometry_type="Polygon",
+                crs=self.crs,
+                append=self._started,
+            )
+        self._started = True
+        self.n_polygons += len(geoms)
+        self.n_merged += merged
+
+    def finish(self) -> None:
+        """Create the (empty) layer when nothing was written, so the file always exists."""
+        if not self._started:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", _GPKG_NAME_WARNING, RuntimeWarning)
+                pyogrio.raw.write(
+                    self.path,
+                    np.empty(0, dtype=object),
+                    [np.empty(0, np.int32), np.empty(0, object), np.empty(0, np.float64)],
+                    list(FIELDS),
+                    layer=self.layer,
+                    driver="GPKG",
+                    geometry_type="Polygon",
+                    crs=self.crs,
+                )
+
+
+def _to_crs(geoms: np.ndarray, t: Affine) -> np.ndarray:
+    """Pixel coordinates -> the raster's CRS through its affine transform."""
+    matrix = np.array([[t.a, t.d], [t.b, t.e]])
+    return shapely.transform(geoms, lambda xy: xy @ matrix + np.array([t.c, t.f]))
+
+
+def _blocks(height: int, width: int, size: int) -> Iterator[tuple[int, list[Window]]]:
+    """Each row of blocks: its first row and its windows, left to right."""
+    for row in range(0, height, size):
+        h = min(size, height - row)
+        yield row, [Window(col, row, min(size, width - col), h) for col in range(0, width, size)]
+
+
+def _pieces(data: np.ndarray, nodata: float | None, window: Window):
+    """Polygons of one window's classes in global pixel coordinates: (geometries, class ids)."""
+    mask = data != nodata if nodata is not None else None
+    offset = Affine.translation(window.col_off, window.row_off)
+    found = list(shapes(data, mask=mask, connectivity=4, transform=offset))
+    geoms = np.asarray([shapely.geometry.shape(g) for g, _ in found], dtype=object)
+    return geoms, np.asarray([int(v) for _, v in found], dtype=np.int64)
+
+
+def _touching(bounds: np.ndarray, window: Window, height: int, width: int) -> np.ndarray:
+    """Which pieces reach an internal border of ``window`` (bounds: minx, miny, maxx, maxy)."""
+    x0, y0 = window.col_off, window.row_off
+    x1, y1 = x0 + window.width, y0 + window.height
+    out = np.zeros(len(bounds), dtype=bool)
+    for edge, value, internal in (
+        (0, x0, x0 > 0),
+        (1, y0, y0 > 0),
+        (2, x1, x1 < width),
+        (3, y1, y1 < height),
+    ):
+        if internal:
+            out |= bounds[:, edge] == value
+    return out
+
+
+def _merge(geoms: list, ids: list[int], counts: list[int]) -> tuple[list, list[int], list[int]]:
+    """Union the held pieces of one class that share a border segment (connected groups)."""
+    if len(geoms) < 2:
+        return geoms, ids, counts
+    arr = np.asarray(geoms, dtype=object)
+    left, right = shapely.STRtree(arr).query(arr, predicate="intersects")
+    pairs = (left < right) & (np.asarray(ids)[left] == np.asarray(ids)[right])
+    left, right = left[pairs], right[pairs]
+    shared = shapely.length(shapely.intersection(arr[left], arr[right])) > 0
+    parent = list(range(len(arr)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in zip(left[shared], right[shared], strict=True):
+        parent[root(int(a))] = root(int(b))
+    groups: dict[int, list[int]] = {}
+    for i in range(len(arr)):
+        groups.setdefault(root(i), []).append(i)
+    out_g, out_id, out_n = [], [], []
+    for members in groups.values():
+        union = arr[members[0]] if len(members) == 1 else shapely.union_all(arr[members])
+        for part in shapely.get_parts(union):  # 4-connected parts only touch at points
+            out_g.append(part)
+            out_id.append(ids[members[0]])
+            out_n.append(sum(counts[i] for i in members))
+    return out_g, out_id, out_n
+
+
+def _check(class_map: Path, out_path: Path, block_size: int, min_area: float, simplify: float):
+    if out_path.suffix.lower() != ".gpkg":
+        raise ConfigError(f"vector output {out_path}: write a GeoPackage (.gpkg)")
+    if int(block_size) < 1:
+        raise ConfigError(f"block_size must be >= 1, got {block_size}")
+    if min_area < 0 or simplify < 0:
+        raise ConfigError(f"min_area and simplify must be >= 0, got {min_area}, {simplify}")
+    if not class_map.is_file():
+        raise DataError(f"class map {class_map} does not exist")
+
+
+def polygonize_raster(
+    class_map_path: str | Path,
+    out_path: str | Path,
+    *,
+    classes: ClassTable | None = None,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    block_size: int = 4096,
+    layer: str = "classes",
+    progress: bool = False,
+) -> VectorResult:
+    """Polygonise a class map (one integer band) into a GeoPackage layer.
+
+    Each polygon is one 4-connected region of one class, with attributes ``class_id``,
+    ``class_name`` (from ``classes``; default ``class_k``) and ``area`` (of the written
+    polygon, CRS units^2). Pixels equal to the class map's nodata value (255 when the file
+    sets none) give no polygon. ``min_area`` drops polygons smaller than it (after merging
+    across blocks); ``simplify`` is shapely's topology-preserving simplify tolerance (CRS
+    units), applied per polygon, so neighbours may then overlap or leave slivers. The layer
+    gets the raster's CRS. ``block_size``: the side of the windows read (memory bound).
+    """
+    start = time.perf_counter()
+    class_map_path, out_path = Path(class_map_path), Path(out_path)
+    _check(class_map_path, out_path, block_size, min_area, simplify)
+    size = int(block_size)
+    with rasterio.open(class_map_path) as src:
+        if src.count != 1 or not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
+            raise DataError(
+                f"class map {class_map_path}: expected one integer band, got {src.count} "
+                f"band(s) of {src.dtypes[0]}"
+            )
+        nodata = src.nodata if src.nodata is not None else CLASS_NODATA
+        n_names = len(classes) if classes is not None else 256
+        table = classes or ClassTable.default(n_names)
+        target = AtomicPath(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        sink = _Layer(
+            target.tmp_path,
+            layer,
+            src.crs.to_wkt() if src.crs else None,
+            src.transform,
+            list(table.names),
+            float(min_area),
+            float(simplify),
+            class_map_path,
+        )
+        try:
+            _stream(src, sink, size, nodata, progress)
+            sink.finish()
+        except BaseException:
+            target.abort()
+            raise
+    target.commit()
+    return VectorResult(out_path, sink.n_polygons, sink.n_merged, time.perf_counter() - start)
+
+
+def _stream(src, sink: _Layer, size: int, nodata: float | None, progress: bool) -> None:
+    """Polygonise block by block; write final pieces at once, merged ones per row of blocks."""
+    from rich.progress import Progress
+
+    height, width = src.height, src.width
+    n_rows = -(-height // size)
+    held_g: list = []
+    held_id: list[int] = []
+    held_n: list[int] = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("polygonising", total=n_rows * -(-width // size))
+        for row, windows in _blocks(height, width, size):
+            for window in windows:
+                geoms, ids = _pieces(src.read(1, window=window), nodata, window)
+                touch = _touching(shapely.bounds(geoms).reshape(-1, 4), window, height, width)
+                sink.write(list(geoms[~touch]), list(ids[~touch]))
+                held_g += list(geoms[touch])
+                held_id += [int(i) for i in ids[touch]]
+                held_n += [1] * int(touch.sum())
+                bar.advance(task)
+            held_g, held_id, held_n = _merge(held_g, held_id, held_n)
+            bottom = row + windows[0].height
+            go_on = np.zeros(len(held_g), dtype=bool)
+            if bottom < height and held_g:
+                go_on = shapely.bounds(np.asarray(held_g, dtype=object))[:, 3] == bottom
+            done = [i for i in range(len(held_g)) if not go_on[i]]
+            sink.write(
+                [held_g[i] for i in done], [held_id[i] for i in done], [held_n[i] for i in done]
+            )
+            keep = [i for i in range(len(held_g)) if go_on[i]]
+            held_g = [held_g[i] for i in keep]
+            held_id = [held_id[i] for i in keep]
+            held_n = [held_n[i] for i in keep]
