@@ -38,21 +38,28 @@ from rasterio.env import getenv, hasenv
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
+from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError, DataError
+from polyhead.inference.pipeline import check_precision
+from polyhead.inference.pipeline_threads import BackgroundWriter
+from polyhead.inference.pipeline_writers import (  # noqa: F401  (MapWriters: crf's too)
+    CLASS_NODATA,
+    PROBABILITY_DTYPES,
+    SPREAD,
+    MapWriters,
+)
 from polyhead.inference.predictor import PROBABILITIES, UNCERTAINTY, Predictor
-from polyhead.inference.sliding_window import _iter_blocks, _progress, as_predictor
-from polyhead.inference.tiling import Normalize, band_cores, check_config, n_tiles, n_tiles_run
+from polyhead.inference.sliding_window import TileCounts, _iter_blocks, _progress, as_predictor
+from polyhead.inference.tiling import Normalize, check_config, n_tiles, tiles_per_band
 from polyhead.inference.uncertainty import predictive_entropy
-from polyhead.io import AtomicGeoTiff, geotiff_profile
 from polyhead.models.single import HEAD, NetworkModel
 
 # GDAL's block cache defaults to 5% of RAM, far more than streaming needs. Same bound as
 # `polyhead.data.raster_io.GDAL_CACHE_BYTES` (not imported: it pulls in the training stack).
 GDAL_CACHE_BYTES = 64 * 2**20
 
-PROBABILITY_DTYPES = ("float32", "uint8")
-#: class-map value of nodata pixels (set as the file's nodata)
-CLASS_NODATA = 255
+#: chunks (one strip of one band) read ahead, and finished blocks queued for writing
+READ_AHEAD, WRITE_AHEAD = 2, 2
 
 
 @dataclass
@@ -66,8 +73,10 @@ class PredictionResult:
     n_tiles: int
     seconds: float
     uncertainty_path: Path | None = None
-    n_tiles_run: int = 0  # tiles run, counting those at band borders once per band
+    n_tiles_run: int = 0  # tiles run through the model (each tile of the grid at most once)
     image_path: Path | None = None
+    spread_path: Path | None = None  # written when the predictor returns a ``spread`` map
+    n_tiles_nodata: int = 0  # tiles not run: every input pixel of theirs is nodata
 
 
 def _gdal_cache_env() -> AbstractContextManager[Any]:
@@ -155,106 +164,20 @@ class NodataMask:
             bad |= (self.src.read_masks(self.indexes, window=window) == 0).any(axis=0)
         if self.floating:
             if pixels is None:
-                pixels = self.src.read(self.indexes, window=window, out_dtype=np.float32)
-            if not np.isfinite(np.add.reduce(pixels, axis=None)):
+                pixels = self.src.read(self.indexes, window=window)
+            if pixels.dtype.kind == "f" and not np.isfinite(np.add.reduce(pixels, axis=None)):
                 bad |= ~np.isfinite(pixels).all(axis=0)
         return bad if bad.any() else None
 
-    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        """The window's bands as float32 ``[C, h, w]``, nodata pixels set to 0."""
+    def read(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(bands [C, h, w] in the file's dtype with nodata pixels set to 0, nodata [h, w]
+        bool or None)`` of the window (float32 conversion happens on the model's device)."""
         window = Window(x, y, w, h)
-        pixels = self.src.read(self.indexes, window=window, out_dtype=np.float32)
+        pixels = self.src.read(self.indexes, window=window)
         bad = self(y, x, h, w, pixels)
         if bad is not None:
-            pixels[:, bad] = 0.0
-        return pixels
-
-
-class MapWriters:
-    """The rasters of a prediction, written block by block from blended maps.
-
-    ``outputs`` is `output_paths`'s dict. ``classes``: arg-max of ``probabilities``
-    (uint8); ``proba``: the probabilities (``float32``, or ``uint8`` scaled 0-255);
-    ``uncertainty``: the maps' own ``uncertainty`` when present, else the normalised
-    predictive entropy. Pixels marked in ``write``'s ``nodata`` are written as nodata
-    (see the module docstring). The files open on the first block (K is known then);
-    `commit` checks every file before moving any into place. Use inside an ``ExitStack``.
-    """
-
-    def __init__(
-        self,
-        stack: ExitStack,
-        outputs: Mapping[str, Path],
-        shape: tuple[int, int],
-        crs: Any,
-        transform: Any,
-        probabilities_dtype: str = "float32",
-    ) -> None:
-        if probabilities_dtype not in PROBABILITY_DTYPES:
-            raise ConfigError(
-                f"probabilities_dtype must be 'float32' or 'uint8', got {probabilities_dtype!r}"
-            )
-        self.stack, self.outputs, self.shape = stack, dict(outputs), shape
-        self.crs, self.transform, self.dtype = crs, transform, probabilities_dtype
-        self.writers: dict[str, AtomicGeoTiff] = {}
-        self.n_classes = 0
-
-    def _open(self, n_classes: int) -> None:
-        if n_classes > 256:
-            raise ConfigError(f"a uint8 class map holds at most 256 classes, got {n_classes}")
-        self.n_classes = n_classes
-        class_nodata = CLASS_NODATA if n_classes <= CLASS_NODATA else None
-        layout = {"classes": (1, "uint8", class_nodata), "uncertainty": (1, "float32", np.nan)}
-        layout["proba"] = (n_classes, self.dtype, np.nan if self.dtype == "float32" else None)
-        for key, path in self.outputs.items():
-            count, dtype, nodata = layout[key]
-            profile = geotiff_profile(*self.shape, count, dtype, self.crs, self.transform)
-            if nodata is not None:
-                profile["nodata"] = nodata
-            self.writers[key] = self.stack.enter_context(AtomicGeoTiff(path, profile))
-
-    def write(
-        self,
-        maps: Mapping[str, np.ndarray],
-        row: int,
-        col: int,
-        nodata: np.ndarray | None = None,
-    ) -> None:
-        """Write the block of blended ``maps`` whose top-left pixel is ``(row, col)``;
-        ``nodata`` (``[h, w]`` bool, optional) marks the block's nodata pixels."""
-        proba = maps[PROBABILITIES]
-        if not self.writers:
-            self._open(proba.shape[0])
-        if nodata is not None and self.n_classes > CLASS_NODATA:
-            raise DataError(
-                f"{self.outputs['classes']}: the input has nodata pixels, but a class map of "
-                f"{self.n_classes} classes has no value left to mark them"
-            )
-        classes = proba.argmax(axis=0)[None].astype(np.uint8)
-        self.writers["classes"].write(_masked(classes, nodata, CLASS_NODATA), row, col)
-        if "uncertainty" in self.writers:
-            own = maps.get(UNCERTAINTY)
-            unc = own if own is not None else predictive_entropy(proba)[None]
-            self.writers["uncertainty"].write(_masked(unc, nodata, np.nan), row, col)
-        if "proba" in self.writers:
-            fill = np.nan
-            if self.dtype == "uint8":
-                proba, fill = np.clip(np.rint(proba * 255.0), 0, 255), 0
-            self.writers["proba"].write(_masked(proba, nodata, fill), row, col)
-
-    def commit(self) -> None:
-        """Close and check every file, then move them all into place."""
-        for writer in self.writers.values():
-            writer.close()
-        for writer in reversed(self.writers.values()):
-            writer.commit()
-
-
-def _masked(block: np.ndarray, nodata: np.ndarray | None, fill: float) -> np.ndarray:
-    """``block [c, h, w]`` with ``fill`` at the ``nodata`` pixels (a copy when any)."""
-    if nodata is None:
-        return block
-    return np.where(nodata[None], np.asarray(fill, block.dtype), block)
+            pixels[:, bad] = 0
+        return pixels, bad
 
 
 def open_raster(stack: ExitStack, path: Path) -> Any:
@@ -277,7 +200,7 @@ def predict_raster(
     out_path: str | Path,
     tile_size: int = 512,
     overlap: int = 64,
-    batch_size: int = 4,
+    batch_size: int | None = 4,
     device: str | torch.device = "cpu",
     write_probabilities: bool = False,
     probabilities_path: str | Path | None = None,
@@ -290,27 +213,39 @@ def predict_raster(
     write_uncertainty: bool = False,
     uncertainty_path: str | Path | None = None,
     block_size: int = 4096,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    classes: ClassTable | None = None,
+    spread_path: str | Path | None = None,
 ) -> PredictionResult:
     """Predict a class map (uint8 GeoTIFF) for a raster of any size in bounded memory.
 
     ``model`` is a `Predictor` (or a polyhead model or logits network, wrapped in one): it
     maps float32 tiles ``[B, C, tile, tile]`` to per-pixel maps; it is moved to ``device``
-    and run in eval mode under ``torch.inference_mode``. ``normalize`` gets each tile as
-    float32 HWC (callable or albumentations transform). ``bands`` are 1-based band indexes
+    and run in eval mode under ``torch.inference_mode`` (autocast at ``precision``: ``fp32``,
+    ``bf16``, or ``fp16`` on CUDA only; ``channels_last`` memory format if asked).
+    ``batch_size`` None: chosen for the device (`polyhead.inference.pipeline.auto_batch_size`).
+    ``normalize``: albumentations ``Normalize`` steps run as a tensor op on the device; any
+    other callable gets each tile as float32 HWC. ``bands`` are 1-based band indexes
     to read (default: all). Rasters smaller than a tile are padded with ``pad_mode``
-    (numpy). Output CRS/transform are copied from the input. With ``write_probabilities`` a
-    K-band GeoTIFF of blended probabilities (``float32`` or ``uint8`` scaled 0-255) is
-    written to ``probabilities_path`` (default ``<out stem>_proba.tif``). With
-    ``write_uncertainty`` a float32 band is written to ``uncertainty_path`` (default
-    ``<out stem>_uncertainty.tif``): the predictor's own ``uncertainty`` map when it has one
-    (an uncertainty head), else the predictive entropy normalised by log K (0 = certain,
-    1 = uniform; see `polyhead.inference.uncertainty`). Outputs are written to temp files,
-    checked, and renamed at the end; on failure nothing is left behind. Streaming by
-    bands of ``block_size`` columns bounds memory (see the module docstring). The bands read
-    must be as many as the model's ``in_channels`` (DataError naming the file, before any
-    tile runs); the input's nodata pixels are nodata in every output (module docstring).
+    (numpy). Output CRS/transform are copied from the input; the class map gets the colours
+    of ``classes`` (default `ClassTable.default`), the probabilities its names. With
+    ``write_probabilities`` a K-band GeoTIFF of blended probabilities (``float32`` or
+    ``uint8`` scaled 0-255) is written to ``probabilities_path`` (default
+    ``<out stem>_proba.tif``). With ``write_uncertainty`` a float32 band is written to
+    ``uncertainty_path`` (default ``<out stem>_uncertainty.tif``): the predictor's own
+    ``uncertainty`` map when it has one (an uncertainty head), else the predictive entropy
+    normalised by log K (0 = certain, 1 = uniform; see `polyhead.inference.uncertainty`).
+    When the predictor returns a ``spread`` map it is written to ``spread_path`` (default
+    ``<out stem>_spread.tif``, float32). Outputs are written to temp files, checked, and
+    renamed at the end; on failure nothing is left behind. Reads run ahead and writes
+    behind the compute in background threads. Streaming by bands of ``block_size`` columns
+    bounds memory (see the module docstring). The bands read must be as many as the model's
+    ``in_channels`` (DataError naming the file, before any tile runs); the input's nodata
+    pixels are nodata in every output, and tiles of nodata only are not run.
     """
     check_config(tile_size, overlap, batch_size, blend)
+    check_precision(precision, torch.device(device))
     image_path, out_path = Path(image_path), Path(out_path)
     outputs = output_paths(
         image_path,
@@ -320,19 +255,32 @@ def predict_raster(
         write_uncertainty,
         uncertainty_path,
     )
+    spread = Path(spread_path) if spread_path else out_path.with_name(f"{out_path.stem}_spread.tif")
+    if spread.resolve() in {p.resolve() for p in (image_path, *outputs.values())}:
+        raise ConfigError(f"spread_path {spread} must differ from the input and other outputs")
     start = time.perf_counter()
+    counts = TileCounts()
     with ExitStack() as stack:
         src = open_raster(stack, image_path)
         height, width = src.height, src.width
-        band_cores(width, block_size, tile_size)  # validates block_size
+        tiles_per_band(tile_size, overlap, block_size)  # validates block_size
         indexes = band_indexes(bands, src.count)
         check_bands(image_path, len(indexes), model)
         nodata = NodataMask(src, indexes)
+        mask = NodataMask(open_raster(stack, image_path), indexes)  # the writer thread's
+        files = stack.enter_context(ExitStack())  # closed after the writer thread stopped
         writers = MapWriters(
-            stack, outputs, (height, width), *georeference(src), probabilities_dtype
-        )
+            files, outputs, (height, width), *georeference(src), probabilities_dtype, classes,
+            spread,
+        )  # fmt: skip
+        finish = _DeviceFinish(outputs)
 
-        total = n_tiles_run(height, width, tile_size, overlap, block_size)
+        def write(y: int, x: int, maps: dict[str, np.ndarray]) -> None:
+            h, w = maps["classes"].shape[1:]
+            writers.write(maps, y, x, mask(y, x, h, w), finish.n_classes)
+
+        background = stack.enter_context(BackgroundWriter(write, depth=WRITE_AHEAD))
+        total = n_tiles(height, width, tile_size, overlap)
         bar, advance = _progress(progress, total, image_path.name)
         stack.enter_context(bar)
         blocks = _iter_blocks(
@@ -349,19 +297,48 @@ def predict_raster(
             pad_mode=pad_mode,
             block_size=block_size,
             on_tiles=advance,
+            precision=precision,
+            channels_last=channels_last,
+            prefetch_chunks=READ_AHEAD,
+            finish=finish,
+            counts=counts,
         )
         for y, x, maps in stack.enter_context(closing(blocks)):
-            h, w = maps[PROBABILITIES].shape[1:]
-            writers.write(maps, y, x, nodata(y, x, h, w))
+            background.put(y, x, maps)
+        background.close()
         writers.commit()
     return PredictionResult(
         class_map_path=out_path,
         probabilities_path=outputs.get("proba"),
         shape=(height, width),
         n_classes=writers.n_classes,
-        n_tiles=n_tiles(height, width, tile_size, overlap),
+        n_tiles=total,
         seconds=time.perf_counter() - start,
         uncertainty_path=outputs.get("uncertainty"),
-        n_tiles_run=total,
+        n_tiles_run=counts.run,
         image_path=image_path,
+        spread_path=writers.outputs.get(SPREAD),
+        n_tiles_nodata=counts.nodata,
     )
+
+
+class _DeviceFinish:
+    """What `predict_raster` copies back per block: the class map (arg-max on the device),
+    and only the maps its files need (entropy computed there when no own uncertainty)."""
+
+    def __init__(self, outputs: Mapping[str, Path]) -> None:
+        self.proba, self.uncertainty = "proba" in outputs, "uncertainty" in outputs
+        self.n_classes = 0
+
+    def __call__(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        proba = maps[PROBABILITIES]
+        self.n_classes = int(proba.shape[0])
+        out = {"classes": proba.argmax(dim=0, keepdim=True).to(torch.uint8)}
+        if self.proba:
+            out[PROBABILITIES] = proba
+        if self.uncertainty:
+            own = maps.get(UNCERTAINTY)
+            out[UNCERTAINTY] = own if own is not None else predictive_entropy(proba)[None]
+        if SPREAD in maps:
+            out[SPREAD] = maps[SPREAD]
+        return out

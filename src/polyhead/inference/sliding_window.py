@@ -3,18 +3,24 @@
 Tiles of ``tile_size`` overlap by ``overlap`` pixels; the last tile of each axis is
 shifted to end at the border. The maps a predictor returns for overlapping tiles
 (class probabilities, an uncertainty map: this module knows no heads or activations) are
-blended with a weight window and normalised by the summed weights. Rasters are
-streamed in vertical bands of ``block_size`` columns, each one strip (row of tiles)
-at a time, carrying only the tile rows still open; finished windows are written out
-immediately, so memory scales with ``block_size * tile_size * K``, not with the
-raster's width or height. Tiles on a band border are run by both bands, so every
-pixel is blended from exactly the tiles of the global grid that cover it.
+blended with a weight window and normalised by the summed weights.
+
+Everything after the read runs on the model's device: the input chunk of one strip (a row
+of tiles) of one band goes over once, tiles are cut from it, normalised (`DeviceNormalize`),
+run (under `autocast`), weighted and summed into accumulators there, and only finished,
+divided rows come back. Rasters are streamed in vertical bands (`band_layout`: about
+``block_size`` columns of whole tile columns), each one strip at a time, carrying only the
+tile rows still open, so memory scales with ``block_size * tile_size * K``. Each tile of the
+global grid runs once: the sums of the columns a band's last tiles share with the next
+band are kept (a full-height strip ``overlap`` columns wide) and added there. Tiles whose
+input pixels are all nodata are not run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,41 +34,140 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from polyhead.errors import DataError
+from polyhead.errors import ConfigError, DataError
+from polyhead.inference.pipeline import (
+    DeviceNormalize,
+    auto_batch_size,
+    autocast,
+    check_precision,
+    model_on,
+    pad_tiles,
+)
+from polyhead.inference.pipeline_threads import prefetch
 from polyhead.inference.predictor import PROBABILITIES, Predictor
 from polyhead.inference.tiling import (
+    Layout,
     MapsFn,
     Normalize,
     band_layout,
     blend_window,
     check_config,
     n_tiles,
-    normalize_tile,
     split_maps,
     tile_starts,
-    weighted_maps,
-    zeroed_view,
 )
 
-ReadWindow = Callable[[int, int, int, int], np.ndarray]
-
-
-@contextmanager
-def _eval_mode(model: Any, device: torch.device) -> Iterator[None]:
-    """Move an ``nn.Module`` to ``device`` in eval mode; restore train mode afterwards."""
-    was_training = isinstance(model, torch.nn.Module) and model.training
-    if isinstance(model, torch.nn.Module):
-        model.to(device).eval()
-    try:
-        yield
-    finally:
-        if was_training:
-            model.train()
+#: ``read(row, col, h, w)``: the input window ``[C, h, w]`` (any numeric dtype, nodata pixels
+#: already 0), or ``(window, nodata)`` with ``nodata`` ``[h, w]`` bool or None
+ReadWindow = Callable[[int, int, int, int], Any]
+#: turns the finished, divided maps (on the device) into the maps handed out
+Finish = Callable[[dict[str, torch.Tensor]], Mapping[str, torch.Tensor]]
+#: a ``block_size`` that puts every tile column in one band
+ONE_BAND = 1 << 62
+_TORCH_DTYPES = {np.dtype(t) for t in ("uint8", "int8", "int16", "int32", "int64")}
+_TORCH_DTYPES |= {np.dtype(t) for t in ("float16", "float32", "float64")}
 
 
 def as_predictor(model: Any) -> Predictor:
     """``model`` if it is a `Predictor`, else ``Predictor(model)`` (its default head)."""
     return model if isinstance(model, Predictor) else Predictor(model)
+
+
+@dataclass
+class TileCounts:
+    """Tiles run through the model, and tiles skipped because all their pixels are nodata."""
+
+    run: int = 0
+    nodata: int = 0
+
+
+@dataclass
+class _Chunk:
+    """The input of one strip of one band: ``pixels [C, th, span]`` and the tiles to run."""
+
+    pixels: np.ndarray
+    keep: list[bool] = field(default_factory=list)
+
+
+def _chunks(read: ReadWindow, layout: list, ys: list[int], th: int, tw: int) -> Iterator[_Chunk]:
+    """The chunks in the order the blending loop takes them: bands, then strips."""
+    for _, _, bxs in layout:
+        a0, span = bxs[0], bxs[-1] + tw - bxs[0]
+        for y0 in ys:
+            got = read(y0, a0, th, span)
+            pixels, bad = got if isinstance(got, tuple) else (got, None)
+            pixels = np.asarray(pixels)
+            if pixels.dtype not in _TORCH_DTYPES:
+                pixels = pixels.astype(np.float32)
+            keep = [True] * len(bxs)
+            if bad is not None:
+                keep = [not bad[:, x - a0 : x - a0 + tw].all() for x in bxs]
+            yield _Chunk(pixels, keep)
+
+
+class _Blender:
+    """Accumulators of one band on the device: weighted sums ``[K, th, span]`` and weights."""
+
+    def __init__(self, n: int, th: int, span: int, device: torch.device) -> None:
+        self.acc = torch.zeros((n, th, span), device=device)
+        self.wsum = torch.zeros((th, span), device=device)
+        self._spare = (torch.empty_like(self.acc), torch.empty_like(self.wsum))
+
+    def drop_rows(self, n: int) -> None:
+        """Forget the first ``n`` rows; the rest move up, zeros come in below."""
+        acc, wsum = self._spare
+        acc[:, -n:].zero_(), wsum[-n:].zero_()
+        acc[:, :-n].copy_(self.acc[:, n:]), wsum[:-n].copy_(self.wsum[n:])
+        self._spare = (self.acc, self.wsum)
+        self.acc, self.wsum = acc, wsum
+
+
+def _carry(layout: list, tw: int, k: int, height: int, device: torch.device) -> torch.Tensor:
+    """Zeroed full-height sums and weights ``[k + 1, height, w]`` of the columns a band's
+    tiles reach past its finished columns (the widest such overlap of any band)."""
+    widths = [xs[-1] + tw - c1 for _, c1, xs in layout[:-1]]
+    return torch.zeros((k + 1, height, max([1, *widths])), device=device)
+
+
+def _probe_layout(maps_fn: MapsFn, channels: int, opt: _Options) -> Layout:
+    """The maps' names and channels, from one zero tile (when no tile has run yet)."""
+    x = torch.zeros((1, channels, opt.tile_size, opt.tile_size), device=opt.device)
+    window = torch.ones((opt.tile_size, opt.tile_size), device=opt.device)
+    return _run_batch(maps_fn, x, window, opt.precision)[0]
+
+
+def _run_batch(
+    maps_fn: MapsFn, batch: torch.Tensor, window: torch.Tensor, precision: str
+) -> tuple[Layout, torch.Tensor]:
+    """``maps_fn(batch)`` times the blend ``window``, its maps stacked on the channel axis."""
+    with torch.inference_mode(), autocast(precision, batch.device):
+        maps = maps_fn(batch)
+    if not isinstance(maps, Mapping) or not maps:
+        raise ConfigError(
+            f"the predictor must return named per-pixel maps, got {type(maps).__name__}"
+        )
+    b, _, h, w = batch.shape
+    for name, m in maps.items():
+        if m.ndim != 4 or m.shape[0] != b or tuple(m.shape[2:]) != (h, w):
+            raise ConfigError(
+                f"the model's {name!r} output must be [B, C, h, w] = [{b}, C, {h}, {w}], "
+                f"got {list(m.shape)}"
+            )
+    layout = [(name, int(m.shape[1])) for name, m in maps.items()]
+    with torch.inference_mode():
+        return layout, torch.cat([m.float() for m in maps.values()], dim=1) * window
+
+
+@dataclass
+class _Options:
+    tile_size: int
+    overlap: int
+    batch_size: int | None
+    device: torch.device
+    blend: str
+    pad_mode: str
+    precision: str = "fp32"
+    channels_last: bool = False
 
 
 def _iter_blocks(
@@ -73,77 +178,133 @@ def _iter_blocks(
     *,
     tile_size: int,
     overlap: int,
-    batch_size: int,
+    batch_size: int | None,
     device: str | torch.device,
     normalize: Normalize | None,
     blend: str,
     pad_mode: str,
     block_size: int,
     on_tiles: Callable[[int], None] | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    prefetch_chunks: int = 0,
+    finish: Finish | None = None,
+    counts: TileCounts | None = None,
 ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
     """Yield ``(row, col, {map name: [c, n, w]})`` windows of finished output pixels.
 
     ``maps_fn`` turns a batch of tiles into named per-pixel maps (e.g. a `Predictor`); every
-    map is blended alike, so this loop knows nothing of heads or activations.
-
-    Bands (see `band_cores`) are done left to right, each top to bottom; a band runs
-    every tile of the global grid that touches its columns, so each of its pixels gets
-    the same contributions, summed in the same order, as with one full-width band.
-    ``read(row, col, h, w)`` returns the input window ``[C, h, w]`` as float32.
+    map is blended alike, so this loop knows nothing of heads or activations. Bands
+    (`band_layout`) are done left to right, each top to bottom; each pixel gets the
+    contributions of exactly the global grid's tiles that cover it. ``prefetch_chunks`` > 0
+    reads that many chunks ahead in a background thread; ``finish`` maps the divided maps
+    on the device before they are copied back (default: all of them).
     """
-    dev = torch.device(device)
+    opt = _Options(
+        tile_size,
+        overlap,
+        batch_size,
+        torch.device(device),
+        blend,
+        pad_mode,
+        precision,
+        channels_last,
+    )
+    check_precision(precision, opt.device)
+    counts = counts if counts is not None else TileCounts()
+    layout = band_layout(width, tile_size, overlap, block_size)
     ys = tile_starts(height, tile_size, overlap)
     th, tw = min(tile_size, height), min(tile_size, width)
-    w_full = blend_window(tile_size, overlap, blend)
-    w_tile, window = w_full[:th, :tw], torch.from_numpy(w_full).to(dev)
-    pad = ((0, tile_size - th), (0, tile_size - tw), (0, 0))
-    bands = band_layout(width, tile_size, overlap, block_size)
-    # one pair of flat buffers for all bands: fresh arrays per band fragment the heap
-    wsum_buf = np.empty(th * max(b[-1] + tw - b[0] for _, _, b in bands), np.float32)
-    acc_buf: np.ndarray | None = None
-    layout = None
-    with _eval_mode(maps_fn, dev):
-        for c0, c1, bxs in bands:
-            a0, span = bxs[0], bxs[-1] + tw - bxs[0]  # accumulators span columns a0 .. a0 + span
-            core = slice(c0 - a0, c1 - a0)
-            wsum = zeroed_view(wsum_buf, (th, span))
-            acc = None  # [K, th, span] for rows acc_y0 .. acc_y0 + th
-            if acc_buf is not None:
-                acc = zeroed_view(acc_buf, (acc_buf.size // wsum_buf.size, th, span))
-            acc_y0 = 0
-            for y0 in [*ys, height]:
-                if y0 > acc_y0:  # rows before y0 get no more contributions
-                    n = y0 - acc_y0
-                    assert acc is not None
-                    done = acc[:, :n, core]
-                    done /= wsum[None, :n, core]  # in place: these rows are dropped below
-                    yield acc_y0, c0, split_maps(layout, done)
-                    if y0 == height:
-                        break
-                    acc[:, :-n], wsum[:-n] = acc[:, n:], wsum[n:]
-                    acc[:, -n:], wsum[-n:] = 0.0, 0.0
-                    acc_y0 = y0
-                for b0 in range(0, len(bxs), batch_size):
-                    bx = bxs[b0 : b0 + batch_size]
-                    x_lo = bx[0]
-                    chunk = np.moveaxis(
-                        np.asarray(read(y0, x_lo, th, bx[-1] + tw - x_lo), np.float32), 0, -1
-                    )  # [th, span, C]: one read per batch of tiles
-                    tiles = [
-                        normalize_tile(normalize, chunk[:, x0 - x_lo : x0 - x_lo + tw]) for x0 in bx
-                    ]
-                    if th < tile_size or tw < tile_size:
-                        tiles = [np.pad(t, pad, mode=pad_mode) for t in tiles]
-                    batch = np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2))
-                    layout, probs = weighted_maps(maps_fn, batch, dev, window)
-                    if acc is None:
-                        acc_buf = np.empty(probs.shape[1] * wsum_buf.size, np.float32)
-                        acc = zeroed_view(acc_buf, (probs.shape[1], th, span))
-                    for x0, p in zip(bx, probs, strict=True):
-                        acc[:, :, x0 - a0 : x0 - a0 + tw] += p[:, :th, :tw]
-                        wsum[:, x0 - a0 : x0 - a0 + tw] += w_tile
-                    if on_tiles is not None:
-                        on_tiles(len(bx))
+    chunks: Iterator[_Chunk] = _chunks(read, layout, ys, th, tw)
+    if prefetch_chunks > 0:
+        chunks = prefetch(chunks, prefetch_chunks)
+    with closing(chunks), model_on(maps_fn, opt.device, channels_last):  # type: ignore[arg-type]
+        yield from _blend_bands(
+            maps_fn, chunks, layout, ys, height, th, tw, normalize, opt, on_tiles, finish, counts
+        )
+
+
+def _blend_bands(
+    maps_fn: MapsFn,
+    chunks: Iterator[_Chunk],
+    layout: list,
+    ys: list[int],
+    height: int,
+    th: int,
+    tw: int,
+    normalize: Normalize | None,
+    opt: _Options,
+    on_tiles: Callable[[int], None] | None,
+    finish: Finish | None,
+    counts: TileCounts,
+) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """`_iter_blocks`'s loop over bands and strips (see there)."""
+    dev = opt.device
+    w_full = torch.from_numpy(blend_window(opt.tile_size, opt.overlap, opt.blend)).to(dev)
+    w_tile = w_full[:th, :tw]
+    norm: DeviceNormalize | None = None
+    carry: torch.Tensor | None = None  # [K + 1, height, carry width]: sums, then weights
+    carry_in = 0  # columns of ``carry`` the current band takes in
+    maps_layout: Layout | None = None
+    batch_size = opt.batch_size
+    last_x = torch.empty(0)
+    for band, (c0, c1, bxs) in enumerate(layout):
+        a0, span = bxs[0], bxs[-1] + tw - bxs[0]
+        carry_out = span - (c1 - a0) if band + 1 < len(layout) else 0
+        blender: _Blender | None = None
+        acc_y0 = 0
+        for y0 in [*ys, height]:
+            if y0 > acc_y0:  # rows before y0 get no more contributions
+                if blender is None:  # every tile so far was nodata
+                    if maps_layout is None:
+                        maps_layout = _probe_layout(maps_fn, last_x.shape[0], opt)
+                    blender = _Blender(sum(c for _, c in maps_layout), th, span, dev)
+                if carry is None:
+                    carry = _carry(layout, tw, blender.acc.shape[0], height, dev)
+                n, k = y0 - acc_y0, blender.acc.shape[0]
+                rows = slice(acc_y0, y0)
+                acc, wsum = blender.acc[:, :n], blender.wsum[:n]
+                if carry_in:
+                    acc[:, :, :carry_in] += carry[:k, rows, :carry_in]
+                    wsum[:, :carry_in] += carry[k, rows, :carry_in]
+                if carry_out:
+                    carry[:k, rows, :carry_out] = acc[:, :, c1 - a0 :]
+                    carry[k, rows, :carry_out] = wsum[:, c1 - a0 :]
+                done = acc[:, :, c0 - a0 : c1 - a0] / wsum[None, :, c0 - a0 : c1 - a0]
+                maps = split_maps(maps_layout, done)
+                out = finish(maps) if finish is not None else maps
+                yield acc_y0, c0, {name: m.cpu().numpy() for name, m in out.items()}
+                if y0 == height:
+                    break
+                blender.drop_rows(n)
+                acc_y0 = y0
+            chunk = next(chunks)
+            x = last_x = torch.from_numpy(chunk.pixels).to(dev, non_blocking=True).float()
+            if norm is None:
+                norm = DeviceNormalize(normalize, x.shape[0], dev)
+            if batch_size is None:
+                probe = (x.shape[0], opt.tile_size, opt.tile_size)
+                batch_size = auto_batch_size(maps_fn, dev, probe, opt.precision, opt.channels_last)
+            run = [x0 for x0, keep in zip(bxs, chunk.keep, strict=True) if keep]
+            counts.nodata += len(bxs) - len(run)
+            if on_tiles is not None and len(run) < len(bxs):
+                on_tiles(len(bxs) - len(run))
+            for b0 in range(0, len(run), batch_size):
+                bx = run[b0 : b0 + batch_size]
+                tiles = torch.stack([x[:, :, x0 - a0 : x0 - a0 + tw] for x0 in bx])
+                tiles = pad_tiles(norm(tiles), opt.tile_size, opt.pad_mode)
+                if opt.channels_last:
+                    tiles = tiles.contiguous(memory_format=torch.channels_last)
+                maps_layout, probs = _run_batch(maps_fn, tiles, w_full, opt.precision)
+                if blender is None:
+                    blender = _Blender(probs.shape[1], th, span, dev)
+                for x0, p in zip(bx, probs, strict=True):
+                    blender.acc[:, :, x0 - a0 : x0 - a0 + tw] += p[:, :th, :tw]
+                    blender.wsum[:, x0 - a0 : x0 - a0 + tw] += w_tile
+                counts.run += len(bx)
+                if on_tiles is not None:
+                    on_tiles(len(bx))
+        carry_in = carry_out
 
 
 def _progress(enabled: bool, total: int, label: str) -> tuple[Progress, Callable[[int], None]]:
@@ -165,12 +326,14 @@ def predict_maps(
     image: np.ndarray,
     tile_size: int = 512,
     overlap: int = 64,
-    batch_size: int = 4,
+    batch_size: int | None = 4,
     device: str | torch.device = "cpu",
     normalize: Normalize | None = None,
     blend: str = "gaussian",
     pad_mode: str = "reflect",
     progress: bool = False,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> dict[str, np.ndarray]:
     """Blended sliding-window maps ``{name: [c, H, W]}`` (float32) for ``image [C, H, W]``.
 
@@ -195,8 +358,10 @@ def predict_maps(
         normalize=normalize,
         blend=blend,
         pad_mode=pad_mode,
-        block_size=width,
+        block_size=ONE_BAND,
         on_tiles=advance,
+        precision=precision,
+        channels_last=channels_last,
     )
     out: dict[str, np.ndarray] = {}
     with bar, closing(blocks):

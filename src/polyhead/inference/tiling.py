@@ -1,7 +1,8 @@
-"""Tile and band layout, blending weights, tile normalisation and weighted softmax."""
+"""Tile and band layout, blending weights and the per-tile normalisation fallback."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -53,51 +54,54 @@ def blend_window(tile_size: int, overlap: int, blend: str = "gaussian") -> np.nd
     return np.maximum(w / w.max(), 1e-6).astype(np.float32)
 
 
-def check_config(tile_size: int, overlap: int, batch_size: int, blend: str) -> None:
-    """Raise `ConfigError` for an unusable tiling configuration."""
+def check_config(tile_size: int, overlap: int, batch_size: int | None, blend: str) -> None:
+    """Raise `ConfigError` for an unusable tiling configuration (``batch_size`` None: auto)."""
     if tile_size <= 0 or tile_size % 32:
         raise ConfigError(f"tile_size must be a positive multiple of 32, got {tile_size}")
     if not 0 <= overlap < tile_size:
         raise ConfigError(f"overlap must be in [0, tile_size={tile_size}), got {overlap}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(
+            f"batch_size must be >= 1 (or None: chosen for the device), got {batch_size}"
+        )
     if blend not in BLENDS:
         raise ConfigError(f"blend must be one of {BLENDS}, got {blend!r}")
 
 
-def band_cores(width: int, block_size: int, tile_size: int) -> list[tuple[int, int]]:
-    """Output column ranges ``[c0, c1)`` of the vertical bands a raster is streamed in.
+#: output blocks of polyhead's GeoTIFFs; band borders fall on multiples of it when they can
+OUTPUT_BLOCK = 256
 
-    Bands are ``block_size`` wide (at least ``tile_size``); a remainder narrower than a
-    tile joins the last band, which is then up to ``block_size + tile_size - 1`` wide.
-    """
+
+def tiles_per_band(tile_size: int, overlap: int, block_size: int) -> int:
+    """Tile columns per vertical band: about ``block_size / stride``, rounded down to a
+    multiple that puts band borders on `OUTPUT_BLOCK` columns when one fits."""
     if block_size < 1:
         raise ConfigError(f"block_size must be >= 1, got {block_size}")
-    block = max(block_size, tile_size)
-    edges = list(range(0, width, block))
-    if len(edges) > 1 and width - edges[-1] < tile_size:
-        edges.pop()
-    return list(zip(edges, [*edges[1:], width], strict=True))
-
-
-def tiles_touching(starts: list[int], size: int, c0: int, c1: int) -> list[int]:
-    """The ``starts`` whose tiles of ``size`` pixels intersect ``[c0, c1)``."""
-    return [s for s in starts if s < c1 and s + size > c0]
+    stride = tile_size - overlap
+    per = max(1, block_size // stride)
+    unit = OUTPUT_BLOCK // math.gcd(stride, OUTPUT_BLOCK)
+    return per - per % unit if per >= unit else per
 
 
 def band_layout(
     width: int, tile_size: int, overlap: int, block_size: int
 ) -> list[tuple[int, int, list[int]]]:
-    """``(c0, c1, tile x starts)`` per band: its output columns and the tiles touching them."""
-    xs, tw = tile_starts(width, tile_size, overlap), min(tile_size, width)
-    return [
-        (c0, c1, tiles_touching(xs, tw, c0, c1))
-        for c0, c1 in band_cores(width, block_size, tile_size)
-    ]
+    """``(c0, c1, tile x starts)`` per vertical band, left to right.
+
+    Every tile of the global grid belongs to exactly one band (consecutive tile columns,
+    `tiles_per_band` of them). A band finishes the output columns ``[c0, c1)``: from its
+    first tile's start to the next band's first tile start (the raster's width for the
+    last); columns past ``c1`` that its tiles reach are carried to the next band.
+    """
+    xs = tile_starts(width, tile_size, overlap)
+    per = tiles_per_band(tile_size, overlap, block_size)
+    groups = [xs[i : i + per] for i in range(0, len(xs), per)]
+    edges = [g[0] for g in groups] + [width]
+    return [(edges[i], edges[i + 1], g) for i, g in enumerate(groups)]
 
 
 def n_tiles_run(height: int, width: int, tile_size: int, overlap: int, block_size: int) -> int:
-    """Tiles run when streaming by bands of ``block_size`` (border tiles count per band)."""
+    """Tiles run when streaming by bands of ``block_size``: the global grid, each tile once."""
     per_row = sum(len(xs) for _, _, xs in band_layout(width, tile_size, overlap, block_size))
     return len(tile_starts(height, tile_size, overlap)) * per_row
 
@@ -113,13 +117,6 @@ def normalize_tile(normalize: Normalize | None, tile: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-def zeroed_view(buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The start of the flat ``buf`` as a zeroed C-contiguous array of ``shape``."""
-    out = buf[: int(np.prod(shape))].reshape(shape)
-    out[...] = 0
-    return out
-
-
 #: names and channel counts of the maps blended together, in channel order
 Layout = list[tuple[str, int]]
 
@@ -127,31 +124,8 @@ Layout = list[tuple[str, int]]
 MapsFn = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 
 
-def weighted_maps(
-    maps_fn: MapsFn, batch: np.ndarray, device: torch.device, window: torch.Tensor
-) -> tuple[Layout, np.ndarray]:
-    """``maps_fn(batch)`` times the blend ``window``, its maps stacked on the channel axis:
-    ``(layout, [B, sum of channels, T, T] float32 on CPU)``."""
-    with torch.inference_mode():
-        maps = maps_fn(torch.from_numpy(batch).to(device))
-        if not isinstance(maps, Mapping) or not maps:
-            raise ConfigError(
-                f"the predictor must return named per-pixel maps, got {type(maps).__name__}"
-            )
-        b, _, h, w = batch.shape
-        for name, m in maps.items():
-            if m.ndim != 4 or m.shape[0] != b or tuple(m.shape[2:]) != (h, w):
-                raise ConfigError(
-                    f"the model's {name!r} output must be [B, C, h, w] = [{b}, C, {h}, {w}], "
-                    f"got {list(m.shape)}"
-                )
-        layout = [(name, int(m.shape[1])) for name, m in maps.items()]
-        stacked = torch.cat([m.float() for m in maps.values()], dim=1)
-        return layout, (stacked * window).cpu().numpy()
-
-
-def split_maps(layout: Layout, stacked: np.ndarray) -> dict[str, np.ndarray]:
-    """Undo the channel stacking of `weighted_maps`: ``{name: [c, ...]}`` (views)."""
+def split_maps(layout: Layout, stacked: Any) -> dict[str, Any]:
+    """Undo the channel stacking of the blended maps: ``{name: [c, ...]}`` (views)."""
     out, start = {}, 0
     for name, channels in layout:
         out[name] = stacked[start : start + channels]

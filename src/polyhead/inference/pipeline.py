@@ -1,0 +1,167 @@
+"""The sliding window's work on the model's device: normalisation, precision, batch size.
+
+`DeviceNormalize` applies a per-band mean/std normalisation (albumentations ``Normalize``
+steps, alone or in a ``Compose``, as `polyhead.checkpoint.inference_normalization` builds
+them) as one tensor op on the device; any other callable runs per tile on the CPU, as
+before. `autocast` runs the model at ``fp32``/``bf16``/``fp16``; `auto_batch_size` picks a
+batch size for the device when the caller gives None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+
+from polyhead.errors import ConfigError
+from polyhead.inference.tiling import Normalize, normalize_tile
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: batch size on a CPU when the caller gives None
+CPU_BATCH_SIZE = 4
+#: share of the free GPU memory a batch may take (activations of the model at that batch)
+CUDA_MEMORY_SHARE = 0.5
+MAX_AUTO_BATCH = 64
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """ConfigError for an unknown precision, or fp16 off CUDA."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"precision 'fp16' needs a CUDA device, got {device}; use 'bf16'")
+
+
+def autocast(precision: str, device: torch.device) -> Any:
+    """An autocast context for ``precision`` on ``device`` (none for fp32)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _albumentations_steps(normalize: Any) -> list[Any] | None:
+    """The ``Normalize`` steps of an albumentations ``Normalize`` or ``Compose`` of them, when
+    each is an always-applied standard normalisation; else None."""
+    if not type(normalize).__module__.startswith("albumentations"):
+        return None
+    steps = list(getattr(normalize, "transforms", [normalize]))
+    if getattr(normalize, "p", 1.0) != 1.0:
+        return None
+    for step in steps:
+        if (
+            type(step).__name__ != "Normalize"
+            or getattr(step, "normalization", None) != "standard"
+            or getattr(step, "p", None) != 1.0
+            or not hasattr(step, "mean_np")
+            or not hasattr(step, "denominator")
+        ):
+            return None
+    return steps
+
+
+class DeviceNormalize:
+    """Normalise tiles ``[B, C, h, w]`` (float32, on ``device``) as the training did.
+
+    Albumentations standard ``Normalize`` steps become ``(x - mean) * (1 / std)`` per band on
+    the device (their own float32 constants, so the values match); other callables get each
+    tile as float32 HWC numpy on the CPU (`normalize_tile`).
+    """
+
+    def __init__(self, normalize: Normalize | None, channels: int, device: torch.device) -> None:
+        self.fallback: Normalize | None = None
+        self.steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if normalize is None:
+            return
+        steps = _albumentations_steps(normalize)
+        if steps is None or not all(self._fits(s, channels) for s in steps):
+            self.fallback = normalize
+            return
+        for step in steps:
+            mean = np.broadcast_to(np.asarray(step.mean_np, np.float32), (channels,))
+            den = np.broadcast_to(np.asarray(step.denominator, np.float32), (channels,))
+            self.steps.append(
+                (
+                    torch.from_numpy(mean.copy()).to(device).view(1, -1, 1, 1),
+                    torch.from_numpy(den.copy()).to(device).view(1, -1, 1, 1),
+                )
+            )
+
+    @staticmethod
+    def _fits(step: Any, channels: int) -> bool:
+        sizes = {np.asarray(step.mean_np).size, np.asarray(step.denominator).size}
+        return sizes <= {1, channels}
+
+    @property
+    def on_device(self) -> bool:
+        """Whether it runs as tensor ops (no CPU round trip)."""
+        return self.fallback is None
+
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        if self.fallback is not None:
+            hwc = tiles.permute(0, 2, 3, 1).cpu().numpy()
+            out = np.stack([normalize_tile(self.fallback, t) for t in hwc]).transpose(0, 3, 1, 2)
+            return torch.from_numpy(np.ascontiguousarray(out)).to(tiles.device)
+        for mean, den in self.steps:
+            tiles = (tiles - mean) * den
+        return tiles
+
+
+def pad_tiles(tiles: torch.Tensor, tile_size: int, pad_mode: str) -> torch.Tensor:
+    """Tiles of a raster smaller than a tile, padded to ``tile_size`` with numpy's
+    ``pad_mode`` (bottom and right; numpy's modes also pad past a one-pixel edge)."""
+    _, _, h, w = tiles.shape
+    if h == tile_size and w == tile_size:
+        return tiles
+    pad = ((0, 0), (0, 0), (0, tile_size - h), (0, tile_size - w))
+    out = np.pad(tiles.cpu().numpy(), pad, mode=pad_mode)
+    return torch.from_numpy(out).to(tiles.device)
+
+
+@contextmanager
+def model_on(model: Any, device: torch.device, channels_last: bool) -> Iterator[None]:
+    """Move an ``nn.Module`` to ``device`` in eval mode (channels-last weights if asked);
+    restore train mode and the memory format afterwards."""
+    module = model if isinstance(model, torch.nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None:
+        module.to(device).eval()
+        if channels_last:
+            module.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        if module is not None and channels_last:
+            module.to(memory_format=torch.contiguous_format)
+        if was_training:
+            assert module is not None
+            module.train()
+
+
+def auto_batch_size(
+    maps_fn: Callable[[torch.Tensor], Any],
+    device: torch.device,
+    shape: Sequence[int],
+    precision: str,
+    channels_last: bool,
+) -> int:
+    """A batch size for ``device``: `CPU_BATCH_SIZE` on a CPU; on CUDA, the batches whose
+    activations fit in `CUDA_MEMORY_SHARE` of the free memory, from the peak memory of
+    one probe tile ``shape = (C, tile, tile)`` (at most `MAX_AUTO_BATCH`)."""
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    x = torch.zeros((1, *shape), device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(precision, device):
+        maps_fn(x)
+    torch.cuda.synchronize(device)
+    per_tile = max(torch.cuda.max_memory_allocated(device) - before, 1)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(MAX_AUTO_BATCH, CUDA_MEMORY_SHARE * free // per_tile)))
