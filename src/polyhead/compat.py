@@ -2,7 +2,10 @@
 
 The seed project's documented ``_target_`` paths map to polyhead's own classes; the
 ``pytorch_lightning`` package maps to ``lightning.pytorch`` (mixing the two packages' callbacks
-and trainer fails). Each alias used is reported once per run, so a user sees what ran.
+and trainer fails). psmt's options polyhead names differently (``decoder_use_norm``, list
+``crop_size``, ``hard_mask_csv``) and its ``DualHeadKendallLoss`` (which becomes
+``task.balancing``, `MOVED_ALIASES`) are translated by `polyhead.psmt.config`. Each alias used
+is reported once per run, so a user sees what ran.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ TARGET_ALIASES: dict[str, str] = {
     f"{SEED_PACKAGE}.custom_callbacks.training_callbacks.EMACallback": "polyhead.callbacks.EMACallback",
 }
 
+#: seed targets that move to another config key (see `polyhead.psmt.config.translate_config`)
+MOVED_ALIASES: dict[str, str] = {
+    f"{SEED_PACKAGE}.custom_losses.loss.DualHeadKendallLoss": (
+        "polyhead.losses.balancing.UncertaintyWeighting as task.balancing (from loss or task.loss)"
+    ),
+}
+
 #: package-prefix aliases
 PREFIX_ALIASES: dict[str, str] = {"pytorch_lightning.": "lightning.pytorch."}
 
@@ -32,6 +42,8 @@ def resolve_target(target: str) -> str | None:
     for old, new in PREFIX_ALIASES.items():
         if target.startswith(old):
             return new + target[len(old) :]
+    if target in MOVED_ALIASES:
+        raise ConfigError(f"_target_ {target!r} is supported only as {MOVED_ALIASES[target]}")
     if target.startswith(SEED_PACKAGE + "."):
         raise ConfigError(
             f"_target_ {target!r} has no polyhead equivalent; supported seed targets: "
@@ -40,12 +52,25 @@ def resolve_target(target: str) -> str | None:
     return None
 
 
+def _merged_csv(key: str, input_csv: str, hard_mask_csv: str) -> str:
+    """psmt's two CSVs of a dataset entry merged into one polyhead CSV (a temp-folder cache)."""
+    from polyhead.psmt.masks import cached_merge
+
+    return str(cached_merge(input_csv, hard_mask_csv))
+
+
 def resolve_aliases(node: Any, report: Callable[[str], None] | None = print) -> Any:
     """Return a copy of a plain config tree with aliased ``_target_`` values rewritten.
 
-    ``report`` gets one line per distinct alias used (default: print).
+    A whole run config (a mapping) first gets psmt's entries translated
+    (`polyhead.psmt.config.translate_config`). ``report`` gets one line per distinct alias
+    used (default: print).
     """
     used: dict[str, str] = {}
+    if isinstance(node, dict):
+        from polyhead.psmt.config import translate_config
+
+        node, used = translate_config(node, _merged_csv, report=report)
 
     def walk(value: Any) -> Any:
         if isinstance(value, dict):
