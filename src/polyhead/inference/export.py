@@ -3,7 +3,8 @@
 The graph takes ``image`` (float32 ``[batch, bands, height, width]``, normalised as in
 training; height and width multiples of the encoder's output stride) and returns each chosen
 head's activated output (`head_outputs`): class probabilities for class-map heads, the
-uncertainty map in its own units for an uncertainty head, and ``average`` (softmax of the
+uncertainty map in its own units for an uncertainty head, ``[batch, n]`` for an image-level
+head (class probabilities, label probabilities or values), and ``average`` (softmax of the
 class-map heads' mean logits) when asked. Batch, height and width are dynamic.
 """
 
@@ -75,6 +76,9 @@ def _export(
     wrapper: nn.Module, dummy: torch.Tensor, path: Path, names: list[str], opset: int, spatial: bool
 ) -> None:
     dims = {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}
+    heads = getattr(wrapper.model, "heads", {})
+    per_vector = {n for n in names if getattr(heads[n] if n in heads else None, "image_level", 0)}
+    axes = {name: {0: "batch"} if name in per_vector else dims for name in [INPUT_NAME, *names]}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's notices
         torch.onnx.export(
@@ -83,7 +87,7 @@ def _export(
             str(path),
             input_names=[INPUT_NAME],
             output_names=names,
-            dynamic_axes={name: dims for name in [INPUT_NAME, *names]},
+            dynamic_axes=axes,
             opset_version=opset,
             dynamo=False,
             do_constant_folding=True,

@@ -1,0 +1,109 @@
+"""Image-level heads at inference: the CSV of `predict_image_level` and ONNX export."""
+
+import csv
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from polyhead.errors import ConfigError, DataError
+from polyhead.inference.export import compare_segmentation_onnx, export_segmentation_onnx
+from polyhead.inference.image_level import predict_image_level, tile_origins
+from polyhead.models import MultiHeadSegmentationModel
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    heads = {
+        "A": "fpn",
+        "land": {"role": "classification", "classes": 3},
+        "height": {"role": "regression"},
+        "cover": {"role": "regression", "classes": 2, "activation": "softmax"},
+    }
+    return MultiHeadSegmentationModel(heads, encoder_name="resnet18", in_channels=2, classes=2)
+
+
+def _tif(path, array):
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=array.shape[1],
+        width=array.shape[2],
+        count=array.shape[0],
+        dtype="float32",
+    ) as dst:
+        dst.write(array)
+    return path
+
+
+def test_tile_origins_cover_with_full_tiles():
+    assert tile_origins(96, 64) == [0, 32]
+    assert tile_origins(128, 64) == [0, 64]
+    assert tile_origins(40, 64) == [0]
+
+
+def test_csv_holds_the_mean_over_tiles(model, tmp_path):
+    rng = np.random.default_rng(0)
+    big = rng.random((2, 64, 96), dtype=np.float32)
+    small = rng.random((2, 40, 40), dtype=np.float32)
+    paths = [_tif(tmp_path / "big.tif", big), _tif(tmp_path / "small.tif", small)]
+    out = predict_image_level(
+        model,
+        paths,
+        tmp_path / "out" / "heads.csv",
+        tile_size=64,
+        normalize=lambda t: t * 2.0,
+        progress=False,
+    )
+    rows = list(csv.DictReader(open(out)))
+    assert list(rows[0]) == [
+        "image",
+        "land",
+        "land_p0",
+        "land_p1",
+        "land_p2",
+        "height",
+        "cover_0",
+        "cover_1",
+    ]
+    model.eval()
+    with torch.no_grad():
+        tiles = torch.from_numpy(np.stack([big[:, :, :64], big[:, :, 32:]]) * 2.0)
+        raw = model.forward_heads(tiles, ["land", "height"])
+        probs = torch.softmax(raw["land"], 1).mean(0)
+        padded = torch.nn.functional.pad(
+            torch.from_numpy(small[None] * 2.0), (0, 24, 0, 24), mode="reflect"
+        )
+        small_height = model.forward_heads(padded, ["height"])["height"][0, 0]
+    got = [float(rows[0][f"land_p{k}"]) for k in range(3)]
+    assert got == pytest.approx(probs.tolist(), rel=1e-4)
+    assert int(rows[0]["land"]) == int(probs.argmax())
+    assert float(rows[0]["height"]) == pytest.approx(float(raw["height"].mean()), rel=1e-4)
+    assert float(rows[1]["height"]) == pytest.approx(float(small_height), rel=1e-4)
+    assert float(rows[1]["cover_0"]) + float(rows[1]["cover_1"]) == pytest.approx(1.0)
+
+
+def test_bad_inputs_fail_before_any_output(model, tmp_path):
+    good = _tif(tmp_path / "a.tif", np.zeros((2, 32, 32), np.float32))
+    three = _tif(tmp_path / "b.tif", np.zeros((3, 32, 32), np.float32))
+    out = tmp_path / "heads.csv"
+    with pytest.raises(DataError, match=r"b.tif: 3 band\(s\) read, the model takes 2"):
+        predict_image_level(model, [good, three], out, progress=False)
+    with pytest.raises(DataError, match="missing.tif: image not found"):
+        predict_image_level(model, [good, tmp_path / "missing.tif"], out, progress=False)
+    with pytest.raises(ConfigError, match=r"\['A'\] are not image-level heads"):
+        predict_image_level(model, [good], out, heads=["A"], progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_onnx_export_has_one_vector_output_per_image_head(model, tmp_path):
+    path = export_segmentation_onnx(model, tmp_path / "m.onnx", sample_size=64)
+    import onnxruntime as ort
+
+    outputs = {o.name: o.shape for o in ort.InferenceSession(str(path)).get_outputs()}
+    assert outputs["land"] == ["batch", 3] and outputs["cover"] == ["batch", 2]
+    assert outputs["A"] == ["batch", 2, "height", "width"]
+    assert compare_segmentation_onnx(model, path) < 1e-4
