@@ -151,6 +151,21 @@ def square_crop(value: Any, key: str) -> Any:
     return value
 
 
+def _polyhead_dataset_options(opts: Mapping[str, Any]) -> list[str]:
+    """Options of ``opts`` that only polyhead's dataset takes (a polyhead option given under
+    psmt's name); polyhead's dataset module is imported only when there are such options."""
+    psmt = {*DATASET_SAME, *DATASET_TRANSLATED, *DATASET_ONLY, *DATASET_NO_EFFECT}
+    rest = [k for k in opts if k not in psmt]
+    if not rest:
+        return []
+    import inspect
+
+    from polyhead.data import RandomCropSegmentationDataset
+
+    own = inspect.signature(RandomCropSegmentationDataset).parameters
+    return [k for k in rest if k in own]
+
+
 def translate_dataset(
     node: Mapping[str, Any], key: str, place: Placer, notes: list[str] | None = None
 ) -> dict[str, Any]:
@@ -161,7 +176,8 @@ def translate_dataset(
     effect are appended to ``notes`` as ``key.option``.
     """
     opts = {k: v for k, v in node.items() if k != "_target_"}
-    known = [*DATASET_SAME, *DATASET_TRANSLATED, *DATASET_ONLY, *DATASET_NO_EFFECT]
+    same = [*DATASET_SAME, *_polyhead_dataset_options(opts)]
+    known = [*same, *DATASET_TRANSLATED, *DATASET_ONLY, *DATASET_NO_EFFECT]
     bad = [
         f"{k}={v!r}" for k, v in opts.items() if k in DATASET_ONLY and _unequal(v, DATASET_ONLY[k])
     ]
@@ -173,7 +189,7 @@ def translate_dataset(
             f"{key}.samples_per_epoch is 0 (psmt: count it from the image area); polyhead "
             "needs the number of crops per epoch"
         )
-    out = {"_target_": DATASET, **{k: opts[k] for k in DATASET_SAME if k in opts}}
+    out = {"_target_": DATASET, **{k: opts[k] for k in same if k in opts}}
     for k, default in DATASET_DEFAULTS.items():
         if k == "samples_per_epoch" and opts.get("grid_mode"):
             continue
