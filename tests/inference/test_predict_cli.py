@@ -1,0 +1,154 @@
+"""`polyhead predict`'s wiring: processes, precision, class table and vector options reach
+`predict_files` and `predict_raster`; options a predict function lacks fail clearly."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from torch import nn
+
+import polyhead.inference.predict as predict_module
+from polyhead.classes import ClassTable
+from polyhead.cli import build_parser, main
+from polyhead.errors import ConfigError
+from polyhead.inference.predict import _extra_options, predict_files, vector_writer
+
+
+def _tif(path: Path, size: int = 48) -> Path:
+    data = np.random.default_rng(0).integers(0, 250, (3, size, size)).astype(np.uint8)
+    profile = dict(driver="GTiff", height=size, width=size, count=3, dtype="uint8")
+    profile.update(crs="EPSG:32631", transform=from_origin(500000, 4000000, 1.0, 1.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    """A 3x3 conv, 3 bands -> 3 classes, whose config names two of its classes."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 3, 3, padding=1)
+    spec = {"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 3}
+    spec.update(kernel_size=3, padding=1)
+    config = {
+        "model": spec,
+        "num_classes": 3,
+        "data": {"classes": ["water", {"name": "forest", "color": "#00ff00"}]},
+    }
+    state = {f"model.{k}": v for k, v in conv.state_dict().items()}
+    path = tmp_path / "conv.ckpt"
+    torch.save({"polyhead_config": config, "state_dict": state}, path)
+    return path
+
+
+def test_predict_parser_defaults_and_choices(capsys) -> None:
+    args = build_parser().parse_args(["predict", "m.ckpt", "x.tif", "-o", "out"])
+    assert (args.devices, args.num_nodes, args.accelerator) == (1, 1, "auto")
+    assert (args.precision, args.channels_last, args.batch_size) == ("fp32", False, 4)
+    assert (args.vector, args.min_area, args.simplify) == (None, 0.0, 0.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "m", "x", "-o", "o", "--precision", "fp8"])
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+def test_cli_options_reach_predict_files(tmp_path: Path, ckpt: Path, monkeypatch) -> None:
+    seen = {}
+
+    def fake(model, inputs, output, **kwargs):
+        seen.update(kwargs)
+        return [Path(output) / "x_classes.tif"]
+
+    monkeypatch.setattr(predict_module, "predict_files", fake)
+    image = _tif(tmp_path / "x.tif")
+    argv = ["predict", str(ckpt), str(image), "-o", str(tmp_path / "out"), "--devices", "2"]
+    argv += ["--num-nodes", "3", "--accelerator", "cpu", "--precision", "bf16"]
+    argv += ["--channels-last", "--tta", "flips"]
+    assert main(argv) == 0
+    assert {k: seen[k] for k in ("devices", "num_nodes", "accelerator", "device")} == {
+        "devices": 2,
+        "num_nodes": 3,
+        "accelerator": "cpu",
+        "device": "cpu",
+    }
+    assert (seen["precision"], seen["channels_last"], seen["tta"]) == ("bf16", True, "flips")
+    assert (seen["batch_size"], seen["vector"]) == (4, None)
+    table = seen["classes"]
+    assert table.names == ("water", "forest", "class_2")
+    assert table.colors[1] == (0, 255, 0) and table == ClassTable.from_config(
+        ["water", {"name": "forest", "color": [0, 255, 0]}], 3
+    )
+
+
+def test_only_options_that_differ_from_the_default_are_passed() -> None:
+    def old(model, image, out, tile_size=512):  # a predict_raster without the new options
+        return None
+
+    def new(model, image, out, precision="fp32", channels_last=False, classes=None):
+        return None
+
+    table = ClassTable.default(2)
+    assert _extra_options(old, "fp32", False, table) == {}
+    assert _extra_options(new, "fp32", False, None) == {}
+    assert _extra_options(new, "fp16", True, table) == {
+        "precision": "fp16",
+        "channels_last": True,
+        "classes": table,
+    }
+    with pytest.raises(ConfigError, match="precision='bf16' is not supported by old"):
+        _extra_options(old, "bf16", False, None)
+
+
+def test_vector_output_fails_before_any_work_when_the_module_is_missing(
+    tmp_path: Path, ckpt: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setitem(sys.modules, "polyhead.inference.vector", None)  # import fails
+    with pytest.raises(ConfigError, match="vector output needs polyhead.inference.vector"):
+        vector_writer("gpkg", None, 0.0, 0.0)
+    with pytest.raises(ConfigError, match="vector output must be 'gpkg', got 'shp'"):
+        vector_writer("shp", None, 0.0, 0.0)
+    out = tmp_path / "out"
+    argv = ["predict", str(ckpt), str(_tif(tmp_path / "x.tif")), "-o", str(out), "--vector"]
+    assert main([*argv, "gpkg"]) == 2
+    assert "vector output needs" in capsys.readouterr().err and not out.exists()
+
+
+def test_vector_polygons_written_beside_each_class_map(tmp_path: Path, ckpt: Path) -> None:
+    pytest.importorskip("polyhead.inference.vector")  # written by another change
+    import pyogrio
+
+    from polyhead.checkpoint import load_checkpoint
+
+    image = _tif(tmp_path / "x.tif")
+    out = tmp_path / "out"
+    written = predict_files(
+        load_checkpoint(ckpt).model,
+        [image],
+        out,
+        tile_size=32,
+        overlap=8,
+        progress=False,
+        vector="gpkg",
+        classes=ClassTable.default(3),
+    )
+    assert written == [out / "x_classes.tif"]
+    frame = pyogrio.read_dataframe(out / "x_classes.gpkg")
+    with rasterio.open(written[0]) as src:
+        assert frame.geometry.area.sum() == pytest.approx(src.width * src.height)
+
+
+def test_cli_predict_one_process_writes_class_maps(tmp_path: Path, ckpt: Path, capsys) -> None:
+    image = _tif(tmp_path / "x.tif")
+    out = tmp_path / "out"
+    argv = ["predict", str(ckpt), str(image), "-o", str(out), "--tile-size", "32"]
+    assert main([*argv, "--overlap", "8", "--devices", "1", "--accelerator", "cpu"]) == 0
+    assert "wrote 1 class maps" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["x_classes.tif"]
+    with rasterio.open(out / "x_classes.tif") as src:
+        assert src.shape == (48, 48) and src.read().max() < 3
