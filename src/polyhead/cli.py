@@ -99,9 +99,45 @@ def _predict_options(args: argparse.Namespace) -> dict:
     )
 
 
+def _class_table(loaded):
+    """The checkpoint's class names and colours: its data config's ``classes`` list (or a
+    top-level one), for the model's class count; defaults when it has none; None when the
+    class count is unknown."""
+    from polyhead.classes import ClassTable
+
+    cfg = loaded.config
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    entries = data.get("classes", cfg.get("classes"))
+    n = getattr(loaded.model, "classes", None) or cfg.get("num_classes")
+    if not isinstance(n, int) or isinstance(n, bool):
+        n = len(entries) if isinstance(entries, list) else None
+    if n is None:
+        return None
+    where = "data.classes" if "classes" in data else "classes"
+    return ClassTable.from_config(entries, n, where=f"{loaded.path}: {where}")
+
+
+def _spread_options(args: argparse.Namespace) -> dict:
+    """``predict_files``'s options for processes, precision, classes and vector output."""
+    device = args.device
+    if args.accelerator == "gpu" and device == "cpu":  # one process asked for a GPU
+        device = "cuda"
+    return dict(
+        device=device,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        accelerator=args.accelerator,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        vector=args.vector,
+        min_area=args.min_area,
+        simplify=args.simplify,
+    )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from polyhead.checkpoint import load_checkpoint
-    from polyhead.inference.predict import expand_inputs, predict_files
+    from polyhead.inference.predict import expand_inputs, predict_files, vector_writer
     from polyhead.inference.predictor import has_uncertainty_head
     from polyhead.inference.tta import tta_from_config
 
@@ -109,25 +145,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise PolyheadError(f"-o {args.output} is a file; give a folder for the outputs")
     tta_from_config(args.tta)
+    vector_writer(args.vector, None, args.min_area, args.simplify)  # vector module present
     loaded = load_checkpoint(args.checkpoint, list(args.set or []))
     if args.head:
         loaded.model.heads_for(args.head)  # an unknown head fails before any tile runs
     if has_uncertainty_head(loaded.model):
+        spread = args.devices > 1 or args.num_nodes > 1 or args.vector
+        if spread or args.precision != "fp32" or args.channels_last:
+            raise PolyheadError(
+                "--devices, --num-nodes, --vector, --precision and --channels-last are not "
+                f"available for a distilled student yet ({args.checkpoint})"
+            )
         return _predict_student(args, loaded)
     if args.teacher_targets:
         raise PolyheadError(
             "--teacher-targets needs a distilled student checkpoint (a model with an "
             f"uncertainty head); {args.checkpoint} is not one"
         )
+    options = {**_predict_options(args), **_spread_options(args)}
     written = predict_files(
         loaded.model,
         args.inputs,
         args.output,
         normalize=loaded.normalize,
         write_uncertainty=args.uncertainty,
-        **_predict_options(args),
+        classes=_class_table(loaded),
+        **options,
     )
-    print(f"wrote {len(written)} class maps to {args.output}")
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # one line for all processes
+        print(f"wrote {len(written)} class maps to {args.output}")
     return 0
 
 
@@ -243,11 +291,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=512, help="sliding-window tile (px)")
     p.add_argument("--overlap", type=int, default=64, help="overlap of adjacent tiles (px)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    p.add_argument(
+        "--device", default="cpu", help="torch device of one process, e.g. cpu, cuda, cuda:1"
+    )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes per machine (GPUs, or CPU processes); >1: files and row blocks of "
+        "large rasters are shared out (Lightning Fabric DDP; torchrun/SLURM detected)",
+    )
+    p.add_argument("--num-nodes", type=int, default=1, metavar="M", help="machines")
+    p.add_argument(
+        "--accelerator",
+        choices=["cpu", "gpu", "auto"],
+        default="auto",
+        help="what --devices counts (gpu: one process per GPU)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="model precision (bf16/fp16: autocast on the device)",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="channels-last memory format (GPUs)"
+    )
+    p.add_argument(
+        "--vector",
+        choices=["gpkg"],
+        help="also polygonise each class map into <stem>_classes.gpkg",
+    )
+    p.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        metavar="AREA",
+        help="--vector: drop polygons smaller than AREA (CRS units squared)",
+    )
+    p.add_argument(
+        "--simplify",
+        type=float,
+        default=0.0,
+        metavar="TOL",
+        help="--vector: simplify polygons with tolerance TOL (CRS units; 0: off)",
+    )
     p.add_argument(
         "--tta",
         metavar="SPEC",
-        help="test-time augmentation, e.g. 'flips' or 'flips+scales=0.75,1,1.25'",
+        help="test-time augmentation: 'flips', 'd4' (8 flips and quarter turns), "
+        "'scales=0.75,1,1.25', 'mc-dropout=N' (N dropout samples) or a '+' of them, "
+        "e.g. 'd4+mc-dropout=4'",
     )
     p.add_argument(
         "--crf",
@@ -279,13 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     from polyhead.calibrate_cli import add_parser as add_calibrate_parser
     from polyhead.classification.cli import add_parsers as add_classifier_parsers
     from polyhead.distill.cli import add_parsers as add_distill_parsers
-    from polyhead.psmt.cli import add_parser as add_psmt_parser
 
     add_aggregate_parser(sub)
     add_classifier_parsers(sub)
     add_distill_parsers(sub)
     add_calibrate_parser(sub)
-    add_psmt_parser(sub)
 
     p = sub.add_parser("demo", help="synthetic data -> dual-head training -> metrics and figure")
     p.add_argument(
