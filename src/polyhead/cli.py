@@ -374,11 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     from polyhead.calibrate_cli import add_parser as add_calibrate_parser
     from polyhead.classification.cli import add_parsers as add_classifier_parsers
     from polyhead.distill.cli import add_parsers as add_distill_parsers
+    from polyhead.psmt.cli import add_parser as add_psmt_parser
 
     add_aggregate_parser(sub)
     add_classifier_parsers(sub)
     add_distill_parsers(sub)
     add_calibrate_parser(sub)
+    add_psmt_parser(sub)
 
     p = sub.add_parser("demo", help="synthetic data -> dual-head training -> metrics and figure")
     p.add_argument(
