@@ -131,3 +131,69 @@ def test_key_renaming():
     assert polyhead_key("seg_head_B.0.bias") == "heads.B.segmentation_head.0.bias"
     assert polyhead_key("encoder.conv1.weight") == "encoder.conv1.weight"
     assert polyhead_key("head_A.0.bias") is None
+
+
+def _pairs_csv(path, rows):
+    path.write_text("image,mask\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    return str(path)
+
+
+def _with_hard_mask_csv(tmp_path, hard_rows):
+    from tests.psmt.conftest import psmt_config
+
+    cfg = psmt_config()
+    cfg["val_dataset"].update(
+        input_csv_path=_pairs_csv(
+            tmp_path / "soft.csv", [("a.tif", "sa.tif"), ("b.tif", "sb.tif")]
+        ),
+        hard_mask_csv=_pairs_csv(tmp_path / "hard.csv", hard_rows),
+        soft_labels=True,
+        return_hard_mask=True,
+    )
+    return cfg
+
+
+def test_hard_mask_csv_merged_beside_the_output(psmt_ckpt, tmp_path):
+    path, _ = psmt_ckpt
+    cfg = _with_hard_mask_csv(tmp_path, [("b.tif", "hb.tif"), ("a.tif", "ha.tif")])
+    result = import_checkpoint(path, tmp_path / "out" / "m.ckpt", config=cfg, report=None)
+    merged = tmp_path / "out" / "m.val_dataset.csv"
+    assert result.written == [merged.resolve(), tmp_path / "out" / "m.ckpt"]
+    stored = load_checkpoint(tmp_path / "out" / "m.ckpt").config["val_dataset"]
+    assert stored["input_csv_path"] == str(merged.resolve()) and stored["crop_size"] == 64
+    lines = merged.read_text().splitlines()
+    assert lines[0] == "image,mask,soft_mask"
+    assert [tuple(c.rsplit("/", 1)[-1] for c in line.split(",")) for line in lines[1:]] == [
+        ("a.tif", "ha.tif", "sa.tif"),
+        ("b.tif", "hb.tif", "sb.tif"),
+    ]
+
+
+def test_unmatched_hard_mask_row_fails_before_anything_is_written(psmt_ckpt, tmp_path):
+    from polyhead.errors import DataError
+
+    path, _ = psmt_ckpt
+    cfg = _with_hard_mask_csv(tmp_path, [("a.tif", "ha.tif"), ("c.tif", "hc.tif")])
+    with pytest.raises(DataError, match=r"soft.csv: row 2 \(image .*b.tif\) has no row"):
+        import_checkpoint(path, tmp_path / "out" / "m.ckpt", config=cfg, report=None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_data_keeps_only_normalize_and_safetensors_export_loads_back(psmt_ckpt, tmp_path):
+    path, psmt = psmt_ckpt
+    cfg = _with_hard_mask_csv(tmp_path, [("a.tif", "ha.tif")])  # would not merge
+    (tmp_path / "psmt.yaml").write_text(__import__("yaml").safe_dump(cfg))
+    out = tmp_path / "m.ckpt"
+    args = ["import-psmt", str(path), "-o", str(out), "--config", str(tmp_path / "psmt.yaml")]
+    assert main([*args, "--no-data"]) == 0
+    loaded = load_checkpoint(out)
+    assert list(loaded.config["val_dataset"]) == ["augmentation_list"]
+    assert loaded.normalize is not None
+    assert (
+        main(["export", str(out), "--format", "safetensors", "-o", str(tmp_path / "m.safetensors")])
+        == 0
+    )
+    back = load_checkpoint(tmp_path / "m.safetensors")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(_outputs(back.model, x)["B"], psmt(x)["B"], atol=1e-5, rtol=0)

@@ -77,6 +77,8 @@ def read_psmt_checkpoint(path: str | Path) -> dict[str, Any]:
     pickles into ``hyper_parameters`` is allowed (its plain container classes only)."""
     from polyhead.checkpoint import read_checkpoint
 
+    if not Path(path).is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
     try:
         return read_checkpoint(path)
     except ConfigError:
