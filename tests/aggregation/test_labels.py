@@ -77,7 +77,6 @@ def test_labels_majority_and_empty_cells(tmp_path):
     [
         ("x,a,1\nx,b,3\n", r"line 3 \(item 'x', annotator 'b'\): label 3 outside \[0, 3\)"),
         ("x,a,1\nx,b,cat\n", "line 3 .*'cat' is not an integer class id"),
-        ("x,a,1\nx,a,2\n", "line 3 .*duplicate of line 2"),
         ("x,a,1\ny,a,2\n", "only one annotator"),
         ("", "no rows"),
     ],

@@ -194,8 +194,11 @@ def test_bad_inputs_name_the_row_and_write_nothing(small_set, tmp_path):
         _rewrite_csv(csv_path, lambda ls: [ls[0], *[x for x in ls[1:] if ",a," in x]]),
         "only one annotator",
     )
-    # duplicate (image, annotator)
-    fails(_rewrite_csv(csv_path, lambda ls: [*ls, ls[1]]), "line 10: annotator 'a' already")
+    # the same file twice for one (image, annotator): a repeated rating needs its own file
+    fails(
+        _rewrite_csv(csv_path, lambda ls: [*ls, ls[1]]),
+        "line 10: annotator 'a' already has mask .* on line 2 .*needs its own file",
+    )
     # float masks
     write_tif(root / "float.tif", np.zeros((24, 32), np.float32))
     fails(
@@ -228,16 +231,16 @@ def test_late_failure_leaves_no_partial_output(small_set, tmp_path, monkeypatch)
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old")
-    original = masks_mod._count_patterns
+    original = masks_mod._labelled_images
 
     def count_then_break(*args, **kwargs):
         result = original(*args, **kwargs)
         (csv_path.parent / "annotators/b/img2.tif").write_bytes(b"\x00" * 64)
         return result
 
-    monkeypatch.setattr(masks_mod, "_count_patterns", count_then_break)
+    monkeypatch.setattr(masks_mod, "_labelled_images", count_then_break)
     with pytest.raises(DataError, match=r"line 9 \(image 'scenes/img2.tif', annotator 'b'"):
-        aggregate_masks(csv_path, out, k, progress=False)
+        aggregate_masks(csv_path, out, k, progress=False, cache_mb=0)  # pass 2 reads again
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 

@@ -12,24 +12,33 @@ row sums to 1). ``priors[c]`` is the class prior. Posteriors of rows with no lab
 at all are all zeros and such rows take no part in the estimates.
 
 Smoothing: ``smoothing`` is a pseudo-count added to every cell of each annotator's
-expected count matrix and to every prior count before normalising (the MAP estimate
-under a symmetric Dirichlet(1 + smoothing) prior), so an annotator who never used a
-class gets a small non-zero probability for it instead of a zero or a NaN. On top of
-that every probability is floored at ``EPS`` = 1e-10 before taking logs.
-``smoothing=0`` reproduces crowd-kit's ``DawidSkene`` (which only applies that floor);
-with ``tol=0`` and the same ``max_iter`` as crowd-kit's ``n_iter`` the two run the
-same iterations and their posteriors agree to rounding.
+expected count matrix and to every prior count before normalising (a symmetric
+Dirichlet(1 + smoothing) prior), so a class an annotator never used gets a small non-zero
+probability, not a zero or a NaN; every probability is also floored at ``EPS`` = 1e-10
+before taking logs. ``smoothing=0`` reproduces crowd-kit's ``DawidSkene`` (which only
+applies that floor): with ``tol=0`` and ``max_iter`` = its ``n_iter`` the posteriors agree
+to rounding.
+
+Repeated ratings (an annotator labelling a row several times, as observer 1 in Dawid &
+Skene 1979) each count as an observation. Gold rows (``gold[r] >= 0``) have their
+posterior fixed to the known class in every E-step and so inform the confusion matrices
+and priors (semi-supervised EM); ``confusion_prior[a, c, l]`` are pseudo-counts added to
+annotator ``a``'s expected counts in every M-step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from scipy import sparse
 
+from polyhead.aggregation.voting import (  # noqa: F401
+    _triplets,
+    majority_vote_labels,
+    vote_fractions_labels,
+)
 from polyhead.errors import ConfigError, DataError
 
 EPS = 1e-10
@@ -72,6 +81,7 @@ class _Problem:
         n_classes: int,
         counts: np.ndarray | None,
         groups: np.ndarray | None,
+        gold: np.ndarray | None = None,
     ) -> None:
         k = n_classes
         self.n_rows, self.n_annotators, self.n_classes = n_rows, n_annotators, k
@@ -84,7 +94,12 @@ class _Problem:
         self.incidence.sum_duplicates()
         self.incidence_t = self.incidence.T.tocsr()
         self.n_labels = np.asarray(self.incidence.sum(axis=1)).ravel()
-        self.labelled = self.n_labels > 0
+        self.gold = np.full(n_rows, -1, np.int64) if gold is None else np.asarray(gold, np.int64)
+        if self.gold.shape != (n_rows,) or np.any(self.gold >= k) or np.any(self.gold < -1):
+            raise DataError(f"gold must be {n_rows} class ids in [0, {k}) or -1 (no gold)")
+        self.gold_rows = np.flatnonzero(self.gold >= 0)
+        self.gold_classes = self.gold[self.gold_rows]
+        self.labelled = (self.n_labels > 0) | (self.gold >= 0)
         self.any_unlabelled = not bool(self.labelled.all())
         w = np.ones(n_rows) if counts is None else np.asarray(counts, dtype=np.float64)
         if w.shape != (n_rows,) or np.any(w < 0) or not np.all(np.isfinite(w)):
@@ -101,6 +116,12 @@ class _Problem:
             if self.groups.shape != (n_rows,) or (n_rows and self.groups.min() < 0):
                 raise DataError(f"groups must be {n_rows} non-negative group ids")
             self.n_groups = int(self.groups.max()) + 1 if n_rows else 1
+
+    def fix_gold(self, post_t: np.ndarray) -> None:
+        """Set the posteriors ``[K, N]`` of gold rows to their known class, in place."""
+        if self.gold_rows.size:
+            post_t[:, self.gold_rows] = 0.0
+            post_t[self.gold_classes, self.gold_rows] = 1.0
 
     def votes(self) -> np.ndarray:
         """Number of annotators choosing each class, ``[N, K]``."""
@@ -133,11 +154,18 @@ class _Problem:
 
 
 def _m_step(
-    prob: _Problem, post: np.ndarray, model: Model, smoothing: float, used: np.ndarray
+    prob: _Problem,
+    post: np.ndarray,
+    model: Model,
+    smoothing: float,
+    used: np.ndarray,
+    confusion_prior: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Confusion ``[A, K, K]`` and priors ``[G, K]`` from posteriors ``[K, N]``."""
     k = prob.n_classes
     counts = prob.expected_counts(post)
+    if confusion_prior is not None:
+        counts = counts + confusion_prior
     if model == "one_coin":
         agree = np.trace(counts, axis1=1, axis2=2)
         total = counts.sum(axis=(1, 2))
@@ -167,6 +195,7 @@ def _e_step(prob: _Problem, conf: np.ndarray, priors: np.ndarray) -> tuple[np.nd
     log_prior = np.log(np.maximum(priors, EPS))
     post = np.ascontiguousarray(np.asarray(prob.incidence @ flat).T)
     post += log_prior[0][:, None] if prob.n_groups == 1 else log_prior[prob.groups].T
+    gold_joint = post[prob.gold_classes, prob.gold_rows]  # log p(labels, z = gold)
     top = post.max(axis=0)
     post -= top
     np.exp(post, out=post)
@@ -175,6 +204,9 @@ def _e_step(prob: _Problem, conf: np.ndarray, priors: np.ndarray) -> tuple[np.nd
     if prob.any_unlabelled:
         post[:, ~prob.labelled] = 0.0
     log_z = np.log(norm) + top
+    if prob.gold_rows.size:
+        prob.fix_gold(post)
+        log_z[prob.gold_rows] = gold_joint
     ll = float(prob.weights @ log_z / prob.total)  # weights are 0 on unlabelled rows
     return post, ll
 
@@ -192,22 +224,34 @@ def _check_options(n_classes: int, max_iter: int, tol: float, smoothing: float, 
         raise ConfigError(f"model must be 'full' or 'one_coin', got {model!r}")
 
 
-def _triplets(labels: np.ndarray, n_classes: int, missing: int) -> tuple[np.ndarray, ...]:
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise DataError(f"labels must be [N, A], got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"labels must be integers, got {labels.dtype}")
-    present = labels != missing
-    bad = present & ((labels < 0) | (labels >= n_classes))
-    if bad.any():
-        r, a = np.argwhere(bad)[0]
-        raise DataError(
-            f"label {labels[r, a]} at row {r}, annotator {a} is not a class id in "
-            f"[0, {n_classes}) nor the missing code {missing}"
+def _check_confusion_prior(prior: np.ndarray | None, a: int, k: int) -> np.ndarray | None:
+    if prior is None:
+        return None
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.shape != (a, k, k) or not np.all(np.isfinite(prior)) or np.any(prior < 0):
+        raise ConfigError(
+            f"confusion_prior must be [{a}, {k}, {k}] finite non-negative pseudo-counts, "
+            f"got shape {prior.shape}"
         )
-    rows, anns = np.nonzero(present)
-    return rows, anns, labels[rows, anns]
+    return prior
+
+
+def _initial_posteriors(prob: _Problem, init: np.ndarray | None) -> np.ndarray:
+    """Class-major ``[K, N]`` start: ``init``, else the gold rows alone when there are any
+    (so that colluding annotators cannot fix the start), else majority-vote fractions."""
+    n, k = prob.n_rows, prob.n_classes
+    if init is not None:
+        post = np.asarray(init, dtype=np.float64)
+        if post.shape != (n, k):
+            raise DataError(f"init must be [{n}, {k}], got {post.shape}")
+        post = np.ascontiguousarray(np.where(prob.labelled[:, None], post, 0.0).T)
+    elif prob.gold_rows.size:
+        post = np.zeros((k, n))
+    else:
+        votes = prob.votes()
+        post = np.ascontiguousarray((votes / np.maximum(votes.sum(axis=1, keepdims=True), 1.0)).T)
+    prob.fix_gold(post)
+    return post
 
 
 def dawid_skene_sparse(
@@ -225,8 +269,12 @@ def dawid_skene_sparse(
     tol: float = 1e-6,
     smoothing: float = 0.01,
     init: np.ndarray | None = None,
+    gold: np.ndarray | None = None,
+    confusion_prior: np.ndarray | None = None,
 ) -> DawidSkeneResult:
-    """Dawid-Skene EM on (row, annotator, label) triplets; see `dawid_skene`."""
+    """Dawid-Skene EM on (row, annotator, label) triplets; see `dawid_skene`.
+
+    A (row, annotator) pair may appear several times: each is one rating."""
     _check_options(n_classes, max_iter, tol, smoothing, model)
     rows, annotators, labels = (
         np.asarray(x).astype(np.int64).ravel() for x in (rows, annotators, labels)
@@ -237,25 +285,18 @@ def dawid_skene_sparse(
         raise DataError(f"labels must be class ids in [0, {n_classes})")
     n_rows = int(rows.max()) + 1 if n_rows is None else int(n_rows)
     n_annotators = int(annotators.max()) + 1 if n_annotators is None else int(n_annotators)
-    prob = _Problem(rows, annotators, labels, n_rows, n_annotators, n_classes, counts, groups)
+    prob = _Problem(rows, annotators, labels, n_rows, n_annotators, n_classes, counts, groups, gold)
     k = int(n_classes)
+    prior = _check_confusion_prior(confusion_prior, n_annotators, k)
     used = np.zeros((n_annotators, k), dtype=bool)
     used[annotators, labels] = True
-    if init is None:
-        votes = prob.votes()
-        post = votes / np.maximum(votes.sum(axis=1, keepdims=True), 1.0)
-        post = np.ascontiguousarray(post.T)
-    else:
-        post = np.asarray(init, dtype=np.float64)
-        if post.shape != (n_rows, k):
-            raise DataError(f"init must be [{n_rows}, {k}], got {post.shape}")
-        post = np.ascontiguousarray(np.where(prob.labelled[:, None], post, 0.0).T)
-    conf, priors = _m_step(prob, post, model, smoothing, used)
+    post = _initial_posteriors(prob, init)
+    conf, priors = _m_step(prob, post, model, smoothing, used, prior)
     trace: list[float] = []
     converged = False
     for _ in range(int(max_iter)):
         post, ll = _e_step(prob, conf, priors)
-        conf, priors = _m_step(prob, post, model, smoothing, used)
+        conf, priors = _m_step(prob, post, model, smoothing, used, prior)
         trace.append(ll)
         if len(trace) > 1 and abs(trace[-1] - trace[-2]) < tol:
             converged = True
@@ -282,6 +323,8 @@ def dawid_skene(
     tol: float = 1e-6,
     smoothing: float = 0.01,
     init: np.ndarray | None = None,
+    gold: np.ndarray | None = None,
+    confusion_prior: np.ndarray | None = None,
 ) -> DawidSkeneResult:
     """Dawid-Skene EM on a label matrix ``[N, A]`` (``missing`` = no label).
 
@@ -291,7 +334,9 @@ def dawid_skene(
     accuracy (off-diagonal mass spread evenly). EM starts from majority-vote
     fractions (or ``init``), alternates E and M steps and stops when the mean
     log-likelihood per labelled row changes by less than ``tol`` or after
-    ``max_iter`` iterations (``tol=0``: always ``max_iter``).
+    ``max_iter`` iterations (``tol=0``: always ``max_iter``). ``gold[N]`` (class id, -1 =
+    unknown) fixes those rows' posteriors; EM then starts from the gold rows alone.
+    ``confusion_prior[A, K, K]`` adds pseudo-counts to each annotator's confusion counts.
     """
     rows, anns, labs = _triplets(labels, n_classes, missing)
     return dawid_skene_sparse(
@@ -308,50 +353,29 @@ def dawid_skene(
         tol=tol,
         smoothing=smoothing,
         init=init,
+        gold=gold,
+        confusion_prior=confusion_prior,
     )
 
 
-def vote_fractions_labels(labels: np.ndarray, n_classes: int, *, missing: int = -1) -> np.ndarray:
-    """Soft majority vote: share of the annotators choosing each class, ``[N, K]`` float64.
-
-    Rows with no label get all zeros.
-    """
-    rows, anns, labs = _triplets(labels, n_classes, missing)
-    votes = np.zeros((labels.shape[0], n_classes))
-    np.add.at(votes, (rows, labs), 1.0)
-    return votes / np.maximum(votes.sum(axis=1, keepdims=True), 1.0)
-
-
-def majority_vote_labels(
+def confusion_from_triplets(
+    rows: np.ndarray,
+    annotators: np.ndarray,
     labels: np.ndarray,
-    n_classes: int,
+    posteriors: np.ndarray,
     *,
-    missing: int = -1,
-    tie_order: Sequence[int] | None = None,
+    n_annotators: int,
+    counts: np.ndarray | None = None,
+    smoothing: float = 0.01,
 ) -> np.ndarray:
-    """Hard majority vote per row of ``labels [N, A]`` -> int64 ``[N]`` (-1: no label).
-
-    Ties (several classes with the maximal number of votes) go to the lowest class
-    id, or, with ``tie_order`` (annotator indices, highest priority first), to the
-    label of the first annotator in that order whose label is among the tied classes.
-    """
-    frac = vote_fractions_labels(labels, n_classes, missing=missing)
-    out = frac.argmax(axis=1)
-    best = frac.max(axis=1, keepdims=True)
-    if tie_order is not None:
-        order = [int(a) for a in tie_order]
-        if sorted(order) != list(range(labels.shape[1])):
-            raise ConfigError(f"tie_order must be a permutation of 0..{labels.shape[1] - 1}")
-        tied = ((frac == best) & (best > 0)).sum(axis=1) > 1
-        for a in reversed(order):  # the highest-priority annotator writes last
-            lab = labels[:, a]
-            ok = lab != missing
-            hit = np.zeros_like(ok)
-            hit[ok] = frac[ok, lab[ok]] == best[ok, 0]
-            sel = tied & hit
-            out[sel] = lab[sel]
-    out[best[:, 0] == 0] = -1
-    return out
+    """One M-step on (row, annotator, label) triplets against given soft labels ``[N, K]``."""
+    post = np.asarray(posteriors, dtype=np.float64)
+    n, k = post.shape
+    prob = _Problem(rows, annotators, labels, n, n_annotators, k, counts, None)
+    used = np.zeros((n_annotators, k), dtype=bool)
+    used[annotators, labels] = True
+    conf, _ = _m_step(prob, np.ascontiguousarray(post.T), "full", smoothing, used)
+    return conf
 
 
 def confusion_from_posteriors(
@@ -365,9 +389,12 @@ def confusion_from_posteriors(
 ) -> np.ndarray:
     """One M-step: each annotator's confusion ``[A, K, K]`` against given soft labels."""
     rows, anns, labs = _triplets(labels, n_classes, missing)
-    prob = _Problem(rows, anns, labs, labels.shape[0], labels.shape[1], n_classes, counts, None)
-    used = np.zeros((labels.shape[1], n_classes), dtype=bool)
-    used[anns, labs] = True
-    post_t = np.ascontiguousarray(np.asarray(posteriors, dtype=np.float64).T)
-    conf, _ = _m_step(prob, post_t, "full", smoothing, used)
-    return conf
+    return confusion_from_triplets(
+        rows,
+        anns,
+        labs,
+        posteriors,
+        n_annotators=labels.shape[1],
+        counts=counts,
+        smoothing=smoothing,
+    )

@@ -1,8 +1,11 @@
 """Reading and checking the ``image,annotator,mask`` CSV before any pixel is read.
 
-Relative paths resolve against the CSV's folder. Checks done here, each failing with
-a `DataError` that names the CSV line: missing columns or cells, duplicate
-``(image, annotator)`` pairs, mask files that do not exist or do not open, masks
+Relative paths resolve against the CSV's folder. An annotator may appear several times
+for one image (repeated ratings): each mask is one rating and gets its own *slot* (the
+``r``-th mask of annotator ``a`` in an image); a label pattern is the tuple over slots.
+A gold mask per image (a ``gold_mask`` column, or an ``image,gold_mask`` CSV) is one more
+slot, the last. Checks done here, each failing with a `DataError` that names the CSV
+line: missing columns or cells, mask files that do not exist or do not open, masks
 with more than one band or a non-integer dtype, masks of one image with different
 sizes, fewer than two annotators in the whole CSV, and an ``image`` that exists but
 does not open or whose size differs from its masks. An ``image`` path that does not
@@ -31,6 +34,7 @@ from polyhead.errors import DataError
 from polyhead.paths import open_csv, resolve_cell
 
 MASK_COLUMNS = ("image", "annotator", "mask")
+GOLD_COLUMN = "gold_mask"
 LABEL_COLUMNS = ("item", "annotator", "label")
 
 
@@ -44,11 +48,15 @@ class MaskRow:
     path: Path
     annotator_index: int = -1
     info: raster_io.RasterInfo | None = None
+    slot: int = -1
+    """Row of this mask in the label stack `MaskReader.stack` returns."""
+    source: str = ""
+    """The file this row comes from when it is not the annotators CSV (a gold CSV)."""
 
     def where(self, csv_path: Path) -> str:
         """Human-readable location of the row, for error messages."""
         return (
-            f"{csv_path}, line {self.line} (image {self.image!r}, annotator "
+            f"{self.source or csv_path}, line {self.line} (image {self.image!r}, annotator "
             f"{self.annotator!r}, mask {self.path})"
         )
 
@@ -63,6 +71,28 @@ class ImageEntry:
     name: str = ""
     height: int = 0
     width: int = 0
+    gold: MaskRow | None = None
+    """The image's gold mask (``annotator`` = ``"gold"``), if any."""
+
+    def all_rows(self) -> list[MaskRow]:
+        """Annotator masks, then the gold mask if there is one."""
+        return self.rows + ([self.gold] if self.gold is not None else [])
+
+
+@dataclass
+class MaskSet:
+    """A checked mask CSV: images in CSV order, annotator names and the slot layout."""
+
+    entries: list[ImageEntry]
+    annotators: list[str]
+    slot_annotators: list[int]
+    """Annotator index of each rating slot (without the gold slot)."""
+    has_gold: bool = False
+
+    @property
+    def n_slots(self) -> int:
+        """Rows of a label stack: rating slots plus the gold slot."""
+        return len(self.slot_annotators) + int(self.has_gold)
 
 
 def read_header(csv_path: Path) -> list[str]:
@@ -145,26 +175,47 @@ def output_names(keys: list[str]) -> list[str]:
     return names
 
 
+def _gold_cells(
+    gold: str | os.PathLike[str] | Mapping[str, str] | None, base: Path
+) -> dict[str, tuple[str, int, Path]]:
+    """``image`` -> (file name, line, gold mask path) from an ``image,gold_mask`` CSV/mapping."""
+    if gold is None:
+        return {}
+    if isinstance(gold, Mapping):
+        return {str(k): ("gold", 0, resolve_cell(str(v), base)) for k, v in gold.items()}
+    path = Path(gold)
+    return {
+        cells["image"]: (str(path), line, resolve_cell(cells[GOLD_COLUMN], path.parent))
+        for line, cells in iter_csv(path, ("image", GOLD_COLUMN))
+    }
+
+
+def _set_gold(entry: ImageEntry, line: int, path: Path, where: str) -> None:
+    if entry.gold is not None and entry.gold.path != path:
+        raise DataError(
+            f"{where}, line {line}: image {entry.key!r} already has gold mask {entry.gold.path} "
+            f"(line {entry.gold.line}), not {path}"
+        )
+    entry.gold = MaskRow(line, entry.key, "gold", path, source=where)
+
+
 def read_mask_csv(
     csv_path: str | os.PathLike[str],
     images: str | os.PathLike[str] | Mapping[str, str] | None = None,
-) -> tuple[list[ImageEntry], list[str]]:
-    """Parse and check the mask CSV (headers only): images in CSV order and annotator names."""
+    gold: str | os.PathLike[str] | Mapping[str, str] | None = None,
+) -> MaskSet:
+    """Parse and check the mask CSV (headers only) and any gold masks."""
     csv_path = Path(csv_path)
     base = csv_path.parent
     image_map = None if images is None else load_image_map(images)
     entries: dict[str, ImageEntry] = {}
     annotators: dict[str, int] = {}
-    seen: dict[tuple[str, str], int] = {}
+    slots: dict[tuple[int, int], int] = {}
+    repeats: dict[tuple[str, int], int] = {}
     for line, cells in iter_csv(csv_path, MASK_COLUMNS):
         key, ann = cells["image"], cells["annotator"]
-        if (key, ann) in seen:
-            raise DataError(
-                f"{csv_path}, line {line}: annotator {ann!r} already has a mask for image "
-                f"{key!r} on line {seen[key, ann]}"
-            )
-        seen[key, ann] = line
         idx = annotators.setdefault(ann, len(annotators))
+        nth = repeats[key, idx] = repeats.get((key, idx), -1) + 1
         entry = entries.get(key)
         if entry is None:
             if image_map is not None:
@@ -174,25 +225,53 @@ def read_mask_csv(
             else:
                 image_path = resolve_cell(key, base)
             entry = entries[key] = ImageEntry(key=key, image_path=image_path)
-        entry.rows.append(MaskRow(line, key, ann, resolve_cell(cells["mask"], base), idx))
+        path = resolve_cell(cells["mask"], base)
+        for prev in entry.rows:
+            if prev.annotator_index == idx and prev.path == path:
+                raise DataError(
+                    f"{csv_path}, line {line}: annotator {ann!r} already has mask {path} for "
+                    f"image {key!r} on line {prev.line} (a repeated rating needs its own file)"
+                )
+        slot = slots.setdefault((idx, nth), len(slots))
+        entry.rows.append(MaskRow(line, key, ann, path, idx, slot=slot))
+        if cells.get(GOLD_COLUMN):
+            _set_gold(entry, line, resolve_cell(cells[GOLD_COLUMN], base), str(csv_path))
     if not entries:
         raise DataError(f"{csv_path}: no rows")
-    if len(annotators) < 2:
+    if len(annotators) < 2 and not any(n > 0 for n in repeats.values()):
         only = next(iter(annotators))
         raise DataError(
             f"{csv_path}: only one annotator ({only!r}); aggregation needs masks from at "
-            "least two annotators"
+            "least two annotators (or repeated masks)"
         )
+    for key, (where, line, path) in _gold_cells(gold, base).items():
+        if key not in entries:
+            raise DataError(f"{where}, line {line}: image {key!r} is not in {csv_path}")
+        _set_gold(entries[key], line, path, where)
     result = list(entries.values())
+    has_gold = any(e.gold is not None for e in result)
+    missing = []
     for entry, name in zip(result, output_names([e.key for e in result]), strict=True):
         entry.name = name
-        _check_entry(csv_path, entry)
-    return result, list(annotators)
+        if entry.gold is not None:
+            entry.gold.slot = len(slots)
+        gone = _check_entry(csv_path, entry)
+        if gone is not None:
+            missing.append(gone)
+    if missing:
+        warnings.warn(
+            f"{csv_path}: {len(missing)} image(s) do not exist, e.g. {missing[0]}; train.csv "
+            "will name them anyway",
+            stacklevel=3,
+        )
+    slot_annotators = [a for (a, _), _s in sorted(slots.items(), key=lambda kv: kv[1])]
+    return MaskSet(result, list(annotators), slot_annotators, has_gold)
 
 
-def _check_entry(csv_path: Path, entry: ImageEntry) -> None:
+def _check_entry(csv_path: Path, entry: ImageEntry) -> str | None:
+    """Check an image's masks (and imagery); returns where its imagery is missing, if so."""
     first: MaskRow | None = None
-    for row in entry.rows:
+    for row in entry.all_rows():
         if not row.path.is_file():
             raise DataError(f"{row.where(csv_path)}: mask file does not exist")
         try:
@@ -218,12 +297,7 @@ def _check_entry(csv_path: Path, entry: ImageEntry) -> None:
     assert first is not None and first.info is not None
     entry.height, entry.width = first.info.height, first.info.width
     if not entry.image_path.exists():
-        warnings.warn(
-            f"{csv_path}, line {first.line}: image {entry.image_path} does not exist; "
-            "train.csv will name it anyway",
-            stacklevel=4,
-        )
-        return
+        return f"line {first.line}: {entry.image_path}"
     try:
         img = raster_io.raster_info(entry.image_path)
     except DataError as err:
@@ -233,16 +307,15 @@ def _check_entry(csv_path: Path, entry: ImageEntry) -> None:
             f"{csv_path}, line {first.line}: image {entry.image_path} is {img.height}x"
             f"{img.width} but its masks are {entry.height}x{entry.width}"
         )
+    return None
 
 
 class MaskReader:
     """Reads one strip of every mask of an image as a ``[A, n]`` uint8 label stack."""
 
-    def __init__(
-        self, csv_path: Path, n_annotators: int, n_classes: int, ignore_index: int
-    ) -> None:
+    def __init__(self, csv_path: Path, n_slots: int, n_classes: int, ignore_index: int) -> None:
         self.csv_path = csv_path
-        self.n_annotators = n_annotators
+        self.n_slots = n_slots
         self.n_classes = n_classes
         self.ignore_index = ignore_index
         self.cache = raster_io.HandleCache()
@@ -251,10 +324,10 @@ class MaskReader:
         return DataError(f"{row.where(self.csv_path)}: {message}")
 
     def stack(self, entry: ImageEntry, row_off: int, height: int) -> np.ndarray:
-        """Labels ``[A, height * width]``; ``K`` where an annotator gave no label."""
+        """Labels ``[slots, height * width]`` uint8; ``K`` where a slot holds no label."""
         k, w = self.n_classes, entry.width
-        out = np.full((self.n_annotators, height * w), k, dtype=np.uint8)
-        for row in entry.rows:
+        out = np.full((self.n_slots, height * w), k, dtype=np.uint8)
+        for row in entry.all_rows():
             try:
                 arr = raster_io.read_window(row.path, row_off, 0, height, w, self.cache)
             except DataError as err:
@@ -263,7 +336,11 @@ class MaskReader:
                 raise self._fail(row, f"cannot read: {type(err).__name__}: {err}") from err
             values = arr[0].ravel()
             ignore = values == self.ignore_index
-            bad = ~ignore & ((values < 0) | (values >= k))
+            bad = (
+                ~ignore & (values >= k)
+                if values.dtype.kind == "u"
+                else ~ignore & ((values < 0) | (values >= k))
+            )
             if bad.any():
                 first = int(np.flatnonzero(bad)[0])
                 shown = ", ".join(str(v) for v in np.unique(values[bad])[:5])
@@ -273,7 +350,7 @@ class MaskReader:
                     f"{self.ignore_index} ({int(bad.sum())} pixel(s) in this strip, first at "
                     f"row {row_off + first // w}, col {first % w})",
                 )
-            out[row.annotator_index] = np.where(ignore, k, values)
+            np.copyto(out[row.slot], values, casting="unsafe", where=~ignore)
         return out
 
     def georef(self, entry: ImageEntry) -> tuple[Any, Any]:

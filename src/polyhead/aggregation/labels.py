@@ -1,7 +1,10 @@
 """Aggregate classification labels from an ``item,annotator,label`` CSV.
 
 Labels are integer class ids in ``[0, K)``; an empty cell or ``ignore_index``
-means "no label". Output folder: ``labels.csv`` (``item,label,p_0..p_{K-1}``, items
+means "no label". An annotator may rate an item several times (several rows): every
+rating counts, as in Dawid & Skene (1979). ``gold`` (an ``item,label`` CSV or a mapping)
+fixes the class of some items; ``priors`` adds pseudo-counts to the confusion matrices
+(`polyhead.aggregation.priors`). Output folder: ``labels.csv`` (``item,label,p_0..p_{K-1}``, items
 in first-appearance order), ``confusion.json``, ``confusion_matrices.png`` and
 ``loglik.png`` (Dawid-Skene only), staged and moved into place only on success.
 Items whose every row is "no label" raise a `DataError` (``empty_items="error"``)
@@ -14,20 +17,16 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from polyhead.aggregation.dawid_skene import (
-    Model,
-    confusion_from_posteriors,
-    dawid_skene_sparse,
-    majority_vote_labels,
-    vote_fractions_labels,
-)
+from polyhead.aggregation.dawid_skene import Model, confusion_from_triplets, dawid_skene_sparse
 from polyhead.aggregation.inputs import LABEL_COLUMNS, iter_csv
 from polyhead.aggregation.outputs import AggregationResult, write_report
+from polyhead.aggregation.priors import load_annotator_priors
 from polyhead.errors import ConfigError, DataError
 from polyhead.io import Staging, write_csv
 
@@ -39,7 +38,6 @@ def read_label_csv(
     csv_path = Path(csv_path)
     items: dict[str, int] = {}
     annotators: dict[str, int] = {}
-    seen: dict[tuple[int, int], int] = {}
     rows: list[int] = []
     anns: list[int] = []
     labs: list[int] = []
@@ -50,9 +48,6 @@ def read_label_csv(
         where = (
             f"{csv_path}, line {line} (item {cells['item']!r}, annotator {cells['annotator']!r})"
         )
-        if (item, ann) in seen:
-            raise DataError(f"{where}: duplicate of line {seen[item, ann]}")
-        seen[item, ann] = line
         if raw == "":
             continue
         try:
@@ -73,10 +68,11 @@ def read_label_csv(
         labs.append(label)
     if not items:
         raise DataError(f"{csv_path}: no rows")
-    if len(annotators) < 2:
+    pairs = np.asarray(rows, np.int64) * max(len(annotators), 1) + np.asarray(anns, np.int64)
+    if len(annotators) < 2 and np.unique(pairs).size == pairs.size:
         raise DataError(
             f"{csv_path}: only one annotator ({next(iter(annotators))!r}); aggregation needs "
-            "labels from at least two annotators"
+            "labels from at least two annotators (or repeated ratings)"
         )
     return (
         list(items),
@@ -87,29 +83,69 @@ def read_label_csv(
     )
 
 
+def _class_id(raw: str, n_classes: int, where: str) -> int:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value != int(value) or not 0 <= value < n_classes:
+        raise DataError(f"{where}: label {raw!r} is not a class id in [0, {n_classes})")
+    return int(value)
+
+
+def read_gold_labels(
+    gold: str | os.PathLike[str] | Mapping[str, int], items: list[str], n_classes: int
+) -> np.ndarray:
+    """Known class per item (``-1``: unknown) from an ``item,label`` CSV or a mapping."""
+    index = {it: i for i, it in enumerate(items)}
+    out = np.full(len(items), -1, np.int64)
+    if isinstance(gold, Mapping):
+        entries = [(f"gold item {k!r}", str(k), str(v)) for k, v in gold.items()]
+    else:
+        path = Path(gold)
+        entries = [
+            (f"{path}, line {line}", cells["item"], cells["label"])
+            for line, cells in iter_csv(path, ("item", "label"))
+        ]
+    for where, item, raw in entries:
+        if item not in index:
+            raise DataError(f"{where}: item {item!r} is not in the annotations CSV")
+        label = _class_id(raw, n_classes, where)
+        if out[index[item]] not in (-1, label):
+            raise DataError(f"{where}: item {item!r} has two different gold labels")
+        out[index[item]] = label
+    return out
+
+
 def _fit_labels(
     method: str,
-    rows: np.ndarray,
-    anns: np.ndarray,
-    labs: np.ndarray,
+    triplets: tuple[np.ndarray, np.ndarray, np.ndarray],
     shape: tuple[int, int, int],
-    labelled: np.ndarray,
+    gold: np.ndarray | None,
     options: dict[str, Any],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[list[float], int, bool]]:
     """``(posteriors, hard labels, confusion, priors, (log-likelihood trace, iterations,
     converged))`` of Dawid-Skene or the majority vote over ``(row, annotator, label)``
     triplets of ``shape = (items, annotators, classes)``."""
+    rows, anns, labs = triplets
     n, a, k = shape
     if method == "dawid_skene":
-        res = dawid_skene_sparse(rows, anns, labs, k, n_rows=n, n_annotators=a, **options)
+        res = dawid_skene_sparse(
+            rows, anns, labs, k, n_rows=n, n_annotators=a, gold=gold, **options
+        )
         fit = (res.log_likelihood, res.n_iter, res.converged)
         return res.posteriors, res.labels, res.confusion, res.priors, fit
-    dense = np.full((n, a), -1, np.int64)
-    dense[rows, anns] = labs
-    post = vote_fractions_labels(dense, k)
-    hard = majority_vote_labels(dense, k)
-    conf = confusion_from_posteriors(dense, post, k, smoothing=options["smoothing"])
-    return post, hard, conf, post[labelled].mean(axis=0), ([], 0, True)
+    votes = np.zeros((n, k))
+    np.add.at(votes, (rows, labs), 1.0)  # every rating is a vote, repeats included
+    if gold is not None:
+        votes[gold >= 0] = np.eye(k)[gold[gold >= 0]]
+    total = votes.sum(axis=1, keepdims=True)
+    post = votes / np.maximum(total, 1.0)
+    hard = np.where(total[:, 0] > 0, post.argmax(axis=1), -1)
+    conf = confusion_from_triplets(
+        rows, anns, labs, post, n_annotators=a, smoothing=options["smoothing"]
+    )
+    return post, hard, conf, post[total[:, 0] > 0].mean(axis=0), ([], 0, True)
 
 
 def aggregate_labels(
@@ -124,8 +160,15 @@ def aggregate_labels(
     smoothing: float = 0.01,
     model: Model = "full",
     empty_items: Literal["error", "keep"] = "error",
+    gold: str | os.PathLike[str] | Mapping[str, int] | None = None,
+    priors: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    class_names: list[str] | None = None,
 ) -> AggregationResult:
-    """Aggregate an ``item,annotator,label`` CSV into ``out_dir/labels.csv`` + ``confusion.json``."""
+    """Aggregate an ``item,annotator,label`` CSV into ``out_dir/labels.csv`` + ``confusion.json``.
+
+    ``gold``: ``item,label`` CSV (or mapping) of known classes; ``priors``: annotator priors
+    file (or mapping, see `polyhead.aggregation.priors`); ``class_names`` label the figure.
+    """
     start = time.perf_counter()
     k = int(n_classes)
     if k < 2:
@@ -135,9 +178,14 @@ def aggregate_labels(
     if empty_items not in ("error", "keep"):
         raise ConfigError(f"empty_items must be 'error' or 'keep', got {empty_items!r}")
     csv_path, out_dir = Path(csv_path), Path(out_dir).resolve()
+    if priors is not None and method != "dawid_skene":
+        raise ConfigError("annotator priors need method='dawid_skene'")
     items, annotators, rows, anns, labs = read_label_csv(csv_path, k, ignore_index)
     n, a = len(items), len(annotators)
+    gold_ids = None if gold is None else read_gold_labels(gold, items, k)
     labelled = np.bincount(rows, minlength=n) > 0
+    if gold_ids is not None:
+        labelled |= gold_ids >= 0
     if not labelled.all():
         empty = [items[i] for i in np.flatnonzero(~labelled)[:5]]
         msg = f"{csv_path}: {int((~labelled).sum())} item(s) without any label, e.g. {empty}"
@@ -147,9 +195,11 @@ def aggregate_labels(
             msg + f"; written with label {ignore_index} and zero probabilities", stacklevel=2
         )
 
-    options = dict(model=model, max_iter=max_iter, tol=tol, smoothing=smoothing)
-    post, hard, conf, priors, (trace, n_iter, converged) = _fit_labels(
-        method, rows, anns, labs, (n, a, k), labelled, options
+    options: dict[str, Any] = dict(model=model, max_iter=max_iter, tol=tol, smoothing=smoothing)
+    if priors is not None:
+        options["confusion_prior"] = load_annotator_priors(priors, annotators, k)
+    post, hard, conf, class_prior, (trace, n_iter, converged) = _fit_labels(
+        method, (rows, anns, labs), (n, a, k), gold_ids, options
     )
     hard = np.where(hard < 0, ignore_index, hard)
 
@@ -172,18 +222,30 @@ def aggregate_labels(
             "tie_rule": "argmax, ties to the lowest class id",
             "n_items": n,
             "n_unlabelled_items": int((~labelled).sum()),
+            "n_gold_items": 0 if gold_ids is None else int((gold_ids >= 0).sum()),
             "labels_per_annotator": dict(
                 zip(annotators, (int(x) for x in np.bincount(anns, minlength=a)), strict=True)
             ),
         }
-        write_report(stage, method, annotators, conf, priors, trace, n_iter, converged, extra)
+        write_report(
+            stage,
+            method,
+            annotators,
+            conf,
+            class_prior,
+            trace,
+            n_iter,
+            converged,
+            extra,
+            class_names=class_names,
+        )
         stage.commit()
     return AggregationResult(
         out_dir=out_dir,
         method=method,
         annotators=annotators,
         confusion=conf,
-        priors=priors,
+        priors=class_prior,
         log_likelihood=list(trace),
         n_iter=n_iter,
         converged=converged,

@@ -1,20 +1,29 @@
 """Aggregate annotator masks into soft and hard masks, streaming over images.
 
-Steps of `aggregate_masks`:
+Steps of `aggregate_masks` (a map-reduce over images, `polyhead.aggregation.passes`):
 
 1. read and check the CSV and every file header (`polyhead.aggregation.inputs`);
-2. pass 1: read each image's masks strip by strip (about 1 M pixels per strip),
+2. pass 1 (map): read each image's masks strip by strip (about 1 M pixels per strip),
    check class ids, encode each pixel's label tuple as a pattern code and count
    patterns (`polyhead.aggregation.patterns`); an error here names the CSV line;
-3. fit Dawid-Skene (or majority vote) on the pattern counts of the whole data set;
-4. pass 2: re-read the masks and write each pixel's posterior (a table lookup) into
-   ``soft/<name>.tif`` (K float32 bands) and its argmax into ``hard/<name>.tif``
-   (uint8), with the georeferencing of the image's first mask; then
-   ``confusion.json``, ``train.csv``, ``confusion_matrices.png``, ``loglik.png``.
+3. reduce: sum the tables, fit Dawid-Skene (or majority vote) on the pattern counts;
+4. pass 2 (map): each pixel's posterior (a table lookup) into ``soft/<name>.tif`` (K
+   float32 bands, or uint8 = probability x 255) and its argmax into ``hard/<name>.tif``
+   (uint8), with the georeferencing of the image's first mask; then ``confusion.json``,
+   ``train.csv``, ``confusion_matrices.png``, ``loglik.png``.
+
+The maps run in threads here or as Dask tasks (``scheduler=``, `polyhead.aggregation.runner`);
+both give identical outputs. Locally, pass 1 keeps each image's pixel codes (2 bytes a
+pixel while there are at most 65536 patterns) up to ``cache_mb`` so that pass 2 need not
+decode the masks again.
+
+Repeated ratings (an annotator with several masks of one image) each count as one rating;
+a gold mask (``gold_mask`` column or ``gold=``) fixes the posterior of its labelled pixels
+and ``priors=`` adds pseudo-counts to the confusion matrices.
 
 All outputs are staged and moved into ``out_dir`` only when every step succeeded.
-Peak memory: one strip of all annotators' masks and its outputs, plus the pattern
-table (at most ``(K + 1) ** A`` rows, 343 for K=6 and 3 annotators; see
+Peak memory: one strip of all annotators' masks and its outputs per worker thread, the
+cached codes, plus the pattern table (at most ``(K + 1) ** A`` rows, 343 for K=6 and 3 annotators; see
 `polyhead.aggregation.patterns` for many annotators). ``per_image_prior=True`` keeps
 one such table per image (images x distinct patterns per image).
 
@@ -37,50 +46,39 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 
-from polyhead.aggregation.dawid_skene import (
-    EPS,
-    Model,
-    confusion_from_posteriors,
-    dawid_skene,
-    majority_vote_labels,
-    vote_fractions_labels,
-)
-from polyhead.aggregation.inputs import ImageEntry, MaskReader, read_mask_csv
+from polyhead.aggregation.dawid_skene import Model
+from polyhead.aggregation.inputs import ImageEntry, MaskSet, read_mask_csv
 from polyhead.aggregation.outputs import AggregationResult, relative_to, write_report
-from polyhead.aggregation.patterns import CountAccumulator, PatternCodec, merge_counts
-from polyhead.data import raster_io
+from polyhead.aggregation.passes import (
+    HARD_IGNORE,
+    SOFT_DTYPES,
+    ImageCounts,
+    LookupTable,
+    PassContext,
+    count_image,
+    write_image,
+)
+from polyhead.aggregation.patterns import PatternCodec
+from polyhead.aggregation.priors import load_annotator_priors
+from polyhead.aggregation.runner import LocalRunner, make_runner
+from polyhead.aggregation.table import Fit, fit_patterns, lookup_tables, pattern_table
 from polyhead.errors import ConfigError, DataError
-from polyhead.io import AtomicGeoTiff, Staging, geotiff_profile, write_csv
+from polyhead.io import Staging, write_csv
 
-HARD_IGNORE = 255
 DEFAULT_SMOOTHING = 0.01
-T = TypeVar("T")
+__all__ = ["HARD_IGNORE", "aggregate_masks"]
 
 
-def _track(items: list[T], description: str, enabled: bool) -> Iterator[T]:
-    if not enabled:
-        yield from items
-        return
-    from rich.console import Console
-    from rich.progress import track
-
-    yield from track(items, description=description, console=Console(stderr=True))
-
-
-def _strips(entry: ImageEntry) -> Iterable[tuple[int, int]]:
-    rows = raster_io.strip_rows(entry.height, entry.width)
-    for off in range(0, entry.height, rows):
-        yield off, min(rows, entry.height - off)
-
-
-def _check_options(n_classes: int, method: str, ignore_index: int, empty_images: str) -> None:
+def _check_options(
+    n_classes: int, method: str, ignore_index: int, empty_images: str, soft_dtype: str
+) -> None:
     if not 2 <= int(n_classes) <= 255:
         raise ConfigError(f"n_classes must be in [2, 255] for uint8 hard masks, got {n_classes}")
     if method not in ("dawid_skene", "majority"):
@@ -89,119 +87,18 @@ def _check_options(n_classes: int, method: str, ignore_index: int, empty_images:
         raise ConfigError(f"ignore_index={ignore_index} is a class id (n_classes={n_classes})")
     if empty_images not in ("error", "skip"):
         raise ConfigError(f"empty_images must be 'error' or 'skip', got {empty_images!r}")
-
-
-@dataclass
-class _Counts:
-    """Pass-1 result: labelled/unlabelled pixels per image and the pattern counts."""
-
-    labelled: list[int] = field(default_factory=list)
-    unlabelled: list[int] = field(default_factory=list)
-    total: CountAccumulator | None = None
-    """Counts over the whole data set (shared prior)."""
-    per_image: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-    """Per-image ``(codes, counts)``, only kept for per-image priors."""
-
-
-def _count_patterns(
-    entries: list[ImageEntry],
-    reader: MaskReader,
-    codec: PatternCodec,
-    progress: bool,
-    per_image: bool,
-) -> _Counts:
-    """Pass 1: count labelled pattern codes, over the data set or per image."""
-    out = _Counts(total=None if per_image else CountAccumulator(codec))
-    none = codec.all_missing
-    for entry in _track(entries, "aggregate: counting label patterns", progress):
-        parts = [
-            codec.count(codec.encode(reader.stack(entry, off, h))) for off, h in _strips(entry)
-        ]
-        codes, counts = merge_counts(parts) if len(parts) > 1 else parts[0]
-        keep = codes != none
-        out.unlabelled.append(int(counts[~keep].sum()))
-        out.labelled.append(int(counts[keep].sum()))
-        if out.total is not None:
-            out.total.add(codes[keep], counts[keep])
-        else:
-            out.per_image.append((codes[keep], counts[keep]))
-        reader.cache.close()
-    return out
-
-
-def _fit(
-    labels: np.ndarray,
-    counts: np.ndarray,
-    groups: np.ndarray | None,
-    n_classes: int,
-    method: str,
-    options: dict[str, Any],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
-    """Posteriors, hard labels, confusion, priors and the DS result (None for majority)."""
-    if method == "majority":
-        post = vote_fractions_labels(labels, n_classes)
-        hard = majority_vote_labels(labels, n_classes)
-        conf = confusion_from_posteriors(
-            labels, post, n_classes, counts=counts, smoothing=options["smoothing"]
-        )
-        priors = (post * counts[:, None]).sum(axis=0) / max(float(counts.sum()), EPS)
-        return post, hard, conf, priors, None
-    res = dawid_skene(labels, n_classes, counts=counts, groups=groups, **options)
-    return res.posteriors, res.labels, res.confusion, res.priors, res
-
-
-def _write_image(
-    entry: ImageEntry,
-    reader: MaskReader,
-    codec: PatternCodec,
-    table: tuple[np.ndarray, np.ndarray, np.ndarray],
-    soft_path: Path,
-    hard_path: Path,
-) -> None:
-    """Pass 2 for one image: posterior lookup per pixel, written strip by strip."""
-    codes_tab, soft_tab, hard_tab = table  # sorted codes, [K, P] float32, [P] uint8
-    k = soft_tab.shape[0]
-    crs, transform = reader.georef(entry)
-    h, w = entry.height, entry.width
-    soft_profile = geotiff_profile(h, w, k, "float32", crs, transform)
-    hard_profile = geotiff_profile(h, w, 1, "uint8", crs, transform)
-    hard_profile["nodata"] = HARD_IGNORE
-    for profile in (soft_profile, hard_profile):
-        # posteriors take few distinct values: no predictor + fast deflate is 8x quicker
-        # than geotiff_profile's predictor=3 and gives 5x smaller files
-        profile.update(predictor=1, zlevel=1)
-    none = codec.all_missing
-    with (
-        AtomicGeoTiff(soft_path, soft_profile) as soft_out,
-        AtomicGeoTiff(hard_path, hard_profile) as hard_out,
-    ):
-        for off, rows in _strips(entry):
-            codes = codec.encode(reader.stack(entry, off, rows))
-            idx = np.minimum(np.searchsorted(codes_tab, codes), max(codes_tab.size - 1, 0))
-            found = codes_tab[idx] == codes if codes_tab.size else np.zeros(codes.size, bool)
-            if not np.all(found | (codes == none)):
-                raise DataError(
-                    f"{entry.rows[0].where(reader.csv_path)}: masks of image {entry.key!r} "
-                    "changed while aggregating (label pattern unseen in pass 1)"
-                )
-            soft = soft_tab[:, idx]
-            soft[:, ~found] = 0.0
-            hard = np.where(found, hard_tab[idx], np.uint8(HARD_IGNORE)).astype(np.uint8)
-            soft_out.write(soft.reshape(k, rows, w), off)
-            hard_out.write(hard.reshape(1, rows, w), off)
-        soft_out.commit()
-        hard_out.commit()
-    reader.cache.close()
+    if soft_dtype not in SOFT_DTYPES:
+        raise ConfigError(f"soft_dtype must be one of {SOFT_DTYPES}, got {soft_dtype!r}")
 
 
 def _labelled_images(
-    csv_path: Path, entries: list, counted: Any, empty_images: str
+    csv_path: Path, entries: list[ImageEntry], counted: list[ImageCounts], empty_images: str
 ) -> tuple[list[int], list[str]]:
     """Indexes of the images with a labelled pixel, and the keys of those skipped (an image
     without one is an error unless ``empty_images="skip"``)."""
     kept_idx, skipped = [], []
     for i, entry in enumerate(entries):
-        if counted.labelled[i] > 0:
+        if counted[i].labelled > 0:
             kept_idx.append(i)
             continue
         lines = ", ".join(str(r.line) for r in entry.rows)
@@ -217,48 +114,66 @@ def _labelled_images(
     return kept_idx, skipped
 
 
-def _pattern_table(
-    counted: Any, kept_idx: list[int], per_image_prior: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[slice]]:
-    """``(codes, counts, groups, slices)``: the label patterns to fit, their pixel counts,
-    the image of each row (per-image priors only) and the rows each image looks up."""
-    if not per_image_prior:
-        assert counted.total is not None
-        codes, counts = counted.total.result()
-        return codes, counts, None, [slice(None)] * len(kept_idx)
-    tables = [counted.per_image[i] for i in kept_idx]
-    sizes = [c.size for c, _ in tables]
-    ends = np.cumsum(sizes)
-    slices = [slice(int(e - n), int(e)) for e, n in zip(ends, sizes, strict=True)]
-    codes = np.concatenate([c for c, _ in tables])
-    counts = np.concatenate([n for _, n in tables])
-    return codes, counts, np.repeat(np.arange(len(kept_idx)), sizes), slices
-
-
 def _report_extra(
     settings: Mapping[str, Any],
-    model: str,
     codes: np.ndarray,
     counts: np.ndarray,
-    counted: Any,
+    counted: list[ImageCounts],
     annotators: Sequence[str],
     per_annotator: np.ndarray,
 ) -> dict[str, Any]:
     """The run's settings and pixel counts for ``confusion.json``."""
     return {
-        "ignore_index": int(settings["ignore_index"]),
-        "smoothing": float(settings["smoothing"]),
-        "tol": float(settings["tol"]),
-        "max_iter": int(settings["max_iter"]),
-        "model": model,
+        **settings,
         "tie_rule": "hard mask: argmax, ties to the lowest class id",
         "n_patterns": int(codes.size),
         "n_labelled_pixels": int(counts.sum()),
-        "n_unlabelled_pixels": int(sum(counted.unlabelled)),
+        "n_unlabelled_pixels": int(sum(c.unlabelled for c in counted)),
         "labelled_pixels_per_annotator": dict(
             zip(annotators, (int(x) for x in per_annotator), strict=True)
         ),
     }
+
+
+def _keep_codes(
+    entries: list[ImageEntry], codec: PatternCodec, cache_mb: float, runner: Any
+) -> bool:
+    """Whether pass 1 keeps every pixel's code for pass 2 (local runs, within ``cache_mb``)."""
+    if not isinstance(runner, LocalRunner) or not codec.packed:
+        return False
+    per_pixel = 2 if codec.n_codes <= 1 << 16 else 4 if codec.n_codes <= 1 << 31 else 8
+    return sum(e.height * e.width for e in entries) * per_pixel <= cache_mb * 2**20
+
+
+def _write_outputs(
+    stage: Staging,
+    runner: Any,
+    ctx: PassContext,
+    codec: PatternCodec,
+    kept: list[ImageEntry],
+    tables: list[LookupTable],
+    cached: list[np.ndarray | None],
+    soft_dtype: str,
+) -> list[tuple[str, str]]:
+    """Pass 2 over the kept images; returns each image's (soft, hard) path in ``out_dir``."""
+    rel = [(f"soft/{e.name}.tif", f"hard/{e.name}.tif") for e in kept]
+    jobs = [
+        (entry, table, (stage.path(s), stage.path(h)), codes)
+        for entry, table, (s, h), codes in zip(kept, tables, rel, cached, strict=True)
+    ]
+    for path in ("soft", "hard"):
+        stage.path(path).mkdir(parents=True, exist_ok=True)
+    runner.map(partial(_pass2, ctx, codec, soft_dtype), jobs, "aggregate: writing masks")
+    return rel
+
+
+def _pass2(ctx: PassContext, codec: PatternCodec, soft_dtype: str, job: tuple) -> None:
+    entry, table, paths, codes = job
+    write_image(ctx, codec, entry, table, paths, soft_dtype, codes)
+
+
+def _pass1(ctx: PassContext, codec: PatternCodec, keep: bool, entry: ImageEntry) -> ImageCounts:
+    return count_image(ctx, codec, entry, keep)
 
 
 def aggregate_masks(
@@ -276,6 +191,13 @@ def aggregate_masks(
     images: str | os.PathLike[str] | Mapping[str, str] | None = None,
     empty_images: Literal["error", "skip"] = "error",
     progress: bool = True,
+    gold: str | os.PathLike[str] | Mapping[str, str] | None = None,
+    priors: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
+    soft_dtype: Literal["float32", "uint8"] = "float32",
+    scheduler: str | None = None,
+    workers: int | None = None,
+    cache_mb: float = 256.0,
 ) -> AggregationResult:
     """Aggregate the masks listed in an ``image,annotator,mask`` CSV into ``out_dir``.
 
@@ -284,74 +206,136 @@ def aggregate_masks(
     ``confusion_matrices.png`` and ``loglik.png``; ``<name>`` is the stem of the
     ``image`` value. ``images`` maps ``image`` values to the imagery named in
     ``train.csv`` (a dict or an ``image,path`` CSV; default: the value itself,
-    relative to the input CSV). See the module docstring for the details; every
-    input problem raises a `DataError` naming the CSV line, and leaves no output.
+    relative to the input CSV). ``gold``: ``image,gold_mask`` CSV or mapping (or a
+    ``gold_mask`` column); ``priors``: annotator priors (`polyhead.aggregation.priors`).
+    ``scheduler``: Dask scheduler address or ``local:N``; ``workers``: threads of a local
+    run. See the module docstring; every input problem raises a `DataError` naming the CSV
+    line, and leaves no output.
     """
     start = time.perf_counter()
-    _check_options(n_classes, method, ignore_index, empty_images)
-    if per_image_prior and method != "dawid_skene":
-        raise ConfigError("per_image_prior needs method='dawid_skene'")
-    csv_path, out_dir = Path(csv_path), Path(out_dir).resolve()
-    k = int(n_classes)
-    entries, annotators = read_mask_csv(csv_path, images)
-    codec = PatternCodec(k, len(annotators))
-    reader = MaskReader(csv_path, len(annotators), k, int(ignore_index))
-    counted = _count_patterns(entries, reader, codec, progress, per_image_prior)
-
-    kept_idx, skipped = _labelled_images(csv_path, entries, counted, empty_images)
-    kept = [entries[i] for i in kept_idx]
-    codes, counts, groups, slices = _pattern_table(counted, kept_idx, per_image_prior)
-    labels = codec.decode(codes)
-    options = dict(max_iter=max_iter, tol=tol, smoothing=smoothing, model=model)
-    post, hard, conf, priors, res = _fit(
-        labels, counts.astype(np.float64), groups, k, method, options
-    )
-    soft_tab = np.ascontiguousarray(post.T.astype(np.float32))
-    hard_tab = np.where(hard < 0, HARD_IGNORE, hard).astype(np.uint8)
-
-    trace = res.log_likelihood if res is not None else []
-    n_iter, converged = (res.n_iter, res.converged) if res is not None else (0, True)
-    per_annotator = ((labels >= 0) * counts[:, None]).sum(axis=0)
-    with Staging(out_dir) as stage:
-        train_rows, soft_paths, hard_paths = [], [], []
-        for g, entry in enumerate(_track(kept, "aggregate: writing masks", progress)):
-            sl = slices[g]
-            table = (codes[sl], soft_tab[:, sl], hard_tab[sl])
-            soft_rel, hard_rel = f"soft/{entry.name}.tif", f"hard/{entry.name}.tif"
-            _write_image(entry, reader, codec, table, stage.path(soft_rel), stage.path(hard_rel))
-            train_rows.append([relative_to(entry.image_path, out_dir), hard_rel, soft_rel])
-            soft_paths.append(out_dir / soft_rel)
-            hard_paths.append(out_dir / hard_rel)
-        write_csv(stage.path("train.csv"), ("image", "mask", "soft_mask"), train_rows)
-        settings = dict(ignore_index=ignore_index, smoothing=smoothing, tol=tol, max_iter=max_iter)
-        extra = _report_extra(settings, model, codes, counts, counted, annotators, per_annotator)
-        extra.update(images=[e.key for e in kept], skipped_images=skipped)
-        priors_out = priors
-        if per_image_prior:
-            extra["priors_per_image"] = {
-                e.key: p for e, p in zip(kept, np.round(priors, 8).tolist(), strict=True)
-            }
-            weight = np.array([counted.labelled[i] for i in kept_idx], dtype=np.float64)
-            priors_global = (priors * weight[:, None]).sum(0)
-            priors_out = priors_global / priors_global.sum()
-        write_report(stage, method, annotators, conf, priors_out, trace, n_iter, converged, extra)
-        stage.commit()
+    _check_options(n_classes, method, ignore_index, empty_images, soft_dtype)
+    if (per_image_prior or priors is not None) and method != "dawid_skene":
+        raise ConfigError("per_image_prior and priors need method='dawid_skene'")
+    csv_path, out_dir, k = Path(csv_path), Path(out_dir).resolve(), int(n_classes)
+    masks = read_mask_csv(csv_path, images, gold)
+    options: dict[str, Any] = dict(max_iter=max_iter, tol=tol, smoothing=smoothing, model=model)
+    if priors is not None:
+        options["confusion_prior"] = load_annotator_priors(priors, masks.annotators, k)
+    codec = PatternCodec(k, masks.n_slots)
+    if scheduler and not codec.packed:
+        raise ConfigError(
+            f"{masks.n_slots} rating slots with {k} classes: too many label patterns for "
+            "a distributed run (codes must fit in 62 bits); run without scheduler"
+        )
+    ctx = PassContext(csv_path, masks.n_slots, k, int(ignore_index))
+    runner = make_runner(scheduler, 1 if not codec.packed else workers, progress)
+    try:
+        keep = _keep_codes(masks.entries, codec, cache_mb, runner)
+        counted = runner.map(
+            partial(_pass1, ctx, codec, keep), masks.entries, "aggregate: counting label patterns"
+        )
+        kept_idx, skipped = _labelled_images(csv_path, masks.entries, counted, empty_images)
+        kept = [masks.entries[i] for i in kept_idx]
+        codes, counts, groups, slices = pattern_table(codec, counted, kept_idx, per_image_prior)
+        labels = codec.decode(codes)
+        fit = fit_patterns(labels, counts.astype(np.float64), groups, masks, k, method, options)
+        tables = lookup_tables(fit, codes, slices, codec, soft_dtype)
+        cached = [counted[i].pixel_codes for i in kept_idx]
+        for i in kept_idx:
+            counted[i].pixel_codes = None  # pass 2 owns them now
+        with Staging(out_dir) as stage:
+            rel = _write_outputs(stage, runner, ctx, codec, kept, tables, cached, soft_dtype)
+            del cached
+            train_rows = [
+                [relative_to(e.image_path, out_dir), h, s]
+                for e, (s, h) in zip(kept, rel, strict=True)
+            ]
+            write_csv(stage.path("train.csv"), ("image", "mask", "soft_mask"), train_rows)
+            extra = _summary(
+                masks,
+                fit,
+                labels,
+                codes,
+                counts,
+                counted,
+                kept,
+                kept_idx,
+                skipped,
+                dict(
+                    ignore_index=int(ignore_index),
+                    smoothing=float(smoothing),
+                    tol=float(tol),
+                    max_iter=int(max_iter),
+                    model=model,
+                    soft_dtype=soft_dtype,
+                ),
+            )
+            priors_out = extra.pop("_priors")
+            write_report(
+                stage,
+                method,
+                masks.annotators,
+                fit.confusion,
+                priors_out,
+                fit.trace,
+                fit.n_iter,
+                fit.converged,
+                extra,
+                class_names=class_names,
+            )
+            stage.commit()
+    finally:
+        runner.close()
     return AggregationResult(
         out_dir=out_dir,
         method=method,
-        annotators=annotators,
-        confusion=conf,
-        priors=priors,
-        log_likelihood=list(trace),
-        n_iter=n_iter,
-        converged=converged,
+        annotators=masks.annotators,
+        confusion=fit.confusion,
+        priors=fit.priors,
+        log_likelihood=list(fit.trace),
+        n_iter=fit.n_iter,
+        converged=fit.converged,
         n_patterns=int(codes.size),
         n_labelled=int(counts.sum()),
-        n_unlabelled=int(sum(counted.unlabelled)),
+        n_unlabelled=int(sum(c.unlabelled for c in counted)),
         confusion_json=out_dir / "confusion.json",
-        outputs=soft_paths,
-        hard_masks=hard_paths,
+        outputs=[out_dir / s for s, _ in rel],
+        hard_masks=[out_dir / h for _, h in rel],
         train_csv=out_dir / "train.csv",
         skipped=skipped,
         seconds=time.perf_counter() - start,
     )
+
+
+def _summary(
+    masks: MaskSet,
+    fit: Fit,
+    labels: np.ndarray,
+    codes: np.ndarray,
+    counts: np.ndarray,
+    counted: list[ImageCounts],
+    kept: list[ImageEntry],
+    kept_idx: list[int],
+    skipped: list[str],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """``confusion.json`` extras; ``_priors`` is the data set's class prior to report."""
+    slots = np.asarray(masks.slot_annotators, np.int64)
+    per_slot = ((labels[:, : slots.size] >= 0) * counts[:, None]).sum(axis=0)
+    per_annotator = np.bincount(slots, weights=per_slot, minlength=len(masks.annotators))
+    extra = _report_extra(settings, codes, counts, counted, masks.annotators, per_annotator)
+    extra.update(
+        images=[e.key for e in kept],
+        skipped_images=skipped,
+        n_rating_slots=int(slots.size),
+        n_gold_pixels=int(counts[labels[:, -1] >= 0].sum()) if masks.has_gold else 0,
+    )
+    extra["_priors"] = fit.priors
+    if fit.priors.ndim == 2:
+        extra["priors_per_image"] = {
+            e.key: p for e, p in zip(kept, np.round(fit.priors, 8).tolist(), strict=True)
+        }
+        weight = np.array([counted[i].labelled for i in kept_idx], dtype=np.float64)
+        total = (fit.priors * weight[:, None]).sum(0)
+        extra["_priors"] = total / total.sum()
+    return extra

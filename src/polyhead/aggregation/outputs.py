@@ -16,6 +16,15 @@ import numpy as np
 
 from polyhead.io import Staging, save_figure, write_json
 
+SCORE_NAME = "mean per-class accuracy"
+"""The one per-annotator score shown in the console, the figure and ``confusion.json``: the
+mean of the confusion matrix's diagonal (every class weighs the same, whatever its prior)."""
+
+
+def annotator_score(confusion: np.ndarray) -> float:
+    """`SCORE_NAME` of one ``[K, K]`` confusion matrix (rows: true class)."""
+    return float(np.trace(confusion) / confusion.shape[0])
+
 
 def _rounded(array: np.ndarray, digits: int = 8) -> Any:
     return np.round(np.asarray(array, dtype=np.float64), digits).tolist()
@@ -40,7 +49,7 @@ def confusion_document(
         "confusion_convention": "confusion[annotator][true_class][given_label]; rows sum to 1",
         "confusion": {a: _rounded(c) for a, c in zip(annotators, confusion, strict=True)},
         "mean_class_accuracy": {
-            a: float(np.round(np.trace(c) / c.shape[0], 8))
+            a: float(np.round(annotator_score(c), 8))
             for a, c in zip(annotators, confusion, strict=True)
         },
         "priors": _rounded(priors),
@@ -52,8 +61,14 @@ def confusion_document(
     return doc
 
 
-def plot_confusions(path: Path, confusion: np.ndarray, annotators: Sequence[str]) -> None:
-    """One heat-map panel per annotator (rows: true class, columns: given label).
+def plot_confusions(
+    path: Path,
+    confusion: np.ndarray,
+    annotators: Sequence[str],
+    class_names: Sequence[str] | None = None,
+) -> None:
+    """One heat-map panel per annotator (rows: true class, columns: given label), titled
+    with its `SCORE_NAME`; ``class_names`` label the axes (default: class ids).
 
     Up to 8 annotators get full panels (axes, ticks, cell values when K <= 12); more
     are drawn as a mosaic in a single axes, which stays quick for dozens of them.
@@ -73,23 +88,28 @@ def plot_confusions(path: Path, confusion: np.ndarray, annotators: Sequence[str]
         for i, (name, mat) in enumerate(zip(annotators, confusion, strict=True)):
             r0, c0 = 1 + (i // cols) * cell, 1 + (i % cols) * cell
             mosaic[r0 : r0 + k, c0 : c0 + k] = mat
-            ax.text(c0 - 0.5, r0 - 0.7, f"{name} ({np.trace(mat) / k:.2f})", fontsize=6)
+            ax.text(c0 - 0.5, r0 - 0.7, f"{name} ({annotator_score(mat):.3f})", fontsize=6)
         ax.imshow(mosaic, vmin=0.0, vmax=1.0, cmap="Blues")
         ax.set_axis_off()
-        ax.set_title("confusion per annotator (rows: true class, columns: given label)", fontsize=8)
+        ax.set_title(
+            f"confusion per annotator (rows: true class, columns: given label); "
+            f"in brackets: {SCORE_NAME}",
+            fontsize=8,
+        )
         save_figure(fig, path, dpi=100)
         return
-    side = 1.2 + 0.45 * k
+    ticks = [str(c) for c in range(k)] if class_names is None else list(class_names)
+    side = 1.2 + 0.45 * k + (0.08 * max(len(t) for t in ticks) if class_names else 0.0)
     fig = Figure(figsize=(side * cols, side * rows + 0.4))
     FigureCanvasAgg(fig)
     for i, (name, mat) in enumerate(zip(annotators, confusion, strict=True)):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(mat, vmin=0.0, vmax=1.0, cmap="Blues")
-        ax.set_title(f"{name} (acc {np.trace(mat) / k:.2f})", fontsize=9)
+        ax.set_title(f"{name}\n{SCORE_NAME} {annotator_score(mat):.3f}", fontsize=9)
         ax.set_xlabel("given label", fontsize=8)
         ax.set_ylabel("true class", fontsize=8)
-        ax.set_xticks(range(k))
-        ax.set_yticks(range(k))
+        ax.set_xticks(range(k), ticks, rotation=90 if class_names else 0)
+        ax.set_yticks(range(k), ticks)
         ax.tick_params(labelsize=7)
         if k <= 12:
             for (r, c), v in np.ndenumerate(mat):
@@ -160,6 +180,7 @@ def write_report(
     n_iter: int,
     converged: bool,
     extra: dict[str, Any],
+    class_names: Sequence[str] | None = None,
 ) -> None:
     """Write ``confusion.json``, the confusion-matrix PNG and the log-likelihood trace."""
     doc = confusion_document(
@@ -172,7 +193,9 @@ def write_report(
         converged=converged,
         extra=extra,
     )
+    if class_names is not None:
+        doc["class_names"] = list(class_names)
     write_json(stage.path("confusion.json"), doc)
-    plot_confusions(stage.path("confusion_matrices.png"), confusion, annotators)
+    plot_confusions(stage.path("confusion_matrices.png"), confusion, annotators, class_names)
     if trace:
         plot_trace(stage.path("loglik.png"), trace)
