@@ -164,7 +164,12 @@ def test_row_blocks_and_their_mosaic_equal_the_whole_prediction(tmp_path: Path, 
         )
         assert (vrt.read() == 255).any()  # the input's nodata pixels stay nodata
         np.testing.assert_array_equal(vrt.read(), ref.read())
+        assert vrt.colormap(1) == ref.colormap(1)
     np.testing.assert_array_equal(_read(mosaics["proba"]), _read(whole.probabilities_path))
+    with rasterio.open(mosaics["proba"]) as vrt, rasterio.open(whole.probabilities_path) as ref:
+        assert (
+            vrt.descriptions == ref.descriptions and np.isnan(vrt.nodata) and np.isnan(ref.nodata)
+        )
 
 
 def test_a_window_off_the_global_grid_would_differ(tmp_path: Path, ckpt) -> None:
@@ -190,6 +195,7 @@ ckpt, out, *inputs = sys.argv[1:]
 written = predict_files(
     load_checkpoint(ckpt).model, inputs, out, tile_size=32, overlap=8, progress=False,
     write_probabilities=True, write_uncertainty=True, devices=2, accelerator="cpu",
+    vector="gpkg",
 )
 print("WROTE", [p.name for p in written])
 """
@@ -221,6 +227,7 @@ def test_two_gloo_processes_write_what_one_process_writes(tmp_path: Path, ckpt) 
         progress=False,
         write_probabilities=True,
         write_uncertainty=True,
+        vector="gpkg",
     )
     two = tmp_path / "two"
     names = sorted(p.name for p in two.iterdir())
@@ -228,6 +235,7 @@ def test_two_gloo_processes_write_what_one_process_writes(tmp_path: Path, ckpt) 
         [f"{s}_{k}.tif" for s in ("a", "b") for k in ("classes", "proba", "uncertainty")]
         + [f"big_part-000{i}_{k}.tif" for i in (0, 1) for k in ("classes", "proba", "uncertainty")]
         + [f"big_{k}.vrt" for k in ("classes", "proba", "uncertainty")]
+        + [f"{s}_classes.gpkg" for s in ("a", "b", "big")]
     )
     for ref in one:
         stem = ref.name.removesuffix("_classes.tif")
@@ -240,3 +248,15 @@ def test_two_gloo_processes_write_what_one_process_writes(tmp_path: Path, ckpt) 
                 atol=1e-6,
                 rtol=0,
             )
+        assert _areas(two / f"{stem}_classes.gpkg") == _areas(ref.with_suffix(".gpkg"))
+
+
+def _areas(path: Path) -> dict[int, float]:
+    """Polygon area per class of a GeoPackage written by ``vector="gpkg"``."""
+    import pyogrio
+    import shapely
+
+    meta, _, geometry, fields = pyogrio.raw.read(path)
+    ids = fields[list(meta["fields"]).index("class_id")]
+    areas = shapely.area(shapely.from_wkb(geometry))
+    return {int(k): round(float(areas[ids == k].sum()), 3) for k in np.unique(ids)}

@@ -151,6 +151,11 @@ def _raster_sizes(images: Sequence[Path]) -> list[tuple[Path, int, int]]:
     return sizes
 
 
+#: ``run``'s keyword for each output file other than the class map, by file kind
+OUTPUT_KEYWORDS = {"proba": "probabilities_path", "uncertainty": "uncertainty_path"}
+OUTPUT_KEYWORDS["spread"] = "spread_path"
+
+
 def _predict_one(
     run: Callable[..., Any],
     predictor: Predictor,
@@ -160,14 +165,13 @@ def _predict_one(
     stem: str,
 ) -> Any:
     """``run`` (predict_raster or its CRF variant) writing ``<out>/<stem>_<kind>.tif``."""
-    return run(
-        predictor,
-        image,
-        out / f"{stem}_classes.tif",
-        probabilities_path=out / f"{stem}_proba.tif",
-        uncertainty_path=out / f"{stem}_uncertainty.tif",
-        **options,
-    )
+    accepted = inspect.signature(run).parameters
+    paths = {
+        keyword: out / f"{stem}_{kind}.tif"
+        for kind, keyword in OUTPUT_KEYWORDS.items()
+        if keyword in accepted
+    }
+    return run(predictor, image, out / f"{stem}_classes.tif", **paths, **options)
 
 
 def predict_files(
