@@ -123,3 +123,37 @@ def test_cli_detects_the_kind(tmp_path, small_set, capsys):
     )
     with pytest.raises(DataError, match="neither image,annotator,mask"):
         args.func(args)
+
+
+def test_cli_class_names_and_one_named_score(tmp_path, small_set, capsys):
+    from polyhead.cli import main
+
+    csv_path = small_set[0]
+    classes = tmp_path / "classes.yaml"
+    classes.write_text("- water\n- {name: forest, color: '#00ff00'}\n- sand\n- rock\n")
+    assert (
+        main(
+            [
+                "aggregate",
+                str(csv_path),
+                "-o",
+                str(tmp_path / "o"),
+                "--n-classes",
+                "4",
+                "--classes",
+                str(classes),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    doc = json.loads((tmp_path / "o" / "confusion.json").read_text())
+    assert doc["class_names"] == ["water", "forest", "sand", "rock"]
+    err = capsys.readouterr().err
+    for name, score in doc["mean_class_accuracy"].items():
+        assert f"{name}: mean per-class accuracy {score:.3f}" in err
+    code = main(
+        ["aggregate", str(csv_path), "-o", str(tmp_path / "p"), "--n-classes", "4",
+         "--class-names", "a,b"]
+    )  # fmt: skip
+    assert code != 0 and "--class-names: 2 class names for --n-classes 4" in capsys.readouterr().err

@@ -157,19 +157,27 @@ def _write_outputs(
 ) -> list[tuple[str, str]]:
     """Pass 2 over the kept images; returns each image's (soft, hard) path in ``out_dir``."""
     rel = [(f"soft/{e.name}.tif", f"hard/{e.name}.tif") for e in kept]
+    shared = all(t is tables[0] for t in tables)  # one table for the data set
     jobs = [
-        (entry, table, (stage.path(s), stage.path(h)), codes)
+        (entry, None if shared else table, (stage.path(s), stage.path(h)), codes)
         for entry, table, (s, h), codes in zip(kept, tables, rel, cached, strict=True)
     ]
     for path in ("soft", "hard"):
         stage.path(path).mkdir(parents=True, exist_ok=True)
-    runner.map(partial(_pass2, ctx, codec, soft_dtype), jobs, "aggregate: writing masks")
+    runner.map(
+        partial(_pass2, ctx, codec, soft_dtype),
+        jobs,
+        "aggregate: writing masks",
+        table=tables[0] if shared else None,
+    )
     return rel
 
 
-def _pass2(ctx: PassContext, codec: PatternCodec, soft_dtype: str, job: tuple) -> None:
-    entry, table, paths, codes = job
-    write_image(ctx, codec, entry, table, paths, soft_dtype, codes)
+def _pass2(
+    ctx: PassContext, codec: PatternCodec, soft_dtype: str, job: tuple, table: Any = None
+) -> None:
+    entry, own_table, paths, codes = job
+    write_image(ctx, codec, entry, own_table or table, paths, soft_dtype, codes)
 
 
 def _pass1(ctx: PassContext, codec: PatternCodec, keep: bool, entry: ImageEntry) -> ImageCounts:

@@ -1,7 +1,8 @@
 """Where the per-image tasks of mask aggregation run: threads here, or a Dask cluster.
 
-`make_runner` returns an object with ``map(fn, items, description)``, which calls
-``fn(item)`` for every item and returns the results in input order, showing progress
+`make_runner` returns an object with ``map(fn, items, description, **shared)``, which calls
+``fn(item, **shared)`` for every item and returns the results in input order (``shared``
+values go to each Dask worker once, not with every task), showing progress
 (images/s) as tasks complete. Threads suffice on one machine (GDAL and numpy release the
 GIL while decoding, encoding and looking up); ``scheduler`` hands the tasks to
 ``dask.distributed``: an address (``tcp://host:8786``) or ``local:N`` (a LocalCluster of N
@@ -14,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 from polyhead.errors import ConfigError
@@ -64,8 +66,11 @@ class LocalRunner:
         self.workers = max(1, int(workers))
         self.progress = progress
 
-    def map(self, fn: Callable[[T], R], items: Sequence[T], description: str) -> list[R]:
-        """``[fn(x) for x in items]``, in parallel, in input order."""
+    def map(
+        self, fn: Callable[..., R], items: Sequence[T], description: str, **shared: Any
+    ) -> list[R]:
+        """``[fn(x, **shared) for x in items]``, in parallel, in input order."""
+        fn = partial(fn, **shared) if shared else fn
         out: list[Any] = [None] * len(items)
         with _progress(description, len(items), self.progress) as advance:
             if self.workers == 1:
@@ -110,11 +115,14 @@ class DaskRunner:
         else:
             self.client = Client(scheduler)
 
-    def map(self, fn: Callable[[T], R], items: Sequence[T], description: str) -> list[R]:
-        """``[fn(x) for x in items]`` as Dask tasks, in input order."""
+    def map(
+        self, fn: Callable[..., R], items: Sequence[T], description: str, **shared: Any
+    ) -> list[R]:
+        """``[fn(x, **shared) for x in items]`` as Dask tasks, in input order."""
         from dask.distributed import as_completed as dask_completed
 
-        futures = self.client.map(fn, list(items), pure=False)
+        sent = {k: self.client.scatter(v, broadcast=True) for k, v in shared.items()}
+        futures = self.client.map(fn, list(items), pure=False, **sent)
         index = {f.key: i for i, f in enumerate(futures)}
         out: list[Any] = [None] * len(items)
         with _progress(description, len(items), self.progress) as advance:
