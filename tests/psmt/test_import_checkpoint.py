@@ -197,3 +197,17 @@ def test_no_data_keeps_only_normalize_and_safetensors_export_loads_back(psmt_ckp
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(_outputs(back.model, x)["B"], psmt(x)["B"], atol=1e-5, rtol=0)
+
+
+def test_cli_refusal_is_one_line_and_exit_code_2(psmt_ckpt, tmp_path, capsys):
+    from tests.psmt.conftest import psmt_config
+
+    path, _ = psmt_ckpt
+    cfg = psmt_config()
+    cfg["val_dataset"]["class_balanced_sampling"] = True
+    (tmp_path / "psmt.yaml").write_text(__import__("yaml").safe_dump(cfg))
+    args = ["import-psmt", str(path), "-o", str(tmp_path / "m.ckpt")]
+    assert main([*args, "--config", str(tmp_path / "psmt.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "val_dataset: psmt RandomCropSegmentationDataset" in err
+    assert "class_balanced_sampling=True" in err and not (tmp_path / "m.ckpt").exists()
