@@ -1,5 +1,11 @@
 """Losses: segmentation losses, soft-label, consistency, combinations and the multi-head router."""
 
+from polyhead.losses.balancing import (
+    DynamicWeightAveraging,
+    FixedWeights,
+    LossBalancer,
+    UncertaintyWeighting,
+)
 from polyhead.losses.boundary import BoundaryWeightedLoss, class_border_map
 from polyhead.losses.combined import CombinedLoss
 from polyhead.losses.consistency import HeadConsistencyLoss
@@ -16,6 +22,10 @@ from polyhead.losses.soft_label import SoftLabelLoss
 
 __all__ = [
     "BoundaryWeightedLoss",
+    "DynamicWeightAveraging",
+    "FixedWeights",
+    "LossBalancer",
+    "UncertaintyWeighting",
     "CombinedLoss",
     "CrossEntropyLoss",
     "DiceLoss",

@@ -7,9 +7,13 @@ from polyhead.models.dual_head import UPerNetDualHead
 from polyhead.models.encoder import build_encoder, load_encoder_weights
 from polyhead.models.heads import (
     HEAD_TYPES,
+    ClassificationHead,
     HardHead,
     Head,
     HeadSpec,
+    ImageHead,
+    MultiLabelHead,
+    RegressionHead,
     SoftHead,
     UncertaintyHead,
 )
@@ -17,7 +21,11 @@ from polyhead.models.multihead import MultiHeadSegmentationModel
 from polyhead.models.single import NetworkModel, SegmentationModel, as_polyhead_model
 
 __all__ = [
+    "ClassificationHead",
     "DECODERS",
+    "ImageHead",
+    "MultiLabelHead",
+    "RegressionHead",
     "HeadSpec",
     "MultiHeadClassifier",
     "MultiHeadSegmentationModel",
