@@ -62,7 +62,18 @@ CONFIG_KEYS: dict[str, str] = {
     "data_dir": "shared value the examples interpolate",
     "compare": "polyhead compare options",
     "distillation": "uncertainty options of students trained before heads owned them",
+    "classes": "class names and colours (polyhead.classes.ClassTable), stored in checkpoints",
+    "logger": "csv (default: run_dir/metrics.csv), tensorboard, or a _target_ mapping",
 }
+#: the ``logger`` names a config may give (else a ``_target_`` mapping)
+LOGGERS = ("csv", "tensorboard")
+#: where the class count is read from, in order, to check ``classes`` against
+CLASS_COUNT_KEYS = (
+    ("num_classes",),
+    ("train_dataset", "n_classes"),
+    ("model", "classes"),
+    ("model", "num_classes"),
+)
 #: Trainer arguments that belong elsewhere now, and where
 MOVED_TRAINER_ARGS = {
     "resume_from_checkpoint": "resume with polyhead train --resume RUN_DIR_OR_CKPT",
@@ -191,6 +202,66 @@ def _move_datasets(out: dict[str, Any]) -> None:
     out["data"] = data
 
 
+def _move_classes(out: dict[str, Any]) -> None:
+    """``data.classes`` (config groups) becomes the top-level ``classes``."""
+    data = out.get("data")
+    if not isinstance(data, Mapping) or "classes" not in data:
+        return
+    data = dict(data)
+    value = data.pop("classes")
+    if out.get("classes") is not None and value is not None:
+        raise ConfigError("classes is set both at the top level and under data; keep one")
+    out["data"] = data
+    if value is not None:
+        out["classes"] = value
+
+
+def class_count(cfg: Mapping[str, Any]) -> int | None:
+    """The class count a config states (`CLASS_COUNT_KEYS`, first found), else None."""
+    for path in CLASS_COUNT_KEYS:
+        node: Any = cfg
+        for key in path:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if isinstance(node, int) and not isinstance(node, bool):
+            return node
+    return None
+
+
+def check_classes(cfg: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The config's ``classes`` checked against its class count and written out in full
+    (``[{name, color}, ...]``, one per class: what checkpoints store); None when absent."""
+    entries = cfg.get("classes")
+    if entries is None:
+        return None
+    from polyhead.classes import ClassTable
+
+    n_classes = class_count(cfg)
+    if n_classes is None:
+        raise ConfigError(
+            "classes: cannot tell the class count to check it against; set num_classes "
+            "(or train_dataset.n_classes)"
+        )
+    return ClassTable.from_config(entries, n_classes, "classes").to_config()
+
+
+def check_logger(spec: Any) -> None:
+    """ConfigError unless ``logger`` is None, one of `LOGGERS` (its package installed) or a
+    ``_target_`` mapping."""
+    if spec is None or isinstance(spec, Mapping) and "_target_" in spec:
+        return
+    if spec not in LOGGERS:
+        raise ConfigError(
+            f"logger: {spec!r} is not one of {', '.join(LOGGERS)} or a _target_ mapping"
+        )
+    if spec == "tensorboard":
+        import importlib.util
+
+        if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+            raise ConfigError(
+                "logger: tensorboard needs the tensorboard package: pip install tensorboard"
+            )
+
+
 def _move_trainer(out: dict[str, Any]) -> None:
     trainer = out.pop("trainer", None)
     if trainer is None:
@@ -210,6 +281,7 @@ def flatten_layout(cfg: Mapping[str, Any]) -> dict[str, Any]:
     returned as it is. ``data`` keeps the DataModule's own arguments (``batch_size``, ...)."""
     out = dict(cfg)
     _move_datasets(out)
+    _move_classes(out)
     _move_trainer(out)
     return out
 

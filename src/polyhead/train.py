@@ -5,7 +5,9 @@ describes: the config groups of ``configs/train.yaml`` (``model``, ``data``, ``t
 ``trainer``) or the flat layout of ``configs/examples`` (``model``, ``loss``,
 ``train_dataset``, ``val_dataset`` (datasets carry their ``data_loader`` options),
 ``optimizer``/``scheduler`` (``_partial_: true``), ``task``, ``pl_trainer``). Both take
-``callbacks`` (list), ``output_dir`` and ``seed``.
+``callbacks`` (list), ``output_dir``, ``seed``, ``classes`` (names and colours, checked by
+`polyhead.config.check_classes` and stored written out in full as the top-level ``classes``
+of every checkpoint's config) and ``logger`` (``csv``, ``tensorboard`` or a ``_target_``).
 
 Everything is instantiated here and handed over built: datasets (with built transforms) to a
 `polyhead.data.DataModule`, which owns the loaders; model, losses and optimizer factories to
@@ -21,11 +23,9 @@ runs in the output folder are removed when a run starts.
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,9 @@ from polyhead.compat import resolve_aliases
 from polyhead.config import (
     DATAMODULE,
     build,
+    check_classes,
     check_config_keys,
+    check_logger,
     check_trainer_args,
     flatten_layout,
     load_config,
@@ -48,6 +50,12 @@ from polyhead.config import (
 from polyhead.errors import ConfigError
 from polyhead.io import remove_stale_temp_files
 from polyhead.preflight import check_task
+from polyhead.progress import (  # VERBOSE_ENV: what `polyhead --verbose` sets, read here
+    VERBOSE_ENV,  # noqa: F401
+    CompactProgressBar,
+    lightning_output,
+    verbose_setting,
+)
 from polyhead.runs import (
     CHECKPOINTS,
     Resume,
@@ -79,17 +87,6 @@ MODEL_CHECKPOINT_TARGETS = (
 STALE_AFTER_S = 60.0
 #: the run folder, for the processes a DDP launch starts (they re-run the same command)
 RUN_DIR_ENV = "POLYHEAD_RUN_DIR"
-#: ``1`` (``polyhead --verbose``): Lightning's banners, tips and model summary are shown
-VERBOSE_ENV = "POLYHEAD_VERBOSE"
-#: Lightning's loggers, quiet below WARNING unless verbose (``rank_zero`` may carry its own level)
-LIGHTNING_LOGGERS = (
-    "lightning.pytorch",
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.fabric",
-    "lightning.fabric.utilities.rank_zero",
-)
-#: Lightning warnings about settings that are fine as they are (a short epoch), unless verbose
-QUIET_WARNINGS = (r"The number of training batches \(\d+\) is smaller than the logging interval",)
 
 
 @dataclass
@@ -121,11 +118,34 @@ def to_plain_config(cfg: Mapping[str, Any] | DictConfig | str | Path) -> dict[st
     )
     merged = {**DEFAULTS, **plain}
     merged["pl_trainer"] = {**DEFAULTS["pl_trainer"], **(plain.get("pl_trainer") or {})}
+    classes = check_classes(merged)
+    if classes is not None:
+        merged["classes"] = classes
+    check_logger(merged.get("logger"))
     if not merged.get("model"):
         raise ConfigError("config has no 'model' section")
     if not merged.get("train_dataset"):
         raise ConfigError("config has no 'train_dataset' section (or data.train_dataset)")
     return merged
+
+
+def resolved_config_yaml(cfg: Mapping[str, Any] | DictConfig | str | Path) -> str:
+    """The config a run would use and store (defaults filled in, ``classes`` written out),
+    as YAML: what ``polyhead train --print-config`` prints."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(to_plain_config(cfg)))
+
+
+def build_logger(spec: Any, run_dir: Path, keep_below_step: int | None = None) -> Any:
+    """The run's logger: ``csv`` (None: ``run_dir/metrics.csv``), ``tensorboard``
+    (``run_dir/tensorboard/``) or a built ``_target_`` mapping."""
+    check_logger(spec)
+    if spec is None or spec == "csv":
+        return RunCSVLogger(run_dir, keep_below_step=keep_below_step)
+    if spec == "tensorboard":
+        return pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")
+    return build(spec, "logger")
 
 
 def build_datamodule(cfg: Mapping[str, Any], splits: tuple[str, ...] = ("train", "val")) -> Any:
@@ -169,7 +189,7 @@ def build_callbacks(cfg: Mapping[str, Any], run_dir: Path) -> list[pl.Callback]:
     callbacks.append(RNGStateCallback())
     wants_bar = cfg["pl_trainer"].get("enable_progress_bar", True)
     if wants_bar and not any(isinstance(cb, pl.callbacks.ProgressBar) for cb in callbacks):
-        callbacks.append(pl.callbacks.RichProgressBar())
+        callbacks.append(CompactProgressBar())
     return callbacks
 
 
@@ -231,7 +251,9 @@ def build_trainer(
         kwargs.setdefault("enable_model_summary", False)
     kwargs["default_root_dir"] = str(run_dir)
     if "logger" not in kwargs:
-        kwargs["logger"] = RunCSVLogger(run_dir, keep_below_step=keep_metrics_below_step)
+        kwargs["logger"] = build_logger(cfg.get("logger"), run_dir, keep_metrics_below_step)
+    elif cfg.get("logger") is not None:
+        raise ConfigError("logger is set both at the top level and in pl_trainer; keep one")
     elif isinstance(kwargs["logger"], Mapping):
         kwargs["logger"] = build(kwargs["logger"], "pl_trainer.logger")
     plugins = _plugins(kwargs)
@@ -283,31 +305,6 @@ def open_run(cfg: Mapping[str, Any], resume: Resume | None) -> Path:
     return run_dir
 
 
-def _verbose(verbose: bool | None) -> bool:
-    return os.environ.get(VERBOSE_ENV, "") not in ("", "0") if verbose is None else verbose
-
-
-@contextmanager
-def lightning_output(verbose: bool | None = None) -> Iterator[None]:
-    """Within: Lightning's start-up banners (GPU/TPU available), tips, model summary and
-    `QUIET_WARNINGS` silenced, unless ``verbose`` (default: ``$POLYHEAD_VERBOSE`` set, not 0);
-    its warnings and errors always show. Logger levels are restored on exit."""
-    verbose = _verbose(verbose)
-    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
-        if not verbose:
-            for message in QUIET_WARNINGS:
-                warnings.filterwarnings("ignore", message=message)
-        for logger in loggers:
-            logger.setLevel(logging.INFO if verbose else logging.WARNING)
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, levels, strict=True):
-                logger.setLevel(level)
-
-
 def train(
     cfg: Mapping[str, Any] | DictConfig | str | Path | None = None,
     resume: str | Path | None = None,
@@ -319,7 +316,7 @@ def train(
     ``config.yaml`` is used. Returns the run folder, checkpoints and last validation metrics.
     Lightning's banners, tips and model summary are silenced unless ``verbose`` (default:
     ``$POLYHEAD_VERBOSE``; see `lightning_output`)."""
-    verbose = _verbose(verbose)
+    verbose = verbose_setting(verbose)
     with lightning_output(verbose):
         return _train(cfg, resume, verbose)
 
