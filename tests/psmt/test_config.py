@@ -163,3 +163,18 @@ def test_kendall_elsewhere_says_where_it_belongs():
     node = {"x": {"_target_": f"{SEED}.custom_losses.loss.DualHeadKendallLoss"}}
     with pytest.raises(ConfigError, match="supported only as polyhead.losses.balancing"):
         resolve_aliases(node, report=None)
+
+
+def test_psmt_config_builds_a_task_with_the_seeded_balancing(tmp_path):
+    """The whole way `polyhead train` goes: aliases, then the task with its learned balancing."""
+    from polyhead.train import build_task, to_plain_config
+
+    cfg = psmt_config()
+    del cfg["metrics"]  # a psmt key polyhead does not read
+    cfg["train_dataset"] = cfg["val_dataset"]
+    task = build_task(to_plain_config(cfg))
+    weighting = task.criterion.balancer
+    assert type(weighting).__name__ == "UncertaintyWeighting"
+    assert sorted(weighting.logged()) == ["A", "B", "consistency"]
+    assert task.criterion.consistency_weight == 1.0
+    assert task.criterion.consistency_warmup_epochs == 3
