@@ -17,7 +17,7 @@ from torch import nn
 from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError
 from polyhead.inference import Predictor, n_tiles, predict_array, predict_maps, predict_raster
-from polyhead.inference.pipeline import DeviceNormalize, auto_batch_size
+from polyhead.inference.pipeline import DeviceNormalize, argmax_classes, auto_batch_size
 from polyhead.inference.pipeline_threads import BackgroundWriter, prefetch
 from polyhead.inference.pipeline_writers import MapWriters
 from polyhead.inference.rasters import NodataMask
@@ -56,6 +56,10 @@ def _write(path: Path, image: np.ndarray, **extra) -> Path:
 def _read(path: Path) -> np.ndarray:
     with rasterio.open(path) as src:
         return src.read()
+
+
+def _our_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("polyhead-")]
 
 
 def _kw(**extra) -> dict:
@@ -187,7 +191,7 @@ def test_reader_and_writer_errors_reach_the_caller(tmp_path: Path, monkeypatch) 
     with pytest.raises(RuntimeError, match="write failed"):
         predict_raster(_conv3(), src, tmp_path / "o.tif", write_probabilities=True, **_kw())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
-    assert threading.active_count() == 1  # no reader or writer thread left behind
+    assert not _our_threads()  # no reader or writer thread left behind
 
 
 def test_prefetch_and_background_writer() -> None:
@@ -209,4 +213,14 @@ def test_prefetch_and_background_writer() -> None:
         writer.put(i)
     writer.close()
     assert seen == list(range(5))
-    assert threading.active_count() == 1
+    assert not _our_threads()
+
+
+def test_argmax_classes_matches_numpy_first_on_ties() -> None:
+    proba = torch.from_numpy(np.random.default_rng(0).random((5, 7, 9), dtype=np.float32))
+    proba[:, 0, 0] = 0.2  # a five-way tie: the first class wins, like numpy
+    proba[3, 1, 1] = proba[1, 1, 1] = 2.0
+    got = argmax_classes(proba)
+    assert got.dtype == torch.uint8 and got.shape == (1, 7, 9)
+    np.testing.assert_array_equal(got[0].numpy(), proba.numpy().argmax(axis=0))
+    assert got[0, 0, 0] == 0 and got[0, 1, 1] == 1

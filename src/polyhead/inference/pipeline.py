@@ -110,6 +110,18 @@ class DeviceNormalize:
         return tiles
 
 
+def argmax_classes(proba: torch.Tensor) -> torch.Tensor:
+    """``[1, h, w]`` uint8 index of the largest of ``proba [K, h, w]`` (the first on ties),
+    by K elementwise passes: a reduction over the outer axis is far slower on a CPU."""
+    best, index = proba[0].clone(), torch.zeros(proba.shape[1:], dtype=torch.uint8)
+    index = index.to(proba.device)
+    for k in range(1, proba.shape[0]):
+        higher = proba[k] > best
+        index.masked_fill_(higher, k)
+        torch.maximum(best, proba[k], out=best)
+    return index[None]
+
+
 def pad_tiles(tiles: torch.Tensor, tile_size: int, pad_mode: str) -> torch.Tensor:
     """Tiles of a raster smaller than a tile, padded to ``tile_size`` with numpy's
     ``pad_mode`` (bottom and right; numpy's modes also pad past a one-pixel edge)."""
@@ -124,9 +136,10 @@ def pad_tiles(tiles: torch.Tensor, tile_size: int, pad_mode: str) -> torch.Tenso
 @contextmanager
 def model_on(model: Any, device: torch.device, channels_last: bool) -> Iterator[None]:
     """Move an ``nn.Module`` to ``device`` in eval mode (channels-last weights if asked);
-    restore train mode and the memory format afterwards."""
+    restore each submodule's train/eval mode and the memory format afterwards (a fresh
+    `Predictor` around an eval-mode model must not put it in train mode)."""
     module = model if isinstance(model, torch.nn.Module) else None
-    was_training = module is not None and module.training
+    modes = [(m, m.training) for m in module.modules()] if module is not None else []
     if module is not None:
         module.to(device).eval()
         if channels_last:
@@ -136,9 +149,8 @@ def model_on(model: Any, device: torch.device, channels_last: bool) -> Iterator[
     finally:
         if module is not None and channels_last:
             module.to(memory_format=torch.contiguous_format)
-        if was_training:
-            assert module is not None
-            module.train()
+        for m, training in modes:
+            m.training = training
 
 
 def auto_batch_size(

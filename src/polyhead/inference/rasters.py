@@ -40,7 +40,7 @@ from rasterio.windows import Window
 
 from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError, DataError
-from polyhead.inference.pipeline import check_precision
+from polyhead.inference.pipeline import argmax_classes, check_precision
 from polyhead.inference.pipeline_threads import BackgroundWriter
 from polyhead.inference.pipeline_writers import (  # noqa: F401  (MapWriters: crf's too)
     CLASS_NODATA,
@@ -333,7 +333,7 @@ class _DeviceFinish:
     def __call__(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         proba = maps[PROBABILITIES]
         self.n_classes = int(proba.shape[0])
-        out = {"classes": proba.argmax(dim=0, keepdim=True).to(torch.uint8)}
+        out = {"classes": argmax_classes(proba)}
         if self.proba:
             out[PROBABILITIES] = proba
         if self.uncertainty:

@@ -132,14 +132,12 @@ def _carry(layout: list, tw: int, k: int, height: int, device: torch.device) -> 
 def _probe_layout(maps_fn: MapsFn, channels: int, opt: _Options) -> Layout:
     """The maps' names and channels, from one zero tile (when no tile has run yet)."""
     x = torch.zeros((1, channels, opt.tile_size, opt.tile_size), device=opt.device)
-    window = torch.ones((opt.tile_size, opt.tile_size), device=opt.device)
-    return _run_batch(maps_fn, x, window, opt.precision)[0]
+    return _run_batch(maps_fn, x, opt.precision)[0]
 
 
-def _run_batch(
-    maps_fn: MapsFn, batch: torch.Tensor, window: torch.Tensor, precision: str
-) -> tuple[Layout, torch.Tensor]:
-    """``maps_fn(batch)`` times the blend ``window``, its maps stacked on the channel axis."""
+def _run_batch(maps_fn: MapsFn, batch: torch.Tensor, precision: str) -> tuple[Layout, torch.Tensor]:
+    """``maps_fn(batch)`` as float32, its maps stacked on the channel axis (the blend
+    ``window`` is applied as they are summed)."""
     with torch.inference_mode(), autocast(precision, batch.device):
         maps = maps_fn(batch)
     if not isinstance(maps, Mapping) or not maps:
@@ -154,8 +152,9 @@ def _run_batch(
                 f"got {list(m.shape)}"
             )
     layout = [(name, int(m.shape[1])) for name, m in maps.items()]
+    values = [m.float() for m in maps.values()]
     with torch.inference_mode():
-        return layout, torch.cat([m.float() for m in maps.values()], dim=1) * window
+        return layout, values[0] if len(values) == 1 else torch.cat(values, dim=1)
 
 
 @dataclass
@@ -240,8 +239,8 @@ def _blend_bands(
 ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
     """`_iter_blocks`'s loop over bands and strips (see there)."""
     dev = opt.device
-    w_full = torch.from_numpy(blend_window(opt.tile_size, opt.overlap, opt.blend)).to(dev)
-    w_tile = w_full[:th, :tw]
+    w_tile = torch.from_numpy(blend_window(opt.tile_size, opt.overlap, opt.blend)[:th, :tw])
+    w_tile = w_tile.to(dev)
     norm: DeviceNormalize | None = None
     carry: torch.Tensor | None = None  # [K + 1, height, carry width]: sums, then weights
     carry_in = 0  # columns of ``carry`` the current band takes in
@@ -295,11 +294,11 @@ def _blend_bands(
                 tiles = pad_tiles(norm(tiles), opt.tile_size, opt.pad_mode)
                 if opt.channels_last:
                     tiles = tiles.contiguous(memory_format=torch.channels_last)
-                maps_layout, probs = _run_batch(maps_fn, tiles, w_full, opt.precision)
+                maps_layout, probs = _run_batch(maps_fn, tiles, opt.precision)
                 if blender is None:
                     blender = _Blender(probs.shape[1], th, span, dev)
-                for x0, p in zip(bx, probs, strict=True):
-                    blender.acc[:, :, x0 - a0 : x0 - a0 + tw] += p[:, :th, :tw]
+                for x0, p in zip(bx, probs, strict=True):  # one fused pass: acc += p * w
+                    blender.acc[:, :, x0 - a0 : x0 - a0 + tw].addcmul_(p[:, :th, :tw], w_tile)
                     blender.wsum[:, x0 - a0 : x0 - a0 + tw] += w_tile
                 counts.run += len(bx)
                 if on_tiles is not None:

@@ -1,0 +1,232 @@
+"""predict_raster throughput against its two ceilings, on a GPU (or the CPU with --smoke).
+
+Self-contained (polyhead.inference / polyhead.models, torch, numpy, rasterio). It writes a
+square 4-band uint8 GeoTIFF (tiled 512, uncompressed) in a temp folder and measures, with
+the variants interleaved round by round after one warm-up run each:
+
+  1. floor: read every window predict_raster reads + write a uint8 class map (rasterio),
+     vs predict_raster with a 1x1 conv 4 -> 4 (model cost ~0): the pipeline's own overhead;
+  2. the ResNet-34 dual-head UPerNet (random init, 6 classes), tiles 512, overlap 64:
+     predict_raster vs the model's own forward (``model(x)`` on random batches of the same
+     size, the same number of tiles, the same precision / memory format), per variant
+     (fp32, bf16, bf16 + channels_last on CUDA; fp32 on the CPU by default).
+
+Ratios are medians of the per-round ratios; MP/s are medians. CUDA timings synchronise
+before and after. Prints a markdown table and writes it to --out.
+
+    python benchmarks/gpu_predict.py --out /tmp/gpu_predict.md            # H200: ~1-2 min
+    python benchmarks/gpu_predict.py --smoke --out /tmp/smoke.md          # CPU, tiny sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from polyhead.inference import n_tiles, predict_raster
+from polyhead.inference.tiling import band_layout, tile_starts
+from polyhead.models import UPerNetDualHead
+
+TILE, OVERLAP = 512, 64
+VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16+cl": ("bf16", True)}
+
+
+def write_raster(path: Path, size: int) -> Path:
+    """A blocky 4-band uint8 scene with noise, tiled 512, uncompressed."""
+    profile = dict(
+        driver="GTiff", width=size, height=size, count=4, dtype="uint8", crs="EPSG:32633",
+        transform=from_origin(500000, 5000000, 10, 10), tiled=True, blockxsize=512,
+        blockysize=512, BIGTIFF="IF_SAFER",
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = np.arange(size)
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, size, 512):
+            h = min(512, size - row)
+            y = np.arange(row, row + h)[:, None]
+            base = ((x[None] // 97 + y // 89) % 4 * 50 + 30).astype(np.uint8)
+            noise = rng.integers(0, 20, (4, h, size), dtype=np.uint8)
+            dst.write(base[None] + noise, window=Window(0, row, size, h))
+    return path
+
+
+def floor_run(path: Path, out: Path, block_size: int) -> None:
+    """Read the windows predict_raster reads (one per strip of each band), then write a
+    uint8 class map (tiled 256, deflate, like polyhead's) of the same size."""
+    with rasterio.open(path) as src:
+        size = src.width
+        ys = tile_starts(src.height, TILE, OVERLAP)
+        for _, _, xs in band_layout(size, TILE, OVERLAP, block_size):
+            for y0 in ys:
+                src.read(window=Window(xs[0], y0, xs[-1] + TILE - xs[0], TILE))
+    profile = dict(
+        driver="GTiff", width=size, height=size, count=1, dtype="uint8", tiled=True,
+        blockxsize=256, blockysize=256, compress="deflate", predictor=2, BIGTIFF="IF_SAFER",
+    )  # fmt: skip
+    classes = np.zeros((1, TILE, size), np.uint8)
+    with rasterio.open(out, "w", **profile) as dst:
+        for row in range(0, size, TILE):
+            h = min(TILE, size - row)
+            classes[0, :h] = (np.arange(size)[None] // 97 + row // 89) % 6
+            dst.write(classes[:, :h], window=Window(0, row, size, h))
+
+
+def forward_run(model, tiles: int, batch: int, device, precision: str, cl: bool) -> None:
+    """``model(x)`` on random ``[batch, 4, 512, 512]`` batches covering ``tiles`` tiles."""
+    x = torch.rand((batch, 4, TILE, TILE), device=device)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
+        for start in range(0, tiles, batch):
+            model(x[: min(batch, tiles - start)])
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of ``fn()``, synchronising CUDA before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved(runs: dict[str, Callable[[], object]], rounds: int, device) -> dict:
+    """One warm-up of each, then ``rounds`` rounds of each in turn: ``{name: [s, ...]}``."""
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            times[name].append(timed(fn, device))
+    return times
+
+
+def _ratio(num: list[float], den: list[float]) -> float:
+    return statistics.median(n / d for n, d in zip(num, den, strict=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="markdown table to write")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, CPU-friendly")
+    parser.add_argument("--conv-size", type=int, default=8192, help="1x1-conv raster side")
+    parser.add_argument("--real-size", type=int, default=8192, help="ResNet-34 raster side")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 16 CUDA, 4 CPU")
+    parser.add_argument("--block-size", type=int, default=4096)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.conv_size, args.real_size, args.rounds = 1024, 512, min(args.rounds, 2)
+    batch = args.batch_size or (16 if device.type == "cuda" else 4)
+    variants = args.variants or (list(VARIANTS) if device.type == "cuda" else ["fp32"])
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        conv_path = write_raster(Path(tmp) / "conv.tif", args.conv_size)
+        real_path = conv_path
+        if args.real_size != args.conv_size:
+            real_path = write_raster(Path(tmp) / "real.tif", args.real_size)
+        out = Path(tmp) / "out.tif"
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(4, 4, 1)
+        results = {}
+
+        def predict(model, path, precision="fp32", cl=False) -> Callable[[], object]:
+            def run() -> None:
+                results[path] = predict_raster(
+                    model, path, out, tile_size=TILE, overlap=OVERLAP, batch_size=batch,
+                    device=device, progress=False, block_size=args.block_size,
+                    precision=precision, channels_last=cl,
+                )  # fmt: skip
+
+            return run
+
+        t = interleaved(
+            {
+                "floor": lambda: floor_run(conv_path, out, args.block_size),
+                "conv": predict(conv, conv_path),
+            },
+            args.rounds,
+            device,
+        )
+        mp = args.conv_size**2 / 1e6
+        res = results[conv_path]
+        rows.append(("read+write floor", "-", mp / statistics.median(t["floor"]), "1.00", "-"))
+        rows.append(
+            (
+                "predict, 1x1 conv 4->4", "fp32", mp / statistics.median(t["conv"]),
+                f"{_ratio(t['floor'], t['conv']):.2f} of floor",
+                f"{res.n_tiles_run}/{res.n_tiles} = {res.n_tiles_run / res.n_tiles:.2f}x",
+            )
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = UPerNetDualHead(
+            encoder_name="resnet34", encoder_weights=None, in_channels=4, classes=6
+        ).to(device)
+        model.eval()
+        tiles = n_tiles(args.real_size, args.real_size, TILE, OVERLAP)
+        mp = args.real_size**2 / 1e6
+        for name in variants:
+            precision, cl = VARIANTS[name]
+            model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            t = interleaved(
+                {
+                    "forward": lambda p=precision, c=cl: forward_run(model, tiles, batch, device, p, c),
+                    "predict": predict(model, real_path, precision, cl),
+                },
+                args.rounds,
+                device,
+            )  # fmt: skip
+            res = results[real_path]
+            rows.append(
+                (
+                    "model forward only, ResNet-34 UPerNet", name,
+                    mp / statistics.median(t["forward"]), "1.00", f"{tiles} tiles",
+                )
+            )  # fmt: skip
+            rows.append(
+                (
+                    "predict, ResNet-34 UPerNet", name, mp / statistics.median(t["predict"]),
+                    f"{_ratio(t['forward'], t['predict']):.2f} of forward",
+                    f"{res.n_tiles_run}/{res.n_tiles} = {res.n_tiles_run / res.n_tiles:.2f}x",
+                )
+            )  # fmt: skip
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    lines = [
+        f"predict_raster throughput on {gpu} (torch {torch.__version__}, threads "
+        f"{torch.get_num_threads()}): 1x1-conv raster {args.conv_size}^2, ResNet-34 raster "
+        f"{args.real_size}^2, 4-band uint8, tiles {TILE}, overlap {OVERLAP}, batch {batch}, "
+        f"block_size {args.block_size}; medians of {args.rounds} interleaved rounds after one "
+        "warm-up each; ratios = median of per-round time ratios.",
+        "",
+        "| measurement | precision | MP/s | ratio | tiles run / grid |",
+        "|---|---|---:|---:|---|",
+        *(f"| {a} | {b} | {c:.2f} | {d} | {e} |" for a, b, c, d, e in rows),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
