@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,6 @@ import pyogrio
 import pyogrio.raw
 import rasterio
 import shapely
-import shapely.geometry
 from rasterio.features import shapes
 from rasterio.transform import Affine
 from rasterio.windows import Window
@@ -55,7 +55,8 @@ class VectorResult:
 
 @dataclass
 class _Layer:
-    """The temp GeoPackage: features appended in batches; attributes from the class table."""
+    """The temp GeoPackage: features buffered as WKB (at most ``batch`` of them) and appended;
+    one pyogrio call per batch (each call reopens the file, so per-block calls are slow)."""
 
     path: Path
     layer: str
@@ -65,14 +66,17 @@ class _Layer:
     min_area: float
     simplify: float
     source: Path
+    batch: int = 50_000
     n_polygons: int = 0
     n_merged: int = 0
     _started: bool = field(default=False, repr=False)
+    _buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    _buffered: int = 0
 
     def write(self, pixel_geoms: list, class_ids: list[int], pieces: list[int] | None = None):
-        """Write polygons given in pixel coordinates (to CRS, filtered, simplified);
+        """Add polygons given in pixel coordinates (to CRS, filtered, simplified);
         ``pieces``: how many block pieces each was merged from (default 1)."""
-        if not pixel_geoms:
+        if not len(pixel_geoms):
             return
         ids = np.asarray(class_ids, dtype=np.int64)
         bad = ids[ids >= len(self.names)]
@@ -86,20 +90,29 @@ class _Layer:
         if self.simplify > 0:
             geoms = shapely.simplify(geoms, self.simplify, preserve_topology=True)
         geoms, ids = geoms[keep], ids[keep]
-        merged = int((np.asarray(pieces)[keep] > 1).sum()) if pieces is not None else 0
-        if not len(geoms):
+        if pieces is not None:
+            self.n_merged += int((np.asarray(pieces)[keep] > 1).sum())
+        if len(geoms):
+            self._buffer.append((shapely.to_wkb(geoms), ids, shapely.area(geoms)))
+            self._buffered += len(geoms)
+            self.n_polygons += len(geoms)
+        if self._buffered >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Append the buffered features; create the (empty) layer if nothing came yet."""
+        if self._started and not self._buffer:
             return
-        fields = [
-            ids.astype(np.int32),
-            np.asarray([self.names[i] for i in ids], dtype=object),
-            shapely.area(geoms),
-        ]
+        wkb = np.concatenate([w for w, _, _ in self._buffer] or [np.empty(0, object)])
+        ids = np.concatenate([i for _, i, _ in self._buffer] or [np.empty(0, np.int64)])
+        area = np.concatenate([a for _, _, a in self._buffer] or [np.empty(0)])
+        names = np.asarray([self.names[i] for i in ids], dtype=object)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", _GPKG_NAME_WARNING, RuntimeWarning)
             pyogrio.raw.write(
                 self.path,
-                shapely.to_wkb(geoms),
-                fields,
+                wkb,
+                [ids.astype(np.int32), names, area.astype(np.float64)],
                 list(FIELDS),
                 layer=self.layer,
                 driver="GPKG",
@@ -108,24 +121,7 @@ class _Layer:
                 append=self._started,
             )
         self._started = True
-        self.n_polygons += len(geoms)
-        self.n_merged += merged
-
-    def finish(self) -> None:
-        """Create the (empty) layer when nothing was written, so the file always exists."""
-        if not self._started:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", _GPKG_NAME_WARNING, RuntimeWarning)
-                pyogrio.raw.write(
-                    self.path,
-                    np.empty(0, dtype=object),
-                    [np.empty(0, np.int32), np.empty(0, object), np.empty(0, np.float64)],
-                    list(FIELDS),
-                    layer=self.layer,
-                    driver="GPKG",
-                    geometry_type="Polygon",
-                    crs=self.crs,
-                )
+        self._buffer, self._buffered = [], 0
 
 
 def _to_crs(geoms: np.ndarray, t: Affine) -> np.ndarray:
@@ -145,9 +141,20 @@ def _pieces(data: np.ndarray, nodata: float | None, window: Window):
     """Polygons of one window's classes in global pixel coordinates: (geometries, class ids)."""
     mask = data != nodata if nodata is not None else None
     offset = Affine.translation(window.col_off, window.row_off)
-    found = list(shapes(data, mask=mask, connectivity=4, transform=offset))
-    geoms = np.asarray([shapely.geometry.shape(g) for g, _ in found], dtype=object)
-    return geoms, np.asarray([int(v) for _, v in found], dtype=np.int64)
+    rings, ring_of, values = [], [], []
+    for k, (geom, value) in enumerate(shapes(data, mask=mask, connectivity=4, transform=offset)):
+        rings += geom["coordinates"]
+        ring_of += [k] * len(geom["coordinates"])
+        values.append(int(value))
+    if not values:
+        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
+    # one vectorised construction: shapely.geometry.shape converts coordinate by coordinate
+    sizes = [len(r) for r in rings]
+    flat = chain.from_iterable(chain.from_iterable(rings))
+    coords = np.fromiter(flat, np.float64, count=2 * sum(sizes)).reshape(-1, 2)
+    lines = shapely.linearrings(coords, indices=np.repeat(np.arange(len(rings)), sizes))
+    geoms = shapely.polygons(lines, indices=np.asarray(ring_of))
+    return geoms, np.asarray(values, dtype=np.int64)
 
 
 def _touching(bounds: np.ndarray, window: Window, height: int, width: int) -> np.ndarray:
@@ -171,10 +178,11 @@ def _merge(geoms: list, ids: list[int], counts: list[int]) -> tuple[list, list[i
     if len(geoms) < 2:
         return geoms, ids, counts
     arr = np.asarray(geoms, dtype=object)
-    left, right = shapely.STRtree(arr).query(arr, predicate="intersects")
+    left, right = shapely.STRtree(arr).query(arr)  # bounding boxes: cheap candidates
     pairs = (left < right) & (np.asarray(ids)[left] == np.asarray(ids)[right])
     left, right = left[pairs], right[pairs]
-    shared = shapely.length(shapely.intersection(arr[left], arr[right])) > 0
+    # boundaries meet in a line (DE-9IM BB = 1): a shared border segment, not just a corner
+    shared = shapely.relate_pattern(arr[left], arr[right], "****1****")
     parent = list(range(len(arr)))
 
     def root(i: int) -> int:
@@ -257,7 +265,7 @@ def polygonize_raster(
         )
         try:
             _stream(src, sink, size, nodata, progress)
-            sink.finish()
+            sink.flush()
         except BaseException:
             target.abort()
             raise
