@@ -7,7 +7,8 @@ plain torch loop, budget and seeds:
 
 1. hard head on the majority vote;  2. hard head on the Dawid-Skene arg-max;
 3. soft head on the Dawid-Skene posteriors;  4. hard head, label smoothing 0.1 (majority vote);
-5. dual head (A: DS arg-max, B: DS posteriors, JS consistency 0.1): A, B and average;
+5. dual head (A: DS arg-max, B: DS posteriors, JS consistency 0.1, as the demo): A, B and
+   average; 5b. the same on the majority vote and the vote fractions (the generator's masks);
 6. the dual head with learned balancing (`polyhead.losses.balancing.UncertaintyWeighting`,
    skipped when it cannot be imported);  7. rows 1 and 5 after temperature scaling (T fitted on
    the validation logits against the hard mask the row trained on, evaluated on test).
@@ -62,6 +63,9 @@ METHODS: dict[str, Method] = {
     "ds_soft": Method("3. soft, DS posteriors", {"main": "soft"}, {"soft": "soft"}),
     "smooth": Method("4. hard MV, smoothing 0.1", {"main": "hard"}, {"hard": "mv"}, 0.1),
     "dual": Method("5. dual", DUAL, DUAL_TARGETS, consistency=0.1, calibrate=True),
+    "dual_mv": Method(
+        "5b. dual on MV + vote fractions", DUAL, {"hard": "mv", "soft": "vf"}, 0.0, 0.1
+    ),
     "dual_uw": Method("6. dual, learned balance", DUAL, DUAL_TARGETS, 0.0, 0.1, balanced=True),
 }
 
@@ -291,6 +295,11 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, argparse.Namesp
     for name, default in (("size", 128), ("n-train", 48), ("n-val", 8), ("n-test", 16), ("epochs", 16), ("batch-size", 8)):  # fmt: skip
         ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument(
+        "--report-only",
+        type=Path,
+        help="re-aggregate this JSONL of an earlier run (same size options) without training",
+    )
     args = ap.parse_args(argv)
     if args.smoke:
         args.seeds, args.methods, args.size, args.epochs = 1, ["mv", "dual"], 64, 2
@@ -321,7 +330,11 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     gpu = torch.cuda.get_device_name() if cfg.device.startswith("cuda") else platform.processor()
     console.print(f"dual-head study on {cfg.device} ({gpu}), {args.workers} workers: {cfg}")
-    records, failures = run_jobs(cfg, args.workers)
+    if args.report_only:
+        records = [json.loads(line) for line in args.report_only.read_text().splitlines()]
+        failures: list[str] = []
+    else:
+        records, failures = run_jobs(cfg, args.workers)
     if not records:
         raise SystemExit("every job failed:\n" + "\n".join(failures))
     quality = {s: study_data(s, 0, cfg).label_quality for s in cfg.settings}
@@ -332,8 +345,11 @@ def main(argv: list[str] | None = None) -> None:
             "# Dual-head study (`benchmarks/dual_head_study.py`)",
             "",
             f"Command: `python benchmarks/dual_head_study.py {' '.join(argv or sys.argv[1:])}`",
-            f"Device: {cfg.device} ({gpu}), {args.workers} workers x {cfg.threads} threads; "
-            f"total wall time {total:.0f} s. Budget: {json.dumps(asdict(cfg), default=str)}",
+            f"Re-aggregated from `{args.report_only}` (device and times: that run's log)."
+            if args.report_only
+            else f"Device: {cfg.device} ({gpu}), {args.workers} workers x {cfg.threads} threads; "
+            f"total wall time {total:.0f} s.",
+            f"Budget: {json.dumps(asdict(cfg), default=str)}",
             "",
             "Mean ± sample std over seeds. `s / epoch`: mean wall time of an epoch after the "
             "first, jobs run concurrently (compare within one run only). T: softmax temperature.",

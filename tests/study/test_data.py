@@ -17,6 +17,8 @@ def test_study_data_splits_and_aggregates():
         assert s["soft"].shape == (n, 4, 32, 32)
         assert torch.allclose(s["soft"].sum(1), torch.ones(n, 32, 32), atol=1e-5)
         assert torch.equal(s["ds"], s["soft"].argmax(1))
+        assert torch.allclose(s["vf"].sum(1), torch.ones(n, 32, 32))
+        assert set(s["vf"].unique().tolist()) <= {0.0, 0.5, 1.0}  # two annotators
     train = data.splits["train"]["image"]
     assert torch.allclose(train.mean((0, 2, 3)), torch.zeros(4), atol=1e-4)
     assert set(data.label_quality) == {"careful", "hurried", "majority vote", "Dawid-Skene arg-max"}

@@ -3,7 +3,7 @@
 Scenes come from the demo's generator (`polyhead.demo.scenes`); annotators are the demo's
 (``standard``: three annotators, `corrupt_mask`) or the harder border-focused pair
 (``harder``: `polyhead.study.annotators`). Hard masks are the majority vote and the
-Dawid-Skene arg-max, soft masks the Dawid-Skene posteriors; Dawid-Skene is fitted once on the
+Dawid-Skene arg-max, soft masks the Dawid-Skene posteriors or the vote fractions; Dawid-Skene is fitted once on the
 annotations of all scenes (label patterns weighted by their pixel counts; the truth is never
 used). Nothing is written to disk.
 """
@@ -22,6 +22,7 @@ from polyhead.demo.synthetic import (
     _confusion_for,  # the demo's per-annotator confusion (private there)
     corrupt_mask,
     majority_vote,
+    vote_fractions,
 )
 from polyhead.errors import ConfigError
 from polyhead.study.annotators import HARDER_ANNOTATORS, annotate
@@ -34,7 +35,7 @@ REFLECTANCE_SCALE = 10000.0
 @dataclass
 class StudyData:
     """Per split: ``image`` ``[S, C, H, W]`` (normalised), ``truth``, ``mv``, ``ds`` ``[S, H, W]``
-    (int64) and ``soft`` ``[S, K, H, W]`` (Dawid-Skene posteriors)."""
+    (int64), ``soft`` ``[S, K, H, W]`` (Dawid-Skene posteriors) and ``vf`` (vote fractions)."""
 
     splits: dict[str, dict[str, torch.Tensor]]
     n_classes: int
@@ -104,6 +105,7 @@ def make_study_data(
     soft = dawid_skene_masks(stack, n_classes)
     mv = np.stack([majority_vote(m, n_classes, tie_order) for m in stack]).astype(np.int64)
     ds = soft.argmax(1).astype(np.int64)
+    vf = np.stack([vote_fractions(m, n_classes) for m in stack])
     image = np.stack(images)
     n_train = n_scenes["train"]
     mean = image[:n_train].mean(axis=(0, 2, 3), keepdims=True)
@@ -112,7 +114,7 @@ def make_study_data(
     quality = {a: float((stack[:, i] == truth_all).mean()) for i, a in enumerate(names)}
     quality |= {"majority vote": float((mv == truth_all).mean())}
     quality |= {"Dawid-Skene arg-max": float((ds == truth_all).mean())}
-    arrays = {"image": image, "truth": truth_all, "mv": mv, "ds": ds, "soft": soft}
+    arrays = {"image": image, "truth": truth_all, "mv": mv, "ds": ds, "soft": soft, "vf": vf}
     splits, start = {}, 0
     for split in SPLITS:
         stop = start + n_scenes[split]

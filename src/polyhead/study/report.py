@@ -46,15 +46,22 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}"
 
 
+def mean_confidence(bins: Sequence[Sequence[float]]) -> float:
+    """Mean top-class probability over the pixels of reliability ``bins`` ``[3, n_bins]``."""
+    count, conf_sum = np.asarray(bins[0], np.float64), np.asarray(bins[1], np.float64)
+    return float(conf_sum.sum() / max(count.sum(), 1))
+
+
 def _table(rows: dict[str, list[dict[str, Any]]], reference: str, columns: Sequence[str]) -> str:
     head = ["method / head", "seeds", *(HEADERS[c] for c in columns)]
     if reference == "truth":
-        head += ["T", "s / epoch"]
+        head += ["mean conf", "T", "s / epoch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, recs in rows.items():
         cells = [row, str(len(recs))]
         cells += [mean_std([r[reference][c] for r in recs]) for c in columns]
         if reference == "truth":
+            cells.append(mean_std([mean_confidence(r["bins"]) for r in recs]))
             cells.append(f"{np.mean([r['temperature'] for r in recs]):.3f}")
             cells.append(f"{np.mean([r['epoch_s'] for r in recs]):.3f}")
         lines.append("| " + " | ".join(cells) + " |")
