@@ -114,6 +114,9 @@ def test_launch_refuses_bad_counts() -> None:
     with pytest.raises(ConfigError, match="accelerator must be one of"):
         distributed.launch(accelerator="tpu")
     assert distributed.launch().world_size == 1
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="cannot start 2 x 1 processes: No supported gpu"):
+            distributed.launch(devices=2, accelerator="gpu")
 
 
 # --- row blocks equal the whole raster --------------------------------------------------------

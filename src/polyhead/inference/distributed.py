@@ -266,7 +266,12 @@ def launch(devices: int = 1, num_nodes: int = 1, accelerator: str = "auto") -> G
         return Group()
     from lightning.fabric import Fabric
 
-    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy="ddp")
+    try:
+        fabric = Fabric(
+            accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy="ddp"
+        )
+    except (ValueError, RuntimeError) as err:  # e.g. devices that SLURM's allocation lacks
+        raise ConfigError(f"cannot start {devices} x {num_nodes} processes: {err}") from None
     fabric.launch()
     return FabricGroup(fabric)
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.windows import Window
@@ -173,8 +172,3 @@ def _colormap(src: Any) -> dict[int, Sequence[int]] | None:
         return src.colormap(1)
     except ValueError:  # no colour table
         return None
-
-
-def read_window_rows(src: Any, row0: int, row1: int) -> np.ndarray:
-    """Rows ``[row0, row1)`` of an open raster, all bands ``[C, h, W]``."""
-    return src.read(window=Window(0, row0, src.width, row1 - row0))
