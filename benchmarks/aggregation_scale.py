@@ -1,19 +1,32 @@
-"""Scale benchmark of `polyhead.aggregation.aggregate_masks`.
+"""Scale benchmark of ``polyhead aggregate`` on masks, end to end through the CLI.
 
-Writes 100 masks of 512 x 512 from 3 simulated annotators with 6 classes (about
-79 M annotations) as uint8 GeoTIFFs under a temporary folder, then times
-``aggregate_masks`` (Dawid-Skene, default options) in a fresh subprocess and reports
-its wall time and peak RSS (``resource.getrusage(RUSAGE_CHILDREN)``, which covers
-the whole child: interpreter, imports, data). The target is < 60 s and < 2 GiB.
+Writes ``N`` masks of 512 x 512 from 3 simulated annotators with 6 classes (100 images:
+about 79 M annotations) as deflate uint8 GeoTIFFs under a temporary folder, then runs,
+interleaved in every repetition, each variant as a fresh subprocess (process start,
+imports, CSV checks, both passes, EM, figures):
 
-    uv run python benchmarks/aggregation_scale.py [--images 100] [--size 512] [--repeat 1]
+* ``floor``: a script that only reads every mask once and writes the same soft (6-band
+  float32, zstd) and hard (uint8, deflate) GeoTIFFs (no fsync, no checks): the physical
+  floor of reading and writing the rasters;
+* ``cli``: ``polyhead aggregate CSV --out D --n-classes 6 --no-progress`` (float32 soft);
+* ``cli-uint8``: the same with ``--soft-dtype uint8``;
+* ``cli-1thread``: ``--workers 1``;
+* ``dask-local2``: ``--scheduler local:2`` (a LocalCluster of 2 worker processes).
+
+Wall time is the subprocess's; peak RSS is that process's own ``ru_maxrss`` from
+``os.wait4`` (for ``dask-local2`` the workers are other processes: not included).
+Results (median over ``--repeat``, ratio to ``cli``) go to
+``benchmarks/results/aggregation_scale.md``.
+
+    uv run --no-sync python benchmarks/aggregation_scale.py [--images 100 200] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
+import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,17 +37,43 @@ import numpy as np
 import rasterio
 from rasterio.transform import Affine
 
-CHILD = """
-import json, sys, time
-t0 = time.perf_counter()
-from polyhead.aggregation import aggregate_masks
-t1 = time.perf_counter()
-r = aggregate_masks(sys.argv[1], sys.argv[2], int(sys.argv[3]), progress=False)
-t2 = time.perf_counter()
-print(json.dumps({"import_s": t1 - t0, "aggregate_s": t2 - t1, "n_iter": r.n_iter,
-                  "converged": r.converged, "n_patterns": r.n_patterns,
-                  "labelled": r.n_labelled, "confusion": r.confusion.tolist()}))
+FLOOR = """
+import sys, csv
+from pathlib import Path
+import numpy as np
+import rasterio
+rows = list(csv.DictReader(open(sys.argv[1])))
+out = Path(sys.argv[2]); out.mkdir(parents=True)
+by_image = {}
+for r in rows:
+    by_image.setdefault(r["image"], []).append(Path(sys.argv[1]).parent / r["mask"])
+for i, (image, masks) in enumerate(by_image.items()):
+    arrays = []
+    for m in masks:
+        with rasterio.open(m) as src:
+            arrays.append(src.read(1))
+            profile = src.profile
+    h, w = arrays[0].shape
+    soft = np.broadcast_to((arrays[0] / 6.0).astype(np.float32), (6, h, w))
+    base = dict(driver="GTiff", height=h, width=w, crs=profile["crs"],
+                transform=profile["transform"], tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(out / f"s{i}.tif", "w", count=6, dtype="float32", compress="zstd",
+                       zstd_level=1, **base) as dst:
+        dst.write(soft)
+    with rasterio.open(out / f"h{i}.tif", "w", count=1, dtype="uint8", compress="deflate",
+                       zlevel=1, **base) as dst:
+        dst.write(arrays[0][None])
 """
+
+CLI = "import sys; from polyhead.cli import main; sys.exit(main())"
+
+VARIANTS = {
+    "floor": [],
+    "cli": [],
+    "cli-uint8": ["--soft-dtype", "uint8"],
+    "cli-1thread": ["--workers", "1"],
+    "dask-local2": ["--scheduler", "local:2"],
+}
 
 
 def confusion_for(rng: np.random.Generator, k: int, accuracy: float) -> np.ndarray:
@@ -86,43 +125,69 @@ def write_dataset(root: Path, n_images: int, size: int, k: int, seed: int = 0) -
     return csv_path
 
 
+def run_variant(name: str, csv_path: Path, out: Path, k: int) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one variant, as a fresh subprocess."""
+    if name == "floor":
+        cmd = [sys.executable, "-c", FLOOR, str(csv_path), str(out)]
+    else:
+        cmd = [sys.executable, "-c", CLI, "aggregate", str(csv_path), "--out", str(out)]
+        cmd += ["--n-classes", str(k), "--no-progress", *VARIANTS[name]]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed ({proc.returncode}): {err[-2000:]}")
+    shutil.rmtree(out)
+    return wall, usage.ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--images", type=int, nargs="+", default=[100])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--classes", type=int, default=6)
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--out", default="benchmarks/results/aggregation_scale.md")
     args = parser.parse_args()
+    lines = [
+        "# polyhead aggregate: masks end to end through the CLI",
+        "",
+        f"{args.size} x {args.size} masks, 3 annotators, {args.classes} classes; each cell: "
+        f"median of {args.repeat} runs (variants interleaved in every run), wall seconds of "
+        "the whole subprocess, its peak RSS, and the ratio to `cli`. Machine: "
+        f"{os.cpu_count()} CPUs (shared; absolute times vary with the load).",
+        "",
+        "| images | M annotations | variant | wall s | ratio to cli | peak RSS MiB |",
+        "|---:|---:|---|---:|---:|---:|",
+    ]
     with tempfile.TemporaryDirectory(prefix="polyhead-agg-scale-") as tmp:
-        root = Path(tmp)
-        t = time.perf_counter()
-        csv_path = write_dataset(root / "data", args.images, args.size, args.classes)
-        n_ann = args.images * args.size * args.size * 3
-        print(
-            f"wrote {args.images} x 3 masks of {args.size}^2 ({n_ann / 1e6:.1f} M annotations) "
-            f"in {time.perf_counter() - t:.1f} s"
-        )
-        for rep in range(args.repeat):
-            out = root / f"out{rep}"
-            t = time.perf_counter()
-            proc = subprocess.run(
-                [sys.executable, "-c", CHILD, str(csv_path), str(out), str(args.classes)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            wall = time.perf_counter() - t
-            info = json.loads(proc.stdout.strip().splitlines()[-1])
-            # children's max RSS so far: each run is the same size, so this is the run's peak
-            peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            size_mib = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
-            print(
-                f"run {rep}: aggregate_masks {info['aggregate_s']:.1f} s (subprocess wall "
-                f"{wall:.1f} s, imports {info['import_s']:.1f} s), peak RSS {peak_mib:.0f} MiB, "
-                f"{info['n_iter']} EM iterations (converged={info['converged']}), "
-                f"{info['n_patterns']} label patterns, {info['labelled'] / 1e6:.1f} M labelled "
-                f"pixels, outputs {size_mib:.0f} MiB"
-            )
+        for n in args.images:
+            root = Path(tmp) / f"n{n}"
+            csv_path = write_dataset(root / "data", n, args.size, args.classes)
+            n_ann = n * args.size * args.size * 3
+            times: dict[str, list[float]] = {v: [] for v in args.variants}
+            rss: dict[str, list[float]] = {v: [] for v in args.variants}
+            for rep in range(args.repeat):
+                for v in args.variants:
+                    wall, peak = run_variant(v, csv_path, root / f"out-{v}", args.classes)
+                    times[v].append(wall)
+                    rss[v].append(peak)
+                    print(f"{n} images, run {rep}: {v} {wall:.2f} s, {peak:.0f} MiB", flush=True)
+            ref = statistics.median(times["cli"]) if "cli" in times else float("nan")
+            for v in args.variants:
+                t = statistics.median(times[v])
+                lines.append(
+                    f"| {n} | {n_ann / 1e6:.1f} | {v} | {t:.2f} | {t / ref:.2f} | "
+                    f"{statistics.median(rss[v]):.0f} |"
+                )
+            shutil.rmtree(root)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

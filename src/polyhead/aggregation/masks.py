@@ -47,6 +47,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -153,14 +154,17 @@ def _write_outputs(
     kept: list[ImageEntry],
     tables: list[LookupTable],
     cached: list[np.ndarray | None],
+    georefs: list[tuple[Any, Any]],
     soft_dtype: str,
 ) -> list[tuple[str, str]]:
     """Pass 2 over the kept images; returns each image's (soft, hard) path in ``out_dir``."""
     rel = [(f"soft/{e.name}.tif", f"hard/{e.name}.tif") for e in kept]
     shared = all(t is tables[0] for t in tables)  # one table for the data set
     jobs = [
-        (entry, None if shared else table, (stage.path(s), stage.path(h)), codes)
-        for entry, table, (s, h), codes in zip(kept, tables, rel, cached, strict=True)
+        (entry, None if shared else table, (stage.path(s), stage.path(h)), codes, georef)
+        for entry, table, (s, h), codes, georef in zip(
+            kept, tables, rel, cached, georefs, strict=True
+        )
     ]
     for path in ("soft", "hard"):
         stage.path(path).mkdir(parents=True, exist_ok=True)
@@ -176,8 +180,8 @@ def _write_outputs(
 def _pass2(
     ctx: PassContext, codec: PatternCodec, soft_dtype: str, job: tuple, table: Any = None
 ) -> None:
-    entry, own_table, paths, codes = job
-    write_image(ctx, codec, entry, own_table or table, paths, soft_dtype, codes)
+    entry, own_table, paths, codes, georef = job
+    write_image(ctx, codec, entry, own_table or table, paths, soft_dtype, codes, georef)
 
 
 def _pass1(ctx: PassContext, codec: PatternCodec, keep: bool, entry: ImageEntry) -> ImageCounts:
@@ -249,37 +253,26 @@ def aggregate_masks(
         fit = fit_patterns(labels, counts.astype(np.float64), groups, masks, k, method, options)
         tables = lookup_tables(fit, codes, slices, codec, soft_dtype)
         cached = [counted[i].pixel_codes for i in kept_idx]
+        georefs = [counted[i].georef for i in kept_idx]
         for i in kept_idx:
             counted[i].pixel_codes = None  # pass 2 owns them now
-        with Staging(out_dir) as stage:
-            rel = _write_outputs(stage, runner, ctx, codec, kept, tables, cached, soft_dtype)
-            del cached
-            train_rows = [
-                [relative_to(e.image_path, out_dir), h, s]
-                for e, (s, h) in zip(kept, rel, strict=True)
-            ]
-            write_csv(stage.path("train.csv"), ("image", "mask", "soft_mask"), train_rows)
-            extra = _summary(
-                masks,
-                fit,
-                labels,
-                codes,
-                counts,
-                counted,
-                kept,
-                kept_idx,
-                skipped,
-                dict(
-                    ignore_index=int(ignore_index),
-                    smoothing=float(smoothing),
-                    tol=float(tol),
-                    max_iter=int(max_iter),
-                    model=model,
-                    soft_dtype=soft_dtype,
-                ),
-            )
-            priors_out = extra.pop("_priors")
-            write_report(
+        settings = dict(
+            ignore_index=int(ignore_index),
+            smoothing=float(smoothing),
+            tol=float(tol),
+            max_iter=int(max_iter),
+            model=model,
+            soft_dtype=soft_dtype,
+        )
+        extra = _summary(
+            masks, fit, labels, codes, counts, counted, kept, kept_idx, skipped, settings
+        )
+        priors_out = extra.pop("_priors")
+        with Staging(out_dir) as stage, ThreadPoolExecutor(1) as background:
+            # the report (matplotlib: import and drawing) is Python-bound, pass 2 mostly
+            # GDAL and numpy: drawing it meanwhile hides most of its second
+            report = background.submit(
+                write_report,
                 stage,
                 method,
                 masks.annotators,
@@ -291,6 +284,21 @@ def aggregate_masks(
                 extra,
                 class_names=class_names,
             )
+            try:
+                rel = _write_outputs(
+                    stage, runner, ctx, codec, kept, tables, cached, georefs, soft_dtype
+                )
+            except BaseException:
+                report.cancel()
+                wait([report])  # the report must not write into a folder being removed
+                raise
+            report.result()
+            del cached
+            train_rows = [
+                [relative_to(e.image_path, out_dir), h, s]
+                for e, (s, h) in zip(kept, rel, strict=True)
+            ]
+            write_csv(stage.path("train.csv"), ("image", "mask", "soft_mask"), train_rows)
             stage.commit()
     finally:
         runner.close()

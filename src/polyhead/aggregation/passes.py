@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,8 @@ class ImageCounts:
     """Pixels nobody labelled."""
     pixel_codes: np.ndarray | None = None
     """Every pixel's code, kept for pass 2 when asked (saves reading the masks again)."""
+    georef: tuple[Any, Any] = (None, None)
+    """CRS and transform of the image's first mask, for its outputs."""
 
     @property
     def labelled(self) -> int:
@@ -83,6 +86,7 @@ def count_image(
             parts.append(codec.count(codes))
             if keep_codes:
                 kept.append(_small_codes(codes, codec))
+        georef = reader.georef(entry)  # its file is open now
     finally:
         reader.cache.close()
     codes, counts = merge_counts(parts) if len(parts) > 1 else parts[0]
@@ -92,6 +96,7 @@ def count_image(
         counts=counts[keep],
         unlabelled=int(counts[~keep].sum()),
         pixel_codes=np.concatenate(kept) if keep_codes else None,
+        georef=georef,
     )
 
 
@@ -142,8 +147,10 @@ class LookupTable:
         return np.where(self.codes[idx] == codes, idx, -1)
 
 
-def _profiles(entry: ImageEntry, reader: MaskReader, k: int, soft_dtype: str) -> tuple[dict, dict]:
-    crs, transform = reader.georef(entry)
+def _profiles(
+    entry: ImageEntry, georef: tuple[Any, Any], k: int, soft_dtype: str
+) -> tuple[dict, dict]:
+    crs, transform = georef
     h, w = entry.height, entry.width
     soft = geotiff_profile(h, w, k, soft_dtype, crs, transform)
     hard = geotiff_profile(h, w, 1, "uint8", crs, transform)
@@ -166,14 +173,17 @@ def write_image(
     paths: tuple[Path, Path],
     soft_dtype: str = "float32",
     pixel_codes: np.ndarray | None = None,
+    georef: tuple[Any, Any] | None = None,
 ) -> None:
     """Pass 2 for one image: each pixel's posterior (a table lookup) into the soft mask
     ``paths[0]`` (K bands) and its argmax into the hard mask ``paths[1]`` (uint8, 255: no
-    label), strip by strip, with the georeferencing of the image's first mask."""
+    label), strip by strip, with the georeferencing of the image's first mask (``georef``,
+    else read from it); ``pixel_codes`` (from pass 1) spare reading the masks again."""
     reader = ctx.reader()
     k, w = table.soft.shape[0], entry.width
     none, last = codec.all_missing, table.soft.shape[1] - 1
-    soft_profile, hard_profile = _profiles(entry, reader, k, soft_dtype)
+    georef = reader.georef(entry) if georef is None else georef
+    soft_profile, hard_profile = _profiles(entry, georef, k, soft_dtype)
     try:
         with (
             AtomicGeoTiff(paths[0], soft_profile) as soft_out,
