@@ -17,7 +17,7 @@ from rasterio.transform import from_origin
 from torch import nn
 
 from polyhead.checkpoint import load_checkpoint
-from polyhead.errors import ConfigError
+from polyhead.errors import ConfigError, PolyheadError
 from polyhead.inference import distributed
 from polyhead.inference.distributed import (
     Part,
@@ -185,6 +185,42 @@ def test_a_window_off_the_global_grid_would_differ(tmp_path: Path, ckpt) -> None
     off = write_window_vrt(image, tmp_path / "off.vrt", 44, 150)  # 44: no tile starts there
     part = predict_raster(model, off, tmp_path / "off_classes.tif", **opts)
     assert not np.allclose(_read(part.probabilities_path), _read(whole.probabilities_path)[:, 44:])
+
+
+class _Rank0Of2(distributed.Group):
+    """Rank 0 of 2, the other rank's report given."""
+
+    rank, world_size = 0, 2
+
+    def __init__(self, other: tuple) -> None:
+        self.other = other
+
+    def exchange(self, report):
+        return [report, self.other]
+
+
+def test_mosaics_only_after_every_rank_succeeded_and_of_this_runs_files(
+    tmp_path: Path, ckpt
+) -> None:
+    model = load_checkpoint(ckpt).model
+    image = _tif(tmp_path / "in" / "big.tif", 150, 70, 7)
+
+    def predict_one(src: Path, out: Path, stem: str) -> None:
+        predict_raster(model, src, out / f"{stem}_classes.tif", tile_size=TILE, overlap=OVERLAP)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    parts = plan_parts([(image, 150, 70)], 2, TILE, OVERLAP)
+    with pytest.raises(PolyheadError, match="1 of 2 prediction processes failed"):
+        distributed.run_parts(parts, _Rank0Of2((True, {})), predict_one, out, TILE, OVERLAP)
+    assert not list(out.glob("*.vrt"))
+    # rank 1's block, and a stale probability file of an earlier run beside it
+    predict_part(parts[1], predict_one, out, TILE, OVERLAP)
+    (out / "big_part-0000_proba.tif").write_bytes(b"stale")
+    other = (False, {f"{image}|1": ["classes"]})
+    written = distributed.run_parts(parts, _Rank0Of2(other), predict_one, out, TILE, OVERLAP)
+    assert written == [out / "big_classes.vrt"]
+    assert sorted(p.name for p in out.glob("*.vrt")) == ["big_classes.vrt"]
 
 
 # --- two processes ----------------------------------------------------------------------------

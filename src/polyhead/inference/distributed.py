@@ -206,12 +206,15 @@ def _has_colormap(src: Any) -> bool:
     return True
 
 
-def write_mosaics(parts: Sequence[Part], output_dir: Path) -> dict[str, Path]:
-    """``{kind: <stem>_<kind>.vrt}`` over the row blocks of one image (every kind of file
-    its first block has), e.g. ``classes``, ``proba``, ``uncertainty``."""
+def write_mosaics(
+    parts: Sequence[Part], output_dir: Path, kinds: Sequence[str] | None = None
+) -> dict[str, Path]:
+    """``{kind: <stem>_<kind>.vrt}`` over the row blocks of one image for each of ``kinds``
+    (``classes``, ``proba``, ...; default: the kinds of file its first block has)."""
     first = parts[0]
-    prefix = f"{first.stem()}_"
-    kinds = sorted(p.name[len(prefix) : -4] for p in output_dir.glob(f"{prefix}*.tif"))
+    if kinds is None:
+        prefix = f"{first.stem()}_"
+        kinds = sorted(p.name[len(prefix) : -4] for p in output_dir.glob(f"{prefix}*.tif"))
     written = {}
     for kind in kinds:
         files = [output_dir / f"{p.stem()}_{kind}.tif" for p in parts]
@@ -221,14 +224,14 @@ def write_mosaics(parts: Sequence[Part], output_dir: Path) -> dict[str, Path]:
 
 
 class Group:
-    """The ranks of a run: this one's ``rank``, ``world_size``, ``device`` and a way to tell
-    every rank how many failed. One process: rank 0 of 1."""
+    """The ranks of a run: this one's ``rank``, ``world_size``, ``device``, and `exchange`,
+    which gives every rank what each rank reports. One process: rank 0 of 1."""
 
     rank, world_size, device = 0, 1, None
 
-    def failures(self, failed: bool) -> int:
-        """Ranks that failed (summed over every rank; also a barrier)."""
-        return int(failed)
+    def exchange(self, report: Any) -> list[Any]:
+        """Every rank's ``report`` (picklable), in rank order; also a barrier."""
+        return [report]
 
 
 class FabricGroup(Group):
@@ -236,17 +239,15 @@ class FabricGroup(Group):
 
     def __init__(self, fabric: Any) -> None:
         self.fabric = fabric
-        self.rank, self.world_size, self.device = (
-            fabric.global_rank,
-            fabric.world_size,
-            fabric.device,
-        )
+        self.rank, self.world_size = fabric.global_rank, fabric.world_size
+        self.device = fabric.device
 
-    def failures(self, failed: bool) -> int:
-        import torch
+    def exchange(self, report: Any) -> list[Any]:
+        import torch.distributed as dist
 
-        flag = torch.tensor([1.0 if failed else 0.0], device=self.device)
-        return int(round(float(self.fabric.all_reduce(flag, reduce_op="sum").item())))
+        reports: list[Any] = [None] * self.world_size
+        dist.all_gather_object(reports, report)
+        return reports
 
 
 def launch(devices: int = 1, num_nodes: int = 1, accelerator: str = "auto") -> Group:
@@ -294,18 +295,24 @@ def run_parts(
     raise `PolyheadError` saying how many failed, and no mosaic is written."""
     mine = assign(parts, group.world_size)[group.rank]
     error: BaseException | None = None
+    kinds: dict[str, list[str]] = {}  # kinds of file written per row block (``image|index``)
     try:
         for part in mine:
-            predict_part(part, predict_one, output_dir, tile_size, overlap)
+            files = predict_part(part, predict_one, output_dir, tile_size, overlap)
             if part.whole and after_class_map is not None:
                 after_class_map(output_dir / f"{part.image.stem}_classes.tif")
+            elif not part.whole:
+                cut = len(part.stem()) + 1
+                kinds[f"{part.image}|{part.index}"] = [f.name[cut:-4] for f in files]
     except Exception as err:  # reported after the others have been told
         error = err
-    failed = group.failures(error is not None)
+    reports = group.exchange((error is not None, kinds))
     if error is not None:
         raise error
+    failed = sum(bad for bad, _ in reports)
     if failed:
         raise PolyheadError(f"{failed} of {group.world_size} prediction processes failed")
+    written = {key: value for _, done in reports for key, value in done.items()}
     by_image: dict[Path, list[Part]] = {}
     for part in parts:
         by_image.setdefault(part.image, []).append(part)
@@ -315,8 +322,9 @@ def run_parts(
             results.append(output_dir / f"{image.stem}_classes.tif")
             continue
         vrt = output_dir / f"{image.stem}_classes.vrt"
-        if group.rank == 0:
-            write_mosaics(blocks, output_dir)
+        if group.rank == 0:  # the kinds every block wrote in this run
+            done = [set(written[f"{image}|{p.index}"]) for p in blocks]
+            write_mosaics(blocks, output_dir, sorted(set.intersection(*done)))
             if after_class_map is not None:
                 after_class_map(vrt)
         results.append(vrt)
