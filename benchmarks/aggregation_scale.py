@@ -13,8 +13,10 @@ imports, CSV checks, both passes, EM, figures):
 * ``cli-1thread``: ``--workers 1``;
 * ``dask-local2``: ``--scheduler local:2`` (a LocalCluster of 2 worker processes).
 
-Wall time is the subprocess's; peak RSS is that process's own ``ru_maxrss`` from
-``os.wait4`` (for ``dask-local2`` the workers are other processes: not included).
+Wall time is the subprocess's; CPU time (user + system) and peak RSS are that process's
+own, from ``os.wait4`` (for ``dask-local2`` the workers are other processes: their CPU and
+memory are not included). On a shared, loaded machine wall time follows the load; CPU time
+much less so.
 Results (median over ``--repeat``, ratio to ``cli``) go to
 ``benchmarks/results/aggregation_scale.md``.
 
@@ -125,8 +127,9 @@ def write_dataset(root: Path, n_images: int, size: int, k: int, seed: int = 0) -
     return csv_path
 
 
-def run_variant(name: str, csv_path: Path, out: Path, k: int) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one variant, as a fresh subprocess."""
+def run_variant(name: str, csv_path: Path, out: Path, k: int) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MiB) of one variant, run as
+    a fresh subprocess."""
     if name == "floor":
         cmd = [sys.executable, "-c", FLOOR, str(csv_path), str(out)]
     else:
@@ -141,7 +144,7 @@ def run_variant(name: str, csv_path: Path, out: Path, k: int) -> tuple[float, fl
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed ({proc.returncode}): {err[-2000:]}")
     shutil.rmtree(out)
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -161,9 +164,10 @@ def main() -> None:
         "the whole subprocess, its peak RSS, and the ratio to `cli`. Machine: "
         f"{os.cpu_count()} CPUs (shared; absolute times vary with the load).",
         "",
-        "| images | M annotations | variant | wall s | ratio to cli | peak RSS MiB |",
-        "|---:|---:|---|---:|---:|---:|",
+        "| images | M annotations | variant | wall s | ratio to cli | CPU s | peak RSS MiB |",
+        "|---:|---:|---|---:|---:|---:|---:|",
     ]
+    loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="polyhead-agg-scale-") as tmp:
         for n in args.images:
             root = Path(tmp) / f"n{n}"
@@ -171,20 +175,29 @@ def main() -> None:
             n_ann = n * args.size * args.size * 3
             times: dict[str, list[float]] = {v: [] for v in args.variants}
             rss: dict[str, list[float]] = {v: [] for v in args.variants}
+            cpu: dict[str, list[float]] = {v: [] for v in args.variants}
             for rep in range(args.repeat):
                 for v in args.variants:
-                    wall, peak = run_variant(v, csv_path, root / f"out-{v}", args.classes)
+                    wall, used, peak = run_variant(v, csv_path, root / f"out-{v}", args.classes)
                     times[v].append(wall)
+                    cpu[v].append(used)
                     rss[v].append(peak)
-                    print(f"{n} images, run {rep}: {v} {wall:.2f} s, {peak:.0f} MiB", flush=True)
+                    print(
+                        f"{n} images, run {rep}: {v} {wall:.2f} s (CPU {used:.2f} s), "
+                        f"{peak:.0f} MiB, load {os.getloadavg()[0]:.1f}",
+                        flush=True,
+                    )
             ref = statistics.median(times["cli"]) if "cli" in times else float("nan")
             for v in args.variants:
                 t = statistics.median(times[v])
                 lines.append(
                     f"| {n} | {n_ann / 1e6:.1f} | {v} | {t:.2f} | {t / ref:.2f} | "
-                    f"{statistics.median(rss[v]):.0f} |"
+                    f"{statistics.median(cpu[v]):.2f} | {statistics.median(rss[v]):.0f} |"
                 )
             shutil.rmtree(root)
+            loads.append(os.getloadavg()[0])
+    lines.append("")
+    lines.append(f"1-minute load average during the runs: {min(loads):.1f} to {max(loads):.1f}.")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

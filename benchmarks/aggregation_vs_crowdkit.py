@@ -20,7 +20,9 @@ Variants, interleaved ``--repeat`` times:
 * ``polyhead-pixels``: ``dawid_skene`` on the 1 M x 3 label matrix without pattern
   collapsing (same iterations as crowd-kit), to show what the collapsing buys.
 
-    uv run --group dev python benchmarks/aggregation_vs_crowdkit.py [--repeat 2] [--pixels 1000000]
+Results also go to ``benchmarks/results/aggregation_vs_crowdkit.md`` (``--results``).
+
+    uv run --no-sync python benchmarks/aggregation_vs_crowdkit.py [--repeat 2] [--pixels 1000000]
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def child(variant: str, n: int, n_iter: int, out: Path) -> None:
         post = ds.probas_.sort_index()[list(range(K))].to_numpy()
     else:
         from polyhead.aggregation import dawid_skene
+        from polyhead.aggregation.passes import LookupTable
         from polyhead.aggregation.patterns import PatternCodec
 
         same = dict(max_iter=n_iter, tol=0.0, smoothing=0.0)
@@ -96,7 +99,8 @@ def child(variant: str, n: int, n_iter: int, out: Path) -> None:
             codes = codec.encode(labels)
             uniq, counts = codec.count(codes)
             res = dawid_skene(codec.decode(uniq), K, counts=counts, **options)
-            post = res.posteriors[np.searchsorted(uniq, codes)]
+            table = LookupTable.build(uniq, res.posteriors, res.labels, "float32", codec.n_codes)
+            post = res.posteriors[table.index(codes)]  # the lookup pass 2 does
         info["seconds"] = time.perf_counter() - t
         info["n_iter"] = res.n_iter
     info["peak_mib"] = _rss_mib()
@@ -129,6 +133,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--n-iter", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--results", default="benchmarks/results/aggregation_vs_crowdkit.md")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.pixels, args.n_iter, Path(args.out))
@@ -147,14 +152,15 @@ def main() -> None:
             diff = float(
                 np.abs(np.load(out / "crowdkit.npy") - np.load(out / "polyhead-same.npy")).max()
             )
-    print(
+    lines = [
+        "# polyhead Dawid-Skene vs crowd-kit DawidSkene",
+        "",
         f"{args.pixels / 1e6:g} M pixels, 3 annotators, {K} classes; median of {args.repeat} "
-        "interleaved runs, each in a fresh subprocess"
-    )
-    print(
-        f"{'variant':16s} {'iters':>5s} {'time s':>8s} {'peak RSS MiB':>13s} {'baseline MiB':>13s} "
-        f"{'increment MiB':>14s}"
-    )
+        "interleaved runs, each in a fresh subprocess; time of the aggregation only.",
+        "",
+        "| variant | iterations | time s | peak RSS MiB | baseline MiB | increment MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     med: dict[str, dict[str, float]] = {}
     for variant, rs in runs.items():
         m = {
@@ -162,17 +168,22 @@ def main() -> None:
             for key in ("seconds", "peak_mib", "baseline_mib", "n_iter")
         }
         med[variant] = m
-        print(
-            f"{variant:16s} {m['n_iter']:5.0f} {m['seconds']:8.3f} {m['peak_mib']:13.0f} "
-            f"{m['baseline_mib']:13.0f} {m['peak_mib'] - m['baseline_mib']:14.0f}"
+        lines.append(
+            f"| {variant} | {m['n_iter']:.0f} | {m['seconds']:.3f} | {m['peak_mib']:.0f} | "
+            f"{m['baseline_mib']:.0f} | {m['peak_mib'] - m['baseline_mib']:.0f} |"
         )
     ck, ph = med["crowdkit"], med["polyhead-same"]
-    print(f"max |posterior difference| crowd-kit vs polyhead-same: {diff:.2e}")
-    print(f"time ratio crowd-kit / polyhead-same: {ck['seconds'] / ph['seconds']:.0f}x")
-    print(
-        f"peak RSS ratio crowd-kit / polyhead-same: {ck['peak_mib'] / ph['peak_mib']:.1f}x "
-        f"(increment over baseline: {(ck['peak_mib'] - ck['baseline_mib']) / max(ph['peak_mib'] - ph['baseline_mib'], 1):.0f}x)"
-    )
+    inc = (ck["peak_mib"] - ck["baseline_mib"]) / max(ph["peak_mib"] - ph["baseline_mib"], 1)
+    lines += [
+        "",
+        f"- max |posterior difference| crowd-kit vs polyhead-same: {diff:.2e}",
+        f"- time ratio crowd-kit / polyhead-same: {ck['seconds'] / ph['seconds']:.0f}x",
+        f"- peak RSS ratio crowd-kit / polyhead-same: {ck['peak_mib'] / ph['peak_mib']:.1f}x "
+        f"(increment over baseline: {inc:.0f}x)",
+    ]
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def add_aggregate_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(tcp://host:8786) or local:N (N worker processes here)",
     )
     p.add_argument(
-        "--workers", type=int, help="masks, without --scheduler: threads (default: CPUs, max 4)"
+        "--workers", type=int, help="masks, without --scheduler: threads (default: 2 x CPUs, max 4)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_aggregate)
