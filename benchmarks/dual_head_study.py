@@ -290,7 +290,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, argparse.Namesp
     ap.add_argument("--md", type=Path, default=Path("benchmarks/results/dual_head_study.md"))
     ap.add_argument("--smoke", action="store_true", help="1 seed, 2 methods, tiny sizes (CPU)")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--settings", nargs="+", default=["standard", "harder"])
+    settings = ["standard", "harder"]
+    ap.add_argument("--settings", nargs="+", default=settings, choices=settings)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     for name, default in (("size", 128), ("n-train", 48), ("n-val", 8), ("n-test", 16), ("epochs", 16), ("batch-size", 8)):  # fmt: skip
         ap.add_argument(f"--{name}", type=int, default=default)
