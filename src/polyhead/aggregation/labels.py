@@ -148,6 +148,19 @@ def _fit_labels(
     return post, hard, conf, post[total[:, 0] > 0].mean(axis=0), ([], 0, True)
 
 
+def _check_empty(
+    csv_path: Path, items: list[str], labelled: np.ndarray, empty_items: str, ignore_index: int
+) -> None:
+    """Items without any label: an error, or a warning with ``empty_items="keep"``."""
+    if labelled.all():
+        return
+    empty = [items[i] for i in np.flatnonzero(~labelled)[:5]]
+    msg = f"{csv_path}: {int((~labelled).sum())} item(s) without any label, e.g. {empty}"
+    if empty_items == "error":
+        raise DataError(msg + "; pass empty_items='keep' to write them unlabelled")
+    warnings.warn(msg + f"; written with label {ignore_index} and zero probabilities", stacklevel=3)
+
+
 def aggregate_labels(
     csv_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -186,15 +199,7 @@ def aggregate_labels(
     labelled = np.bincount(rows, minlength=n) > 0
     if gold_ids is not None:
         labelled |= gold_ids >= 0
-    if not labelled.all():
-        empty = [items[i] for i in np.flatnonzero(~labelled)[:5]]
-        msg = f"{csv_path}: {int((~labelled).sum())} item(s) without any label, e.g. {empty}"
-        if empty_items == "error":
-            raise DataError(msg + "; pass empty_items='keep' to write them unlabelled")
-        warnings.warn(
-            msg + f"; written with label {ignore_index} and zero probabilities", stacklevel=2
-        )
-
+    _check_empty(csv_path, items, labelled, empty_items, ignore_index)
     options: dict[str, Any] = dict(model=model, max_iter=max_iter, tol=tol, smoothing=smoothing)
     if priors is not None:
         options["confusion_prior"] = load_annotator_priors(priors, annotators, k)
@@ -214,11 +219,8 @@ def aggregate_labels(
             ),
         )
         extra = {
-            "ignore_index": int(ignore_index),
-            "smoothing": float(smoothing),
-            "tol": float(tol),
-            "max_iter": int(max_iter),
-            "model": model,
+            **dict(ignore_index=int(ignore_index), smoothing=float(smoothing), tol=float(tol)),
+            **dict(max_iter=int(max_iter), model=model),
             "tie_rule": "argmax, ties to the lowest class id",
             "n_items": n,
             "n_unlabelled_items": int((~labelled).sum()),
@@ -227,18 +229,8 @@ def aggregate_labels(
                 zip(annotators, (int(x) for x in np.bincount(anns, minlength=a)), strict=True)
             ),
         }
-        write_report(
-            stage,
-            method,
-            annotators,
-            conf,
-            class_prior,
-            trace,
-            n_iter,
-            converged,
-            extra,
-            class_names=class_names,
-        )
+        report = (method, annotators, conf, class_prior, trace, n_iter, converged, extra)
+        write_report(stage, *report, class_names=class_names)
         stage.commit()
     return AggregationResult(
         out_dir=out_dir,

@@ -177,6 +177,36 @@ def _write_outputs(
     return rel
 
 
+def _write_all(
+    out_dir: Path,
+    runner: Any,
+    how: tuple[PassContext, PatternCodec, str],
+    kept: list[ImageEntry],
+    per_image: tuple[list[LookupTable], list[np.ndarray | None], list[tuple[Any, Any]]],
+    report: tuple,
+    class_names: Sequence[str] | None,
+) -> list[tuple[str, str]]:
+    """Pass 2, the report and ``train.csv``, staged and moved into ``out_dir`` together."""
+    ctx, codec, soft_dtype = how
+    with Staging(out_dir) as stage, ThreadPoolExecutor(1) as background:
+        # the report (matplotlib: import and drawing) is Python-bound, pass 2 mostly
+        # GDAL and numpy: drawing it meanwhile hides most of its second
+        drawn = background.submit(write_report, stage, *report, class_names=class_names)
+        try:
+            rel = _write_outputs(stage, runner, ctx, codec, kept, *per_image, soft_dtype)
+        except BaseException:
+            drawn.cancel()
+            wait([drawn])  # the report must not write into a folder being removed
+            raise
+        drawn.result()
+        train_rows = [
+            [relative_to(e.image_path, out_dir), h, s] for e, (s, h) in zip(kept, rel, strict=True)
+        ]
+        write_csv(stage.path("train.csv"), ("image", "mask", "soft_mask"), train_rows)
+        stage.commit()
+    return rel
+
+
 def _pass2(
     ctx: PassContext, codec: PatternCodec, soft_dtype: str, job: tuple, table: Any = None
 ) -> None:
@@ -256,50 +286,18 @@ def aggregate_masks(
         georefs = [counted[i].georef for i in kept_idx]
         for i in kept_idx:
             counted[i].pixel_codes = None  # pass 2 owns them now
-        settings = dict(
-            ignore_index=int(ignore_index),
-            smoothing=float(smoothing),
-            tol=float(tol),
-            max_iter=int(max_iter),
-            model=model,
-            soft_dtype=soft_dtype,
-        )
+        settings = dict(ignore_index=int(ignore_index), smoothing=float(smoothing), tol=float(tol))
+        settings.update(max_iter=int(max_iter), model=model, soft_dtype=soft_dtype)
         extra = _summary(
             masks, fit, labels, codes, counts, counted, kept, kept_idx, skipped, settings
         )
         priors_out = extra.pop("_priors")
-        with Staging(out_dir) as stage, ThreadPoolExecutor(1) as background:
-            # the report (matplotlib: import and drawing) is Python-bound, pass 2 mostly
-            # GDAL and numpy: drawing it meanwhile hides most of its second
-            report = background.submit(
-                write_report,
-                stage,
-                method,
-                masks.annotators,
-                fit.confusion,
-                priors_out,
-                fit.trace,
-                fit.n_iter,
-                fit.converged,
-                extra,
-                class_names=class_names,
-            )
-            try:
-                rel = _write_outputs(
-                    stage, runner, ctx, codec, kept, tables, cached, georefs, soft_dtype
-                )
-            except BaseException:
-                report.cancel()
-                wait([report])  # the report must not write into a folder being removed
-                raise
-            report.result()
-            del cached
-            train_rows = [
-                [relative_to(e.image_path, out_dir), h, s]
-                for e, (s, h) in zip(kept, rel, strict=True)
-            ]
-            write_csv(stage.path("train.csv"), ("image", "mask", "soft_mask"), train_rows)
-            stage.commit()
+        report = (method, masks.annotators, fit.confusion, priors_out, fit.trace, fit.n_iter)
+        report += (fit.converged, extra)
+        rel = _write_all(
+            out_dir, runner, (ctx, codec, soft_dtype), kept, (tables, cached, georefs),
+            report, class_names,
+        )  # fmt: skip
     finally:
         runner.close()
     return AggregationResult(
