@@ -260,3 +260,21 @@ def test_gold_mask_errors(repeated_set):
     with pytest.raises(DataError, match=r"gold.csv, line 2 .*annotator 'gold'.*class id\(s\) 7"):
         aggregate_masks(csv_path, root / "out", k, gold=root / "gold.csv", progress=False)
     assert not (root / "out").exists()
+
+
+def test_cli_gold_and_priors_for_masks(repeated_set, capsys):
+    from polyhead.cli import main
+
+    root, rows, _, _, k = repeated_set
+    csv_path = _mask_csv(root, rows)
+    (root / "gold.csv").write_text("image,gold_mask\nimg1.tif,gold_img1.tif\n")
+    (root / "priors.json").write_text('{"a": {"accuracy": 0.8, "strength": 1e6}}')
+    args = ["aggregate", str(csv_path), "-o", str(root / "out"), "--n-classes", str(k)]
+    args += ["--gold", str(root / "gold.csv"), "--priors", str(root / "priors.json")]
+    assert main([*args, "--no-progress"]) == 0
+    doc = json.loads((root / "out" / "confusion.json").read_text())
+    assert doc["n_gold_pixels"] == 240
+    np.testing.assert_allclose(np.diag(doc["confusion"]["a"]), 0.8, atol=1e-4)
+    (root / "priors.json").write_text('{"zed": {"accuracy": 0.8, "strength": 1}}')
+    assert main([*args, "-o", str(root / "out2")]) != 0
+    assert "priors.json: key 'zed' is no annotator" in capsys.readouterr().err
