@@ -108,7 +108,7 @@ def plot_confusions(
         ax.set_title(f"{name}\n{SCORE_NAME} {annotator_score(mat):.3f}", fontsize=9)
         ax.set_xlabel("given label", fontsize=8)
         ax.set_ylabel("true class", fontsize=8)
-        ax.set_xticks(range(k), ticks, rotation=90 if class_names else 0)
+        ax.set_xticks(range(k), ticks, rotation=90 if max(map(len, ticks)) > 3 else 0)
         ax.set_yticks(range(k), ticks)
         ax.tick_params(labelsize=7)
         if k <= 12:
