@@ -1,9 +1,10 @@
 """Label aggregation: Dawid-Skene soft labels from several annotators.
 
-* `dawid_skene` / `dawid_skene_sparse`: EM on a label matrix or label triplets;
+* `dawid_skene` / `dawid_skene_sparse`: EM on a label matrix or label triplets (repeated
+  ratings, gold rows, annotator priors as pseudo-counts: `load_annotator_priors`);
 * `majority_vote_labels` / `vote_fractions_labels`: hard and soft majority vote;
 * `aggregate_masks`: ``image,annotator,mask`` CSV -> soft/hard GeoTIFFs, ``train.csv``,
-  ``confusion.json``, plots (streaming, bounded memory);
+  ``confusion.json``, plots (streaming, bounded memory; threads or a Dask cluster);
 * `aggregate_labels`: ``item,annotator,label`` CSV -> ``labels.csv`` + ``confusion.json``.
 
 The command line is ``polyhead aggregate`` (`polyhead.aggregation.cli`). Names here are
@@ -27,6 +28,7 @@ _LAZY = {
     "confusion_from_posteriors": "polyhead.aggregation.dawid_skene",
     "dawid_skene": "polyhead.aggregation.dawid_skene",
     "dawid_skene_sparse": "polyhead.aggregation.dawid_skene",
+    "load_annotator_priors": "polyhead.aggregation.priors",
     "majority_vote_labels": "polyhead.aggregation.dawid_skene",
     "vote_fractions_labels": "polyhead.aggregation.dawid_skene",
 }
