@@ -121,14 +121,20 @@ def test_mc_dropout_without_dropout_names_the_model() -> None:
         Predictor(_conv(), spread=True)
 
 
-def test_spread_can_be_switched_off_and_flips_give_one() -> None:
+def test_spread_can_be_switched_off_and_on() -> None:
     model, x = _conv(), _x()
     with torch.no_grad():
         off = Predictor(model, tta="d4", spread=False)(x)
         on = Predictor(model, tta="d4")(x)
-        flips = Predictor(model, tta="flips")(x)
-    assert set(off) == {"probabilities"} and set(flips) == {"probabilities", "spread"}
+        flips = Predictor(model, tta="flips")(x)  # outputs as before: no spread unless asked
+        flips_spread = Predictor(model, tta="flips", spread=True)(x)
+    assert set(off) == {"probabilities"} and set(flips) == {"probabilities"}
     torch.testing.assert_close(off["probabilities"], on["probabilities"], atol=1e-6, rtol=1e-5)
+    four = torch.stack(
+        [torch.softmax(model(x.flip(d)), 1).flip(d) for d in ([], [-1], [-2], [-2, -1])]
+    )
+    std = four.std(0).gather(1, four.mean(0).argmax(1, keepdim=True))
+    torch.testing.assert_close(flips_spread["spread"], std, atol=1e-6, rtol=1e-5)
 
 
 def test_spread_goes_through_the_sliding_window() -> None:

@@ -34,7 +34,7 @@ def has_uncertainty_head(model: Any) -> bool:
 
 class Predictor(nn.Module):
     """Per-pixel maps for image tiles: ``{"probabilities": [B, K, h, w]}``; ``{"spread":
-    [B, 1, h, w]}`` under a TTA of several passes; and, when asked, ``{"uncertainty":
+    [B, 1, h, w]}`` under D4 or MC-dropout TTA; and, when asked, ``{"uncertainty":
     [B, 1, h, w]}`` from the model's uncertainty head.
 
     Args:
@@ -50,7 +50,8 @@ class Predictor(nn.Module):
             a head name. A per-class head is read at the predicted class.
         spread: return ``"spread"``, the per-pixel standard deviation over the passes
             (``ddof=1``, as ``EnsembleTeacher``'s ``std_winning``) of the probability of the
-            mean's arg-max class, float32. Default: whenever there are 2 or more passes.
+            mean's arg-max class, float32. Default: with D4 rotations or MC-dropout (for
+            flips or scales alone pass ``spread=True``); needs 2 or more passes.
     """
 
     def __init__(
@@ -74,7 +75,9 @@ class Predictor(nn.Module):
         self.views = augmentations(**options)
         layers = check_mc_dropout(self._sampled_part(), type(model).__name__) if n_samples else []
         self.sampler = MCSampler(layers, n_samples, seed)
-        self.spread = self.n_passes > 1 if spread is None else bool(spread)
+        # flips/scales alone keep their outputs of old; d4 and mc-dropout are asked for spread
+        asked = n_samples > 0 or any(view.rot for view in self.views)
+        self.spread = asked if spread is None else bool(spread)
         if self.spread and self.n_passes < 2:
             raise ConfigError(
                 "spread needs a TTA of at least 2 passes (e.g. tta='d4' or 'mc-dropout=8')"
