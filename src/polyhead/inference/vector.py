@@ -173,37 +173,70 @@ def _touching(bounds: np.ndarray, window: Window, height: int, width: int) -> np
     return out
 
 
-def _merge(geoms: list, ids: list[int], counts: list[int]) -> tuple[list, list[int], list[int]]:
-    """Union the held pieces of one class that share a border segment (connected groups)."""
-    if len(geoms) < 2:
-        return geoms, ids, counts
-    arr = np.asarray(geoms, dtype=object)
-    left, right = shapely.STRtree(arr).query(arr)  # bounding boxes: cheap candidates
-    pairs = (left < right) & (np.asarray(ids)[left] == np.asarray(ids)[right])
-    left, right = left[pairs], right[pairs]
-    # boundaries meet in a line (DE-9IM BB = 1): a shared border segment, not just a corner
-    shared = shapely.relate_pattern(arr[left], arr[right], "****1****")
-    parent = list(range(len(arr)))
+class _Held:
+    """Pieces held back at block borders, grouped (union-find) by shared border segments.
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
+    A group is unioned once, when it is released (no piece reaches the next row of blocks);
+    testing new pieces against the old ones they border, never against a growing union,
+    keeps each row's work proportional to its own pieces.
+    """
+
+    def __init__(self) -> None:
+        self.geoms: list = []
+        self.ids: list[int] = []
+        self.parent: list[int] = []
+
+    def root(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
         return i
 
-    for a, b in zip(left[shared], right[shared], strict=True):
-        parent[root(int(a))] = root(int(b))
-    groups: dict[int, list[int]] = {}
-    for i in range(len(arr)):
-        groups.setdefault(root(i), []).append(i)
-    out_g, out_id, out_n = [], [], []
-    for members in groups.values():
-        union = arr[members[0]] if len(members) == 1 else shapely.union_all(arr[members])
-        for part in shapely.get_parts(union):  # 4-connected parts only touch at points
-            out_g.append(part)
-            out_id.append(ids[members[0]])
-            out_n.append(sum(counts[i] for i in members))
-    return out_g, out_id, out_n
+    def link(self, geoms: list, ids: list[int], top: int) -> None:
+        """Add one row's held pieces, joined to every piece they share a segment with."""
+        n_old = len(self.geoms)
+        old = [i for i in range(n_old) if self.geoms[i].bounds[3] == top]  # on the row's top
+        self.geoms += geoms
+        self.ids += ids
+        self.parent += list(range(n_old, len(self.geoms)))
+        index = np.asarray(old + list(range(n_old, len(self.geoms))), dtype=np.int64)
+        if len(index) < 2:
+            return
+        arr = np.asarray(self.geoms, dtype=object)[index]
+        left, right = shapely.STRtree(arr).query(arr)  # bounding boxes: cheap candidates
+        left, right = index[left], index[right]
+        cls = np.asarray(self.ids)
+        pairs = (left < right) & (right >= n_old) & (cls[left] == cls[right])
+        left, right = left[pairs], right[pairs]
+        # boundaries meet in a line (DE-9IM BB = 1): a shared border segment, not a corner
+        geoms_all = np.asarray(self.geoms, dtype=object)
+        shared = shapely.relate_pattern(geoms_all[left], geoms_all[right], "****1****")
+        for a, b in zip(left[shared], right[shared], strict=True):
+            self.parent[self.root(int(a))] = self.root(int(b))
+
+    def release(self, bottom: int | None) -> tuple[list, list[int], list[int]]:
+        """Union and return the groups with no piece on the line ``bottom`` (None: all);
+        (polygons, class ids, pieces per polygon)."""
+        groups: dict[int, list[int]] = {}
+        for i in range(len(self.geoms)):
+            groups.setdefault(self.root(i), []).append(i)
+        out_g, out_id, out_n, keep = [], [], [], []
+        for members in groups.values():
+            if bottom is not None and any(self.geoms[i].bounds[3] == bottom for i in members):
+                keep += members
+                continue
+            parts = [self.geoms[i] for i in members]
+            union = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+            for part in shapely.get_parts(union):  # 4-connected parts only touch at points
+                out_g.append(part)
+                out_id.append(self.ids[members[0]])
+                out_n.append(len(members))
+        keep.sort()
+        remap = {old: new for new, old in enumerate(keep)}
+        self.geoms = [self.geoms[i] for i in keep]
+        self.ids = [self.ids[i] for i in keep]
+        self.parent = [remap[self.root(i)] for i in keep]
+        return out_g, out_id, out_n
 
 
 def _check(class_map: Path, out_path: Path, block_size: int, min_area: float, simplify: float):
@@ -279,30 +312,19 @@ def _stream(src, sink: _Layer, size: int, nodata: float | None, progress: bool) 
 
     height, width = src.height, src.width
     n_rows = -(-height // size)
-    held_g: list = []
-    held_id: list[int] = []
-    held_n: list[int] = []
+    held = _Held()
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("polygonising", total=n_rows * -(-width // size))
         for row, windows in _blocks(height, width, size):
+            new_g: list = []
+            new_id: list[int] = []
             for window in windows:
                 geoms, ids = _pieces(src.read(1, window=window), nodata, window)
                 touch = _touching(shapely.bounds(geoms).reshape(-1, 4), window, height, width)
                 sink.write(list(geoms[~touch]), list(ids[~touch]))
-                held_g += list(geoms[touch])
-                held_id += [int(i) for i in ids[touch]]
-                held_n += [1] * int(touch.sum())
+                new_g += list(geoms[touch])
+                new_id += [int(i) for i in ids[touch]]
                 bar.advance(task)
-            held_g, held_id, held_n = _merge(held_g, held_id, held_n)
+            held.link(new_g, new_id, row)
             bottom = row + windows[0].height
-            go_on = np.zeros(len(held_g), dtype=bool)
-            if bottom < height and held_g:
-                go_on = shapely.bounds(np.asarray(held_g, dtype=object))[:, 3] == bottom
-            done = [i for i in range(len(held_g)) if not go_on[i]]
-            sink.write(
-                [held_g[i] for i in done], [held_id[i] for i in done], [held_n[i] for i in done]
-            )
-            keep = [i for i in range(len(held_g)) if go_on[i]]
-            held_g = [held_g[i] for i in keep]
-            held_id = [held_id[i] for i in keep]
-            held_n = [held_n[i] for i in keep]
+            sink.write(*held.release(bottom if bottom < height else None))
