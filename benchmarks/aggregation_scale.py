@@ -11,7 +11,10 @@ imports, CSV checks, both passes, EM, figures):
 * ``cli``: ``polyhead aggregate CSV --out D --n-classes 6 --no-progress`` (float32 soft);
 * ``cli-uint8``: the same with ``--soft-dtype uint8``;
 * ``cli-1thread``: ``--workers 1``;
-* ``dask-local2``: ``--scheduler local:2`` (a LocalCluster of 2 worker processes).
+* ``dask-local2``: ``--scheduler local:2`` (a LocalCluster of 2 worker processes);
+* ``baseline``: ``cli`` with another polyhead source tree first on ``PYTHONPATH``
+  (``--baseline-src``, e.g. ``git archive <commit> src/polyhead | tar -x -C /tmp/old`` and
+  ``--baseline-src /tmp/old/src``): before/after, side by side.
 
 Wall time is the subprocess's; CPU time (user + system) and peak RSS are that process's
 own, from ``os.wait4`` (for ``dask-local2`` the workers are other processes: their CPU and
@@ -75,6 +78,7 @@ VARIANTS = {
     "cli-uint8": ["--soft-dtype", "uint8"],
     "cli-1thread": ["--workers", "1"],
     "dask-local2": ["--scheduler", "local:2"],
+    "baseline": [],
 }
 
 
@@ -127,7 +131,9 @@ def write_dataset(root: Path, n_images: int, size: int, k: int, seed: int = 0) -
     return csv_path
 
 
-def run_variant(name: str, csv_path: Path, out: Path, k: int) -> tuple[float, float, float]:
+def run_variant(
+    name: str, csv_path: Path, out: Path, k: int, baseline_src: str | None = None
+) -> tuple[float, float, float]:
     """Wall seconds, CPU seconds (user + system) and peak RSS (MiB) of one variant, run as
     a fresh subprocess."""
     if name == "floor":
@@ -135,8 +141,13 @@ def run_variant(name: str, csv_path: Path, out: Path, k: int) -> tuple[float, fl
     else:
         cmd = [sys.executable, "-c", CLI, "aggregate", str(csv_path), "--out", str(out)]
         cmd += ["--n-classes", str(k), "--no-progress", *VARIANTS[name]]
+    env = dict(os.environ)
+    if name == "baseline":
+        if not baseline_src:
+            raise SystemExit("variant baseline needs --baseline-src")
+        env["PYTHONPATH"] = baseline_src
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
     err = proc.stderr.read().decode() if proc.stderr else ""
@@ -153,7 +164,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=[v for v in VARIANTS if v != "baseline"],
+        choices=list(VARIANTS),
+    )
+    parser.add_argument("--baseline-src", help="source folder for the baseline variant")
     parser.add_argument("--out", default="benchmarks/results/aggregation_scale.md")
     args = parser.parse_args()
     lines = [
@@ -178,7 +195,9 @@ def main() -> None:
             cpu: dict[str, list[float]] = {v: [] for v in args.variants}
             for rep in range(args.repeat):
                 for v in args.variants:
-                    wall, used, peak = run_variant(v, csv_path, root / f"out-{v}", args.classes)
+                    wall, used, peak = run_variant(
+                        v, csv_path, root / f"out-{v}", args.classes, args.baseline_src
+                    )
                     times[v].append(wall)
                     cpu[v].append(used)
                     rss[v].append(peak)
