@@ -3,10 +3,10 @@
 A UPerNet on resnet18 (random init, a Dropout2d(0.1) before its output layer so MC-dropout
 has something to sample) predicts a batch of tiles through `polyhead.inference.Predictor`
 with ``tta=None``, ``"d4"`` and ``"mc-dropout=8"``. The variants run interleaved in each
-round (the machine is shared), after one warm-up each; the table gives the median seconds
+round (the machine is shared), after one plain warm-up pass; the table gives the median seconds
 per batch and the ratio to plain. Writes benchmarks/results/tta_cost_cpu.md.
 
-    uv run --no-sync python benchmarks/tta_cost.py [--reps 3] [--size 256] [--batch 4]
+    uv run --no-sync python benchmarks/tta_cost.py [--reps 3] [--size 256] [--batch 1]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--size", type=int, default=256, help="tile side, px")
-    ap.add_argument("--batch", type=int, default=4, help="tiles per batch")
+    ap.add_argument("--batch", type=int, default=1, help="tiles per batch")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/tta_cost_cpu.md"))
     args = ap.parse_args()
@@ -49,8 +49,7 @@ def main() -> None:
     predictors = {name: Predictor(model, tta=spec) for name, spec in VARIANTS.items()}
     times: dict[str, list[float]] = {name: [] for name in predictors}
     with torch.inference_mode():
-        for p in predictors.values():  # warm-up
-            p(x)
+        predictors["plain"](x)  # warm-up: every variant runs the same model on the same shape
         for _ in range(args.reps):
             for name, p in predictors.items():
                 start = time.perf_counter()
@@ -68,7 +67,7 @@ def main() -> None:
             "",
             f"UPerNet/resnet18 (random init, Dropout2d(0.1) before the output layer), batch of "
             f"{args.batch} tiles of {args.size} px, {args.threads} threads, "
-            f"{torch.__version__}; median of {args.reps} interleaved rounds after a warm-up.",
+            f"{torch.__version__}; median of {args.reps} interleaved rounds after a warm-up pass.",
             "",
             "| tta | passes | median s / batch | ratio to plain | ratio / passes |",
             "|---|---|---|---|---|",
