@@ -224,3 +224,29 @@ def test_argmax_classes_matches_numpy_first_on_ties() -> None:
     assert got.dtype == torch.uint8 and got.shape == (1, 7, 9)
     np.testing.assert_array_equal(got[0].numpy(), proba.numpy().argmax(axis=0))
     assert got[0, 0, 0] == 0 and got[0, 1, 1] == 1
+
+
+class _BatchSizes(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.sizes = inner, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("batch", [5, 16])
+def test_full_batches_across_strips(tmp_path: Path, batch: int) -> None:
+    image = _image(100, 70, seed=6)  # 4 strips of 3 tiles
+    ref = predict_array(_conv3(2), image, tile_size=T, overlap=OV, batch_size=1)
+    model = _BatchSizes(_conv3(2))
+    got = predict_array(model, image, tile_size=T, overlap=OV, batch_size=batch)
+    assert model.sizes == ([5, 5, 2] if batch == 5 else [12])
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    src = _write(tmp_path / "in.tif", image)  # 3 bands of 1 tile column: deep accumulators
+    model = _BatchSizes(_conv3(2))
+    res = predict_raster(model, src, tmp_path / "o.tif", write_probabilities=True,
+                         batch_size=batch, block_size=1, **_kw())  # fmt: skip
+    assert sum(model.sizes) == 12 and max(model.sizes) <= batch
+    np.testing.assert_allclose(_read(res.probabilities_path), ref, atol=1e-6)

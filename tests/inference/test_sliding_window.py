@@ -370,7 +370,8 @@ def test_peak_memory_does_not_grow_with_height(tmp_path: Path) -> None:
         )
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-    assert peaks[1] < 1.5 * peaks[0], peaks
+    # 4x the rows: growth well under a quarter of what [K, H, W] float32 maps would add
+    assert peaks[1] - peaks[0] < K * (1280 - 320) * 64 * 4 / 4, peaks
     # a whole [K, H, W] float32 array for the tall raster would be far larger
     assert peaks[1] < K * 1280 * 64 * 4 / 2, peaks
 

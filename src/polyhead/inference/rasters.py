@@ -49,7 +49,13 @@ from polyhead.inference.pipeline_writers import (  # noqa: F401  (MapWriters: cr
     MapWriters,
 )
 from polyhead.inference.predictor import PROBABILITIES, UNCERTAINTY, Predictor
-from polyhead.inference.sliding_window import TileCounts, _iter_blocks, _progress, as_predictor
+from polyhead.inference.sliding_window import (
+    HostBlock,
+    TileCounts,
+    _iter_blocks,
+    _progress,
+    as_predictor,
+)
 from polyhead.inference.tiling import Normalize, check_config, n_tiles, tiles_per_band
 from polyhead.inference.uncertainty import predictive_entropy
 from polyhead.models.single import HEAD, NetworkModel
@@ -275,7 +281,8 @@ def predict_raster(
         )  # fmt: skip
         finish = _DeviceFinish(outputs)
 
-        def write(y: int, x: int, maps: dict[str, np.ndarray]) -> None:
+        def write(y: int, x: int, block: HostBlock) -> None:
+            maps = block.maps()
             h, w = maps["classes"].shape[1:]
             writers.write(maps, y, x, mask(y, x, h, w), finish.n_classes)
 
@@ -302,6 +309,7 @@ def predict_raster(
             prefetch_chunks=READ_AHEAD,
             finish=finish,
             counts=counts,
+            deferred=True,
         )
         for y, x, maps in stack.enter_context(closing(blocks)):
             background.put(y, x, maps)

@@ -1,0 +1,281 @@
+"""The blending loop of the sliding window on the model's device (see `sliding_window`).
+
+Tiles wait in a queue until a full batch is ready, across strips: a batch may hold the last
+tiles of one strip and the first of the next, so the model always sees ``batch_size`` tiles
+(only a band's last batch may be short). The accumulators of a band are as deep as the
+strips still open; rows are finished (divided and handed out) once every tile of their
+strips has run, in order, so each pixel sums the same tiles in the same order as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from polyhead.errors import ConfigError
+from polyhead.inference.pipeline import (
+    DeviceNormalize,
+    auto_batch_size,
+    autocast,
+    pad_tiles,
+)
+from polyhead.inference.tiling import Layout, MapsFn, blend_window, split_maps
+
+#: turns the finished, divided maps (on the device) into the maps handed out
+Finish = Callable[[dict[str, torch.Tensor]], Mapping[str, torch.Tensor]]
+
+
+@dataclass
+class TileCounts:
+    """Tiles run through the model, and tiles skipped because all their pixels are nodata."""
+
+    run: int = 0
+    nodata: int = 0
+
+
+@dataclass
+class Options:
+    """How `blend_bands` runs (see `sliding_window._iter_blocks`)."""
+
+    tile_size: int
+    overlap: int
+    batch_size: int | None
+    device: torch.device
+    blend: str
+    pad_mode: str
+    precision: str = "fp32"
+    channels_last: bool = False
+    deferred: bool = False
+
+
+class HostBlock:
+    """Finished maps on their way to the host: a non-blocking copy into page-locked memory
+    on CUDA (`maps` waits for it), the tensors themselves on a CPU."""
+
+    def __init__(self, maps: Mapping[str, torch.Tensor]) -> None:
+        self.event = None
+        if any(m.device.type == "cuda" for m in maps.values()):
+            self._maps = {n: m.to("cpu", non_blocking=True) for n, m in maps.items()}
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self._maps = dict(maps)
+
+    def maps(self) -> dict[str, np.ndarray]:
+        """``{name: array}`` once the copy is done."""
+        if self.event is not None:
+            self.event.synchronize()
+        return {name: m.numpy() for name, m in self._maps.items()}
+
+
+class _Blender:
+    """Weighted sums ``[K, depth, span]`` and weights of one band, rows ``top ..`` on."""
+
+    def __init__(self, k: int, depth: int, span: int, device: torch.device) -> None:
+        self.acc = torch.zeros((k, depth, span), device=device)
+        self.wsum = torch.zeros((depth, span), device=device)
+        self._spare = (torch.empty_like(self.acc), torch.empty_like(self.wsum))
+        self.top = 0  # raster row of buffer row 0
+
+    def ensure(self, first: int, end: int) -> None:
+        """Make raster rows ``first .. end`` addressable; rows before ``first`` are done."""
+        depth = self.acc.shape[1]
+        if end - self.top <= depth:
+            return
+        if end - first > depth:  # deeper than ever (batches across many strips): grow
+            depth = end - first
+            self._spare = (
+                self.acc.new_empty((self.acc.shape[0], depth, self.acc.shape[2])),
+                self.wsum.new_empty((depth, self.acc.shape[2])),
+            )
+        acc, wsum = self._spare
+        live = self.acc.shape[1] - (first - self.top)
+        acc[:, live:].zero_(), wsum[live:].zero_()
+        acc[:, :live].copy_(self.acc[:, first - self.top :])
+        wsum[:live].copy_(self.wsum[first - self.top :])
+        if acc.shape == self.acc.shape:
+            self._spare = (self.acc, self.wsum)
+        else:
+            self._spare = (torch.empty_like(acc), torch.empty_like(wsum))
+        self.acc, self.wsum, self.top = acc, wsum, first
+
+    def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of the sums and weights of raster rows ``start .. stop``."""
+        a, b = start - self.top, stop - self.top
+        return self.acc[:, a:b], self.wsum[a:b]
+
+
+def run_batch(maps_fn: MapsFn, batch: torch.Tensor, precision: str) -> tuple[Layout, torch.Tensor]:
+    """``maps_fn(batch)`` as float32, its maps stacked on the channel axis (the blend
+    window is applied as they are summed)."""
+    with torch.inference_mode(), autocast(precision, batch.device):
+        maps = maps_fn(batch)
+    if not isinstance(maps, Mapping) or not maps:
+        raise ConfigError(
+            f"the predictor must return named per-pixel maps, got {type(maps).__name__}"
+        )
+    b, _, h, w = batch.shape
+    for name, m in maps.items():
+        if m.ndim != 4 or m.shape[0] != b or tuple(m.shape[2:]) != (h, w):
+            raise ConfigError(
+                f"the model's {name!r} output must be [B, C, h, w] = [{b}, C, {h}, {w}], "
+                f"got {list(m.shape)}"
+            )
+    layout = [(name, int(m.shape[1])) for name, m in maps.items()]
+    values = [m.float() for m in maps.values()]
+    with torch.inference_mode():
+        return layout, values[0] if len(values) == 1 else torch.cat(values, dim=1)
+
+
+class BandBlender:
+    """Runs the tiles of the bands and hands out finished rows (`blend_bands`)."""
+
+    def __init__(
+        self,
+        maps_fn: MapsFn,
+        layout: list,
+        ys: list[int],
+        height: int,
+        shape: tuple[int, int],
+        normalize: Any,
+        opt: Options,
+        on_tiles: Callable[[int], None] | None,
+        finish: Finish | None,
+        counts: TileCounts,
+    ) -> None:
+        self.maps_fn, self.layout, self.ys, self.height = maps_fn, layout, ys, height
+        self.th, self.tw = shape
+        self.normalize, self.opt, self.on_tiles = normalize, opt, on_tiles
+        self.finish, self.counts = finish, counts
+        window = blend_window(opt.tile_size, opt.overlap, opt.blend)[: self.th, : self.tw]
+        self.w_tile = torch.from_numpy(window).to(opt.device)
+        self.norm: DeviceNormalize | None = None
+        self.maps_layout: Layout | None = None
+        self.carry: torch.Tensor | None = None  # [K + 1, height, w]: sums, then weights
+        self.channels = 0
+
+    def _k(self) -> int:
+        if self.maps_layout is None:  # every tile so far was nodata: learn the maps' layout
+            x = torch.zeros((1, self.channels, self.opt.tile_size, self.opt.tile_size))
+            self.maps_layout = run_batch(self.maps_fn, x.to(self.opt.device), self.opt.precision)[0]
+        return sum(c for _, c in self.maps_layout)
+
+    def _run(self, pending: list) -> torch.Tensor:
+        """The stacked maps of the tiles ``(strip, col, tile)`` of ``pending``, one batch."""
+        tiles = torch.stack([t for _, _, t in pending])
+        assert self.norm is not None
+        tiles = pad_tiles(self.norm(tiles), self.opt.tile_size, self.opt.pad_mode)
+        if self.opt.channels_last:
+            tiles = tiles.contiguous(memory_format=torch.channels_last)
+        self.maps_layout, probs = run_batch(self.maps_fn, tiles, self.opt.precision)
+        return probs
+
+    def _accumulate(self, pending: list, probs: torch.Tensor, blender: _Blender, a0: int) -> None:
+        """Add the weighted maps of ``pending``'s tiles to ``blender``."""
+        tw = self.tw
+        for (si, x0, _), p in zip(pending, probs, strict=True):  # fused: acc += p * w
+            acc, wsum = blender.rows(self.ys[si], self.ys[si] + self.th)
+            acc[:, :, x0 - a0 : x0 - a0 + tw].addcmul_(p[:, : self.th, :tw], self.w_tile)
+            wsum[:, x0 - a0 : x0 - a0 + tw] += self.w_tile
+        self.counts.run += len(pending)
+        if self.on_tiles is not None:
+            self.on_tiles(len(pending))
+
+    def _finished(self, band: int, blender: _Blender, start: int, stop: int, carry_in: int):
+        """Divide rows ``start .. stop`` of the band's finished columns; keep its carry."""
+        c0, c1, bxs = self.layout[band]
+        a0, span = bxs[0], bxs[-1] + self.tw - bxs[0]
+        k = blender.acc.shape[0]
+        if self.carry is None:
+            widths = [xs[-1] + self.tw - e for _, e, xs in self.layout[:-1]]
+            shape = (k + 1, self.height, max([1, *widths]))
+            self.carry = torch.zeros(shape, device=self.opt.device)
+        blender.ensure(start, stop)
+        acc, wsum = blender.rows(start, stop)
+        carry, rows = self.carry, slice(start, stop)
+        if carry_in:
+            acc[:, :, :carry_in] += carry[:k, rows, :carry_in]
+            wsum[:, :carry_in] += carry[k, rows, :carry_in]
+        if band + 1 < len(self.layout):
+            out_w = span - (c1 - a0)
+            carry[:k, rows, :out_w] = acc[:, :, c1 - a0 :]
+            carry[k, rows, :out_w] = wsum[:, c1 - a0 :]
+        done = acc[:, :, c0 - a0 : c1 - a0] / wsum[None, :, c0 - a0 : c1 - a0]
+        assert self.maps_layout is not None
+        maps = split_maps(self.maps_layout, done)
+        block = HostBlock(self.finish(maps) if self.finish is not None else maps)
+        return start, c0, block if self.opt.deferred else block.maps()
+
+    def band(self, band: int, chunks: Iterator[Any], carry_in: int) -> Iterator[tuple]:
+        """The finished blocks of one band, top to bottom."""
+        _, _, bxs = self.layout[band]
+        a0, span = bxs[0], bxs[-1] + self.tw - bxs[0]
+        ys, th, opt = self.ys, self.th, self.opt
+        stride = opt.tile_size - opt.overlap
+        blender: _Blender | None = None
+        pending: list[tuple[int, int, torch.Tensor]] = []
+        done = 0  # strips whose rows have been handed out
+        for si in range(len(ys)):
+            chunk = next(chunks)
+            x = chunk.pixels.to(opt.device, non_blocking=True).float()
+            self.channels = x.shape[0]
+            if self.norm is None:
+                self.norm = DeviceNormalize(self.normalize, x.shape[0], opt.device)
+            if opt.batch_size is None:
+                probe = (x.shape[0], opt.tile_size, opt.tile_size)
+                opt.batch_size = auto_batch_size(
+                    self.maps_fn, opt.device, probe, opt.precision, opt.channels_last
+                )
+            lag = -(-opt.batch_size // len(bxs)) + 1  # strips a full batch may span
+            skipped = chunk.keep.count(False)
+            self.counts.nodata += skipped
+            if skipped and self.on_tiles is not None:
+                self.on_tiles(skipped)
+            pending += [
+                (si, x0, x[:, :, x0 - a0 : x0 - a0 + self.tw])
+                for x0, keep in zip(bxs, chunk.keep, strict=True)
+                if keep
+            ]
+            # a short batch rather than strips held open without end (sparse nodata tiles)
+            flush = si + 1 == len(ys) or (pending and si - pending[0][0] >= lag)
+            while pending and (len(pending) >= opt.batch_size or flush):
+                batch, pending = pending[: opt.batch_size], pending[opt.batch_size :]
+                probs = self._run(batch)
+                if blender is None:
+                    blender = _Blender(probs.shape[1], th + stride, span, opt.device)
+                blender.ensure(ys[done], ys[batch[-1][0]] + th)
+                self._accumulate(batch, probs, blender, a0)
+            ready = pending[0][0] if pending else si + 1
+            if ready > done and blender is None:  # every tile so far was nodata
+                blender = _Blender(self._k(), th + stride, span, opt.device)
+            for strip in range(done, ready):
+                stop = ys[strip + 1] if strip + 1 < len(ys) else self.height
+                yield self._finished(band, blender, ys[strip], stop, carry_in)
+            done = ready
+
+
+def blend_bands(
+    maps_fn: MapsFn,
+    chunks: Iterator[Any],
+    layout: list,
+    ys: list[int],
+    height: int,
+    shape: tuple[int, int],
+    normalize: Any,
+    opt: Options,
+    on_tiles: Callable[[int], None] | None,
+    finish: Finish | None,
+    counts: TileCounts,
+) -> Iterator[tuple[int, int, Any]]:
+    """Finished ``(row, col, maps)`` blocks of every band, left to right (`BandBlender`)."""
+    blender = BandBlender(
+        maps_fn, layout, ys, height, shape, normalize, opt, on_tiles, finish, counts
+    )
+    carry_in = 0
+    for band, (_, c1, bxs) in enumerate(layout):
+        yield from blender.band(band, chunks, carry_in)
+        carry_in = bxs[0] + (bxs[-1] + shape[1] - bxs[0]) - c1
