@@ -46,6 +46,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise PolyheadError(f"--resume {args.resume}: in no run folder; give its --config")
         config = str(run_config(run_dir))
     cfg = _compose(args.config_dir, args.config_name, config, args.overrides)
+    if args.print_config or args.cfg:
+        from polyhead.train import resolved_config_yaml
+
+        print(resolved_config_yaml(cfg), end="")
+        return 0
     result = train(cfg, resume=args.resume)
     if result.validation_table:
         print(f"validation ({result.validation}):\n{result.validation_table}")
@@ -275,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a run in its folder: from its checkpoints/last.ckpt (or this full "
         "checkpoint), with its config.yaml unless a config is given",
     )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (YAML) and exit without training",
+    )
+    p.add_argument("--cfg", choices=["job"], help="--cfg job: Hydra's spelling of --print-config")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. pl_trainer.max_epochs=5")
     p.set_defaults(func=cmd_train)
 
@@ -391,9 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="segmentation: the dual head; classifier: polyhead compare --demo",
     )
     p.add_argument("--out", default="polyhead-demo", help="output folder")
-    p.add_argument("--scenes", type=int, default=8, help="training scenes")
-    p.add_argument("--size", type=int, default=256, help="scene size in pixels")
-    p.add_argument("--epochs", type=int, default=6, help="training epochs")
+    p.add_argument("--scenes", type=int, default=6, help="training scenes")
+    p.add_argument("--size", type=int, default=192, help="scene size in pixels")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs")
     p.add_argument("--encoder", default="resnet18", help="encoder name (random init)")
     p.set_defaults(func=cmd_demo)
 

@@ -132,6 +132,8 @@ class RunProgress:
         self.weights = dict(stages)
         self.total = float(sum(self.weights.values()))
         self.current: str | None = None
+        self.started: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(bar_width=BAR_WIDTH),
@@ -149,7 +151,13 @@ class RunProgress:
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self.progress.update(self.task, completed=self.total, description="done")
+        if self.current is not None:
+            self.ended.setdefault(self.current, time.perf_counter())
         self.progress.stop()
+
+    def durations(self) -> dict[str, float]:
+        """Seconds each stage took (from its `stage` call to the next, or to the end)."""
+        return {n: self.ended.get(n, time.perf_counter()) - t for n, t in self.started.items()}
 
     def _done_before(self, name: str) -> float:
         names = list(self.weights)
@@ -159,6 +167,10 @@ class RunProgress:
         """Start stage ``name``: every stage before it counts as done."""
         if name not in self.weights:
             raise KeyError(f"unknown stage {name!r}; stages: {list(self.weights)}")
+        now = time.perf_counter()
+        if self.current is not None and self.current != name:
+            self.ended.setdefault(self.current, now)
+        self.started.setdefault(name, now)
         self.current = name
         self.progress.update(
             self.task, completed=self._done_before(name), description=self._describe(detail)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,12 +172,15 @@ def _callback_spec(spec: Any) -> Any:
     return spec
 
 
-def build_callbacks(cfg: Mapping[str, Any], run_dir: Path) -> list[pl.Callback]:
-    """The config's callbacks, every checkpoint in ``run_dir/checkpoints``: the first
-    ModelCheckpoint also writes ``last.ckpt`` (a `RunCheckpoint` on ``loss/val`` when the
-    config has none); RNG states go into every full checkpoint."""
+def build_callbacks(
+    cfg: Mapping[str, Any], run_dir: Path, extra: Sequence[pl.Callback] = ()
+) -> list[pl.Callback]:
+    """The config's callbacks and ``extra`` (built ones), every checkpoint in
+    ``run_dir/checkpoints``: the first ModelCheckpoint also writes ``last.ckpt`` (a
+    `RunCheckpoint` on ``loss/val`` when the config has none); RNG states go into every full
+    checkpoint."""
     specs = [_callback_spec(c) for c in cfg.get("callbacks") or []]
-    callbacks = [build(c, f"callbacks[{i}]") for i, c in enumerate(specs)]
+    callbacks = [build(c, f"callbacks[{i}]") for i, c in enumerate(specs)] + list(extra)
     ckpts = [cb for cb in callbacks if isinstance(cb, pl.callbacks.ModelCheckpoint)]
     if not ckpts:
         monitor = "loss/val" if cfg.get("val_dataset") else None
@@ -241,6 +244,7 @@ def build_trainer(
     run_dir: Path,
     keep_metrics_below_step: int | None = None,
     verbose: bool = True,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> pl.Trainer:
     """``lightning.pytorch.Trainer`` from ``pl_trainer``, with callbacks, `AtomicCheckpointIO`
     and a CSV logger writing ``run_dir/metrics.csv`` (rows from ``keep_metrics_below_step``
@@ -257,7 +261,8 @@ def build_trainer(
     elif isinstance(kwargs["logger"], Mapping):
         kwargs["logger"] = build(kwargs["logger"], "pl_trainer.logger")
     plugins = _plugins(kwargs)
-    return pl.Trainer(callbacks=build_callbacks(cfg, run_dir), plugins=plugins, **kwargs)
+    built = build_callbacks(cfg, run_dir, callbacks)
+    return pl.Trainer(callbacks=built, plugins=plugins, **kwargs)
 
 
 def _resume_from(cfg: Mapping[str, Any] | None, resume: str | Path | None) -> Resume | None:
@@ -310,21 +315,24 @@ def train(
     resume: str | Path | None = None,
     *,
     verbose: bool | None = None,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> TrainResult:
     """Train from a config in a new run folder, or continue a run: ``resume`` is a run folder
     (its ``checkpoints/last.ckpt``) or a full checkpoint; without ``cfg`` the run's
     ``config.yaml`` is used. Returns the run folder, checkpoints and last validation metrics.
     Lightning's banners, tips and model summary are silenced unless ``verbose`` (default:
-    ``$POLYHEAD_VERBOSE``; see `lightning_output`)."""
+    ``$POLYHEAD_VERBOSE``; see `lightning_output`). ``callbacks``: built Lightning callbacks
+    added to the config's (not stored in it), e.g. a `polyhead.progress.TrainingProgress`."""
     verbose = verbose_setting(verbose)
     with lightning_output(verbose):
-        return _train(cfg, resume, verbose)
+        return _train(cfg, resume, verbose, callbacks)
 
 
 def _train(
     cfg: Mapping[str, Any] | DictConfig | str | Path | None,
     resume: str | Path | None,
     verbose: bool,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> TrainResult:
     cfg, found = _prepare(cfg, resume)
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
@@ -333,7 +341,8 @@ def _train(
     check_task(task, datamodule)  # bands and class counts agree, before any run folder exists
     run_dir = open_run(cfg, found)  # once the config has built: no folder for a broken one
     try:
-        trainer = build_trainer(cfg, run_dir, found.global_step if found else None, verbose)
+        step = found.global_step if found else None
+        trainer = build_trainer(cfg, run_dir, step, verbose, callbacks)
     except Exception:
         if found is None:
             discard_new_run(run_dir)

@@ -18,6 +18,7 @@ from polyhead.demo import (
     save_prediction_figure,
     vote_fractions,
 )
+from polyhead.demo.figures import SOFT_CAPTION, caption_lines
 from polyhead.errors import ConfigError, DataError
 
 
@@ -187,7 +188,9 @@ def test_prediction_figure(ds: SyntheticDataset, tmp_path: Path) -> None:
         panel_px=96,
     )
     png = mpimg.imread(out)
-    assert png.shape[:2][::-1] == figure_pixel_size(2, 5, 96)
+    lines = caption_lines(SOFT_CAPTION, 5 * 96, 5.0)  # the soft mask's default caption
+    assert len(lines) > 1
+    assert png.shape[:2][::-1] == figure_pixel_size(2, 5, 96, caption_lines=len(lines))
     assert png[..., :3].std() > 0.05  # not blank
     one = save_prediction_figure(
         tmp_path / "one.png",
@@ -199,5 +202,25 @@ def test_prediction_figure(ds: SyntheticDataset, tmp_path: Path) -> None:
         panel_px=64,
     )
     assert mpimg.imread(one).shape[:2][::-1] == figure_pixel_size(1, 2, 64)
+    labelled = save_prediction_figure(
+        tmp_path / "labelled.png",
+        images,
+        hard,
+        None,
+        {"head A": truth},
+        ds.class_names,
+        panel_px=64,
+        row_titles=scenes,
+        truth=truth,
+        caption="one line",
+    )
+    size = figure_pixel_size(2, 4, 64, row_labels=True, caption_lines=1)
+    assert mpimg.imread(labelled).shape[:2][::-1] == size
+    with pytest.raises(DataError, match="row_titles has 1 entries but image has 2 rows"):
+        save_prediction_figure(tmp_path / "bad.png", images, None, None, {}, ds.class_names,
+                               row_titles=scenes[:1])  # fmt: skip
+    with pytest.raises(DataError, match="truth has 1 rows but image has 2"):
+        save_prediction_figure(tmp_path / "bad.png", images, None, None, {}, ds.class_names,
+                               truth=truth[:1])  # fmt: skip
     with pytest.raises(DataError):
         save_prediction_figure(tmp_path / "bad.png", images, hard[:1], None, {}, ds.class_names)
