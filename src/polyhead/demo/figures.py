@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -117,8 +118,6 @@ def save_prediction_figure(
         raise DataError(f"classes has {len(classes)} entries but class_names has {k}")
     colors = np.asarray(classes.colors_float()) if classes is not None else class_colors(k)
     names = classes.names if classes is not None else class_names
-    cmap = ListedColormap(colors)
-    norm = BoundaryNorm(np.arange(-0.5, k + 0.5), k)
     titles = {**COLUMN_TITLES, **(column_titles or {})}
 
     columns: list[tuple[str, str, list[np.ndarray]]] = [(titles["image"], "rgb", images)]
@@ -159,18 +158,31 @@ def save_prediction_figure(
                     panel_px / height,
                 )
             )
-            ax.set_axis_off()
-            data = rows[r]
-            if kind == "rgb":
-                ax.imshow(stretch_rgb(data, rgb_bands), interpolation="nearest")
-            elif kind == "soft":
-                if data.shape[0] != k:
-                    raise DataError(f"soft_mask has {data.shape[0]} bands, expected {k}")
-                mix = np.tensordot(np.clip(data, 0, None), colors, axes=(0, 0))
-                ax.imshow(np.clip(mix, 0.0, 1.0), interpolation="nearest")
-            else:
-                ax.imshow(data, cmap=cmap, norm=norm, interpolation="nearest")
+            _draw(ax, kind, rows[r], colors, rgb_bands)
             ax.set_title(title, fontsize=font, pad=3)
+    _legend(fig, names, colors, lines, font)
+    return save_figure(fig, path, dpi=DPI, format="png")
+
+
+def _draw(ax: Any, kind: str, data: np.ndarray, colors: np.ndarray, rgb_bands) -> None:
+    """One panel: an RGB stretch, a soft mask as mixed class colours, or a class map."""
+    ax.set_axis_off()
+    k = len(colors)
+    if kind == "rgb":
+        ax.imshow(stretch_rgb(data, rgb_bands), interpolation="nearest")
+    elif kind == "soft":
+        if data.shape[0] != k:
+            raise DataError(f"soft_mask has {data.shape[0]} bands, expected {k}")
+        mix = np.tensordot(np.clip(data, 0, None), colors, axes=(0, 0))
+        ax.imshow(np.clip(mix, 0.0, 1.0), interpolation="nearest")
+    else:
+        norm = BoundaryNorm(np.arange(-0.5, k + 0.5), k)
+        ax.imshow(data, cmap=ListedColormap(colors), norm=norm, interpolation="nearest")
+
+
+def _legend(fig: Figure, names: Sequence[str], colors: np.ndarray, lines: list[str], font):
+    """The class legend above the caption lines, at the bottom of the figure."""
+    width, height = fig.get_size_inches() * DPI
     handles = [
         Patch(facecolor=colors[i], edgecolor="k", label=str(name)) for i, name in enumerate(names)
     ]
@@ -178,7 +190,7 @@ def save_prediction_figure(
     fig.legend(
         handles=handles,
         loc="lower center",
-        ncol=min(k, max(3, width // 100)),
+        ncol=min(len(names), max(3, int(width) // 100)),
         fontsize=font,
         frameon=False,
         bbox_to_anchor=(0.5, caption_px / height),
@@ -186,4 +198,3 @@ def save_prediction_figure(
     for i, line in enumerate(lines):
         y = (caption_px - (i + 0.5) * CAPTION_LINE_PX) / height
         fig.text(0.5, y, line, ha="center", va="center", fontsize=font)
-    return save_figure(fig, path, dpi=DPI, format="png")
