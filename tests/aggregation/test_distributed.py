@@ -37,16 +37,17 @@ def test_local_cluster_equals_one_process(small_set, tmp_path):
     ).read_text()
 
 
-def test_threads_equal_one_thread_and_no_cache(small_set, tmp_path):
+def test_threads_and_code_cache_change_nothing(small_set, tmp_path):
     csv_path, masks, _, _, k = small_set
     aggregate_masks(csv_path, tmp_path / "a", k, progress=False, workers=1)
     aggregate_masks(csv_path, tmp_path / "b", k, progress=False, workers=3, cache_mb=0)
+    one_image = 24 * 32 * 2 / 2**20  # codes of the first image only: the others read again
+    aggregate_masks(csv_path, tmp_path / "c", k, progress=False, workers=2, cache_mb=one_image)
     for name in masks:
         for kind in ("soft", "hard"):
-            np.testing.assert_array_equal(
-                _read(tmp_path / "a" / kind / f"{name}.tif"),
-                _read(tmp_path / "b" / kind / f"{name}.tif"),
-            )
+            ref = _read(tmp_path / "a" / kind / f"{name}.tif")
+            for other in ("b", "c"):
+                np.testing.assert_array_equal(_read(tmp_path / other / kind / f"{name}.tif"), ref)
 
 
 def test_missing_dask_and_bad_scheduler(small_set, tmp_path, monkeypatch):

@@ -14,8 +14,8 @@ Steps of `aggregate_masks` (a map-reduce over images, `polyhead.aggregation.pass
 
 The maps run in threads here or as Dask tasks (``scheduler=``, `polyhead.aggregation.runner`);
 both give identical outputs. Locally, pass 1 keeps each image's pixel codes (2 bytes a
-pixel while there are at most 65536 patterns) up to ``cache_mb`` so that pass 2 need not
-decode the masks again.
+pixel while there are at most 65536 patterns) of the images that fit in ``cache_mb``, so
+that pass 2 need not decode their masks again.
 
 Repeated ratings (an annotator with several masks of one image) each count as one rating;
 a gold mask (``gold_mask`` column or ``gold=``) fixes the posterior of its labelled pixels
@@ -138,12 +138,14 @@ def _report_extra(
 
 def _keep_codes(
     entries: list[ImageEntry], codec: PatternCodec, cache_mb: float, runner: Any
-) -> bool:
-    """Whether pass 1 keeps every pixel's code for pass 2 (local runs, within ``cache_mb``)."""
+) -> list[bool]:
+    """Which images' pixel codes pass 1 keeps for pass 2: local runs only, images in CSV
+    order while their codes fit in ``cache_mb`` (the others are read again in pass 2)."""
     if not isinstance(runner, LocalRunner) or not codec.packed:
-        return False
+        return [False] * len(entries)
     per_pixel = 2 if codec.n_codes <= 1 << 16 else 4 if codec.n_codes <= 1 << 31 else 8
-    return sum(e.height * e.width for e in entries) * per_pixel <= cache_mb * 2**20
+    used = np.cumsum([e.height * e.width * per_pixel for e in entries])
+    return (used <= cache_mb * 2**20).tolist()
 
 
 def _write_outputs(
@@ -214,8 +216,8 @@ def _pass2(
     write_image(ctx, codec, entry, own_table or table, paths, soft_dtype, codes, georef)
 
 
-def _pass1(ctx: PassContext, codec: PatternCodec, keep: bool, entry: ImageEntry) -> ImageCounts:
-    return count_image(ctx, codec, entry, keep)
+def _pass1(ctx: PassContext, codec: PatternCodec, job: tuple[ImageEntry, bool]) -> ImageCounts:
+    return count_image(ctx, codec, *job)
 
 
 def aggregate_masks(
@@ -239,7 +241,7 @@ def aggregate_masks(
     soft_dtype: Literal["float32", "uint8"] = "float32",
     scheduler: str | None = None,
     workers: int | None = None,
-    cache_mb: float = 256.0,
+    cache_mb: float = 128.0,
 ) -> AggregationResult:
     """Aggregate the masks listed in an ``image,annotator,mask`` CSV into ``out_dir``.
 
@@ -273,8 +275,9 @@ def aggregate_masks(
     runner = make_runner(scheduler, 1 if not codec.packed else workers, progress)
     try:
         keep = _keep_codes(masks.entries, codec, cache_mb, runner)
+        jobs = list(zip(masks.entries, keep, strict=True))
         counted = runner.map(
-            partial(_pass1, ctx, codec, keep), masks.entries, "aggregate: counting label patterns"
+            partial(_pass1, ctx, codec), jobs, "aggregate: counting label patterns"
         )
         kept_idx, skipped = _labelled_images(csv_path, masks.entries, counted, empty_images)
         kept = [masks.entries[i] for i in kept_idx]
