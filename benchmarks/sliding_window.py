@@ -5,7 +5,7 @@ fresh subprocess so that peak memory is that run's own (VmHWM from /proc/self/st
 ``ru_maxrss`` would carry the parent's peak across fork + exec):
 
   - ``read``:  read the windows `predict_raster` reads (bands of ``--block-size``
-    columns, one window per batch of 4 tiles), nothing else: the I/O floor;
+    columns, one window per strip of a band), nothing else: the I/O floor;
   - ``tiny``:  `predict_raster` with a tiny conv model (3x3 conv 4->16, ReLU, 1x1 16->4),
     so the pipeline itself (reading, blending, writing) dominates;
   - ``tiny1``: the same in one band as wide as the raster (no tile run twice; memory
@@ -14,8 +14,8 @@ fresh subprocess so that peak memory is that run's own (VmHWM from /proc/self/st
     random init, head A (sizes in ``--real-sizes``; slow on CPU).
 
 Tiles 512, overlap 64, Gaussian blending, batch 4, class map only; ``tiles run`` counts
-the band-border tiles once per band (``+x%`` over the global grid). GDAL's block cache
-is whatever `predict_raster` sets (64 MiB) unless ``--gdal-cachemax``. Then the TTA cost
+every tile of the global grid once (``+0.0%``: band borders carry their overlap). GDAL's
+block cache is whatever `predict_raster` sets (64 MiB) unless ``--gdal-cachemax``. Then the TTA cost
 ratio, interleaved round after round on one raster in one process: plain, flips x4, and
 flips x4 at scales (1, 0.75, 1.25) (12 passes), for the tiny and the real model.
 
@@ -105,19 +105,17 @@ def _model(name: str):
 
 
 def read_like_predict(src, block_size: int) -> int:
-    """Read the input windows `predict_raster` reads, in its order; returns tiles covered."""
-    from polyhead.inference.tiling import band_cores, tile_starts, tiles_touching
+    """Read the input windows `predict_raster` reads, in its order (one per strip of each
+    band, in the file's dtype); returns tiles covered."""
+    from polyhead.inference.tiling import band_layout, tile_starts
 
-    ys, xs = tile_starts(src.height, TILE, OVERLAP), tile_starts(src.width, TILE, OVERLAP)
+    ys = tile_starts(src.height, TILE, OVERLAP)
     th, tw = min(TILE, src.height), min(TILE, src.width)
     tiles = 0
-    for c0, c1 in band_cores(src.width, block_size, TILE):
-        bxs = tiles_touching(xs, tw, c0, c1)
+    for _, _, xs in band_layout(src.width, TILE, OVERLAP, block_size):
         for y0 in ys:
-            for b0 in range(0, len(bxs), BATCH):
-                bx = bxs[b0 : b0 + BATCH]
-                src.read(window=Window(bx[0], y0, bx[-1] + tw - bx[0], th), out_dtype="float32")
-                tiles += len(bx)
+            src.read(window=Window(xs[0], y0, xs[-1] + tw - xs[0], th))
+            tiles += len(xs)
     return tiles
 
 

@@ -250,3 +250,12 @@ def test_full_batches_across_strips(tmp_path: Path, batch: int) -> None:
                          batch_size=batch, block_size=1, **_kw())  # fmt: skip
     assert sum(model.sizes) == 12 and max(model.sizes) <= batch
     np.testing.assert_allclose(_read(res.probabilities_path), ref, atol=1e-6)
+
+
+def test_train_and_eval_modes_are_restored() -> None:
+    model = _conv3().eval()
+    predict_array(model, _image(40, 40), **_kw())  # wrapped in a fresh (train-mode) Predictor
+    assert not any(m.training for m in model.modules())
+    model.train()
+    predict_array(model, _image(40, 40), **_kw())
+    assert all(m.training for m in model.modules())
