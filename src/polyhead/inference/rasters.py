@@ -1,22 +1,25 @@
 """Prediction over GeoTIFF rasters of any size: the sliding window's maps written as rasters.
 
 `predict_raster` streams a raster through `polyhead.inference.sliding_window` and writes,
-through `MapWriters`, a uint8 class map, optional per-class probabilities and an optional
-uncertainty band, georeferenced like the input, whole or not at all.
+through `MapWriters`, a uint8 class map (with a colour table), optional per-class
+probabilities (bands named by class), an optional uncertainty band and, when the predictor
+returns one, a ``spread`` band, georeferenced like the input, whole or not at all. A
+background thread reads ahead, another writes behind, while the model's device computes.
 
-The raster is streamed in vertical bands ``block_size`` pixels wide (at least one tile;
-multiples of 256 align with the output blocks), each top to bottom, so memory is about
-``K * tile * (block_size + 2 * tile) * 4`` bytes whatever the raster size. Tiles straddling
-a band border are run by both bands (``n_tiles_run`` counts them), which keeps the output
-equal to blending the global tile grid in one piece. GDAL's block cache is capped at 64 MiB
-meanwhile unless GDAL_CACHEMAX is set.
+The raster is streamed in vertical bands of about ``block_size`` pixels (whole tile
+columns; borders on the 256-pixel output blocks when they can be), each top to bottom, so
+memory is about ``K * tile * (block_size + 2 * tile) * 4`` bytes plus a full-height strip
+``overlap`` pixels wide carried from band to band: every tile of the global grid runs once
+and the output equals blending the grid in one piece. GDAL's block cache is capped at
+64 MiB meanwhile unless GDAL_CACHEMAX is set.
 
 Nodata. A pixel is nodata when the input masks it in any band read (its nodata value, mask
 band or alpha band: rasterio's ``read_masks``) or when any of its bands is NaN/inf. Such
 pixels are read as 0 (so they cannot spread NaN through the network to their neighbours)
 and written as nodata in every output: 255 in the class map, NaN in float32
 probabilities and uncertainty (each file says so in its ``nodata``); uint8 probabilities,
-where every value is a probability, are 0 in every band there.
+where every value is a probability, are 0 in every band there. A tile whose pixels are all
+nodata is not run (``n_tiles_nodata``).
 """
 
 from __future__ import annotations
