@@ -18,18 +18,21 @@ with the crop (the share of a class); for those use ``fraction_of`` or train on 
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from polyhead.data.extra_targets import read_columns
-from polyhead.data.validation import CsvRow
+from polyhead.data.validation import REQUIRED_COLUMNS, CsvRow
 from polyhead.errors import ConfigError, DataError
+from polyhead.paths import open_csv
+
+if TYPE_CHECKING:  # torch is imported where targets are made: check-data needs none of it
+    import torch
 
 KINDS = ("class", "binary", "value")
 FRACTION_SOURCES = ("hard",)
@@ -119,6 +122,8 @@ class ImageTargets:
             raise ConfigError(f"image_targets must be a non-empty mapping, got {specs!r}")
         self.specs = [ImageTargetSpec.from_config(str(k), v) for k, v in specs.items()]
         self.n_classes, self.n_rows = n_classes, len(rows)
+        from polyhead.data.extra_targets import read_columns
+
         columns = sorted({c for s in self.specs for c in s.columns})
         records = read_columns(csv_path, columns, "image_targets") if columns else []
         self.values: dict[str, list[np.ndarray | None]] = {}
@@ -167,6 +172,8 @@ class ImageTargets:
         self, image: int, hard: torch.Tensor, ignore_index: int
     ) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
         """Row ``image``'s targets and presence flags; ``hard`` is the crop's augmented mask."""
+        import torch
+
         targets, present = {}, {}
         for spec in self.specs:
             if spec.fraction_of is not None:
@@ -183,8 +190,22 @@ class ImageTargets:
 
     def fractions(self, hard: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, bool]:
         """Share of each class among the labelled pixels of ``hard``; (zeros, False) if none."""
+        import torch
+
         labelled = hard[hard != ignore_index].reshape(-1)
         if labelled.numel() == 0:
             return torch.zeros(self.n_classes), False
         counts = torch.bincount(labelled.long(), minlength=self.n_classes)[: self.n_classes]
         return counts.float() / labelled.numel(), True
+
+
+def column_counts(csv_path: str | Path) -> dict[str, tuple[int, int]]:
+    """``{column: (rows with a value, rows without)}`` for every column but image and mask."""
+    with open_csv(Path(csv_path)) as fh:
+        records = [
+            {(k or "").strip(): (v or "").strip() for k, v in r.items() if k}
+            for r in csv.DictReader(fh)
+        ]
+    columns = [c for c in (records[0] if records else {}) if c not in REQUIRED_COLUMNS]
+    have = {c: sum(bool(r.get(c)) for r in records) for c in columns}
+    return {c: (have[c], len(records) - have[c]) for c in columns}

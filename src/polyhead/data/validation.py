@@ -67,8 +67,7 @@ class DataSummary:
     images: list[ImageSummary] = field(default_factory=list)
     class_counts: list[int] = field(default_factory=list)
     ignored_pixels: int = 0
-    #: ``{CSV column: (rows with a value, rows without)}`` for every column that may be empty
-    #: (``soft_mask`` and any column beyond image/mask: image-level targets, extra targets)
+    #: ``{CSV column: (rows with a value, rows without)}``, every column but image and mask
     target_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
@@ -113,8 +112,8 @@ class DataSummary:
         from rich.table import Table
 
         table = Table("column", "rows with a target", "rows without", title="Targets per column")
-        for column, (have, lack) in self.target_counts.items():
-            table.add_row(column, str(have), str(lack))
+        for column, counts in self.target_counts.items():
+            table.add_row(column, *map(str, counts))
         return table
 
     def to_table(self) -> Any:
@@ -169,9 +168,9 @@ def read_csv_rows(csv_path: str | Path, soft_labels: bool | None = False) -> lis
     """Read an ``image,mask[,soft_mask]`` CSV; relative paths resolve against its folder.
 
     ``soft_labels=True`` requires the ``soft_mask`` column, ``False`` ignores it and
-    ``None`` uses it when present. An empty ``soft_mask`` cell means that row has no soft
-    target (``soft_mask=None``: the soft heads skip it); at least one row needs one. Raises
-    ``DataError`` for a missing file, missing columns, no data rows or empty image/mask cells.
+    ``None`` uses it when present. An empty ``soft_mask`` cell: that row has no soft target
+    (the soft heads skip it). Raises ``DataError`` for a missing file, missing columns, no
+    data rows, empty image/mask cells or every soft_mask cell empty.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -208,21 +207,6 @@ def read_csv_rows(csv_path: str | Path, soft_labels: bool | None = False) -> lis
     if use_soft and soft_labels and rows and all(r.soft_mask is None for r in rows):
         raise DataError(f"{csv_path}: soft_labels=True but every soft_mask cell is empty")
     return rows
-
-
-def column_counts(csv_path: str | Path) -> dict[str, tuple[int, int]]:
-    """``{column: (rows with a value, rows without)}`` for every column but image and mask."""
-    with open_csv(Path(csv_path)) as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or []) if c and c.strip()]
-        optional = [c for c in columns if c not in REQUIRED_COLUMNS]
-        counts = dict.fromkeys(optional, (0, 0))
-        for rec in reader:
-            cells = {(k or "").strip(): (v or "").strip() for k, v in rec.items() if k}
-            for c in optional:
-                have, lack = counts[c]
-                counts[c] = (have + 1, lack) if cells.get(c) else (have, lack + 1)
-    return counts
 
 
 def _open_info(role: str, path: Path, report: Report) -> raster_io.RasterInfo | None:
@@ -385,6 +369,8 @@ def validate_rows(
     _check_bands(summary.images, problems)
     problems.raise_if_any()
     summary.class_counts = counts.tolist()
+    from polyhead.data.image_targets import column_counts  # it builds on this module
+
     summary.target_counts = column_counts(csv_path)
     return summary
 
