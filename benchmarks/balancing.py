@@ -4,8 +4,8 @@ Two models on one encoder (resnet18, random init, FPN heads): the dual head (A: 
 B: soft masks, JS consistency) and the three-head model of
 ``configs/experiment/synthetic/three_heads.yaml`` (plus ``cover``: the class fractions of the
 crop, an image-level regression head). Each (model, balancer) pair is trained for each seed;
-the variants are interleaved (seed outer, then model, then balancer) so machine load hits them
-alike. Reported: the last epoch's validation mIoU and ECE per pixel head (and the cover head's
+the variants are interleaved (per seed: model, then balancer, one after another) so machine
+load hits them alike; ``--workers`` runs the seeds in parallel processes. Reported: the last epoch's validation mIoU and ECE per pixel head (and the cover head's
 MAE), mean and standard deviation over the seeds, and each variant's wall time as a ratio to
 the fixed-weights run of the same model.
 
@@ -94,6 +94,23 @@ def fit(cfg: dict, epochs: int) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
+def run_seed(data, tmp: Path, seed: int, args) -> list[tuple[tuple[str, str], dict]]:
+    """Every (model, balancer) variant for one seed, interleaved, timed one after another."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = []
+    for model in MODELS:
+        for balancer in BALANCERS:
+            cfg = run_config(data, tmp / f"{model}-{balancer}-{seed}", model, balancer, seed, args)
+            start = time.perf_counter()
+            metrics = fit(cfg, args.epochs)
+            metrics["seconds"] = time.perf_counter() - start
+            out.append(((model, balancer), metrics))
+            print(model, balancer, seed, {k: round(metrics.get(k, -1), 3) for k in METRICS})
+    return out
+
+
 def spread(values: list[float]) -> str:
     if not values:
         return "-"
@@ -108,22 +125,25 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="synthetic scene size (px)")
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--samples", type=int, default=64, help="training crops per epoch")
+    parser.add_argument("--workers", type=int, default=1, help="seeds run in parallel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--out", default="benchmarks/results/balancing_cpu.md")
     args = parser.parse_args()
 
     results: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = generate_synthetic_dataset(Path(tmp) / "data", n_train=6, n_val=2, size=args.size)
-        for seed in range(args.seeds):
-            for model in MODELS:
-                for balancer in BALANCERS:
-                    out = Path(tmp) / f"{model}-{balancer}-{seed}"
-                    cfg = run_config(data, out, model, balancer, seed, args)
-                    start = time.perf_counter()
-                    metrics = fit(cfg, args.epochs)
-                    metrics["seconds"] = time.perf_counter() - start
-                    results.setdefault((model, balancer), []).append(metrics)
-                    print(model, balancer, seed, {k: round(metrics.get(k, -1), 3) for k in METRICS})
+        jobs = [(data, Path(tmp), seed, args) for seed in range(args.seeds)]
+        if args.workers > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(args.workers) as pool:
+                per_seed = pool.starmap(run_seed, jobs)
+        else:
+            per_seed = [run_seed(*job) for job in jobs]
+    for runs in per_seed:
+        for key, metrics in runs:
+            results.setdefault(key, []).append(metrics)
     write_table(results, args)
 
 
@@ -132,13 +152,15 @@ def write_table(results: dict[tuple[str, str], list[dict]], args) -> None:
         "# Loss balancing on the synthetic scenes (CPU)",
         "",
         f"`uv run --no-sync python benchmarks/balancing.py --seeds {args.seeds} --epochs "
-        f"{args.epochs} --size {args.size} --crop {args.crop} --samples {args.samples}`",
+        f"{args.epochs} --size {args.size} --crop {args.crop} --samples {args.samples} "
+        f"--workers {args.workers} --threads {args.threads}`",
         "",
         f"6 training / 2 validation scenes of {args.size} px (4 bands, 4 classes), resnet18 "
         f"random init, FPN heads, {args.epochs} epochs of {args.samples} crops of {args.crop} "
         f"px, AdamW lr 2e-3; {args.seeds} seeds per variant, variants interleaved. Metrics of "
         "the last epoch's validation, mean ± standard deviation over the seeds. Time: wall "
-        "time per run as a ratio to the fixed-weights run of the same model (same seeds).",
+        "time per run as a ratio to the fixed-weights run of the same model (same seeds; "
+        "the machine was shared with other jobs, so ratios are rough).",
         "",
         "| model | balancing | A mIoU | A ECE | B mIoU | B ECE | cover MAE | time ratio |",
         "|---|---|---|---|---|---|---|---|",
