@@ -2,6 +2,7 @@
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import default_collate
@@ -9,7 +10,7 @@ from torch.utils.data import default_collate
 from polyhead.data import RandomCropSegmentationDataset
 from polyhead.data.validation import check_data
 from polyhead.errors import ConfigError, DataError
-from tests.data.conftest import N_CLASSES
+from tests.data.conftest import N_CLASSES, write_tif
 
 
 def _add_columns(csv_path, columns):
@@ -136,3 +137,15 @@ def test_all_soft_cells_empty_is_an_error(seg_set):
         _set_cell(seg_set.csv, row, "soft_mask", "")
     with pytest.raises(DataError, match="every soft_mask cell is empty"):
         _dataset(seg_set)
+
+
+def test_soft_weight_column_reaches_the_batch_as_a_weight_map(seg_set):
+    weights = []
+    for i in range(len(seg_set.image_paths)):
+        w = np.full((1, *seg_set.masks[i].shape), 0.25 * (i + 1), np.float32)
+        weights.append(write_tif(seg_set.root / "weights" / f"w_{i}.tif", w).name)
+    _add_columns(seg_set.csv, {"soft_weight": [f"weights/{n}" for n in weights]})
+    ds = _dataset(seg_set, extra_targets={"soft_weight": "soft_weight"})
+    item = ds[len(ds) - 1]  # a tile of row 3: weight 0.75 (0 in the padding)
+    assert item["targets"]["soft_weight"].shape == (1, 16, 16)
+    assert float(item["targets"]["soft_weight"].max()) == pytest.approx(0.75)
