@@ -124,3 +124,9 @@ def test_soft_weight_map_scales_pixels_and_reaches_the_loss():
     torch.testing.assert_close(parts["B"], left / 2)
     with pytest.raises(ValueError, match="weight map"):
         soft(outputs["B"], targets["soft"], weight=torch.ones(2, 1, 3, 4))
+
+
+def test_uncertainty_init_accepts_target_keys_for_the_first_head_learning_them():
+    bal = UncertaintyWeighting(init={"hard": 0.3, "soft": -0.2, "consistency": 0.1})
+    MultiHeadLoss({"A": "hard", "B": "soft"}, balancing=bal)  # psmt's names, polyhead's heads
+    assert bal.logged() == pytest.approx({"A": 0.3, "B": -0.2, "consistency": 0.1})

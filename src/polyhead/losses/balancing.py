@@ -29,9 +29,11 @@ class LossBalancer(nn.Module):
 
     terms: list[str]
 
-    def setup(self, terms: Sequence[str]) -> None:
-        """Learn the term names (the heads' names and ``consistency``) before training."""
+    def setup(self, terms: Sequence[str], aliases: Mapping[str, str] | None = None) -> None:
+        """Learn the term names (the heads' names and ``consistency``) before training;
+        ``aliases`` maps other names for a term (a target key: ``hard`` -> ``A``) to it."""
         self.terms = list(terms)
+        self.aliases = dict(aliases or {})
 
     def combine(
         self,
@@ -70,7 +72,9 @@ class UncertaintyWeighting(LossBalancer):
 
     Args:
         init: ``{term: log_var}`` starting values (default 0 for every term), e.g. the
-            sigmas of an imported psmt checkpoint as ``log(sigma**2)``.
+            sigmas of an imported psmt checkpoint as ``log(sigma**2)``. A term may also be
+            named by its target key (``hard``, ``soft``: the first head learning it), so
+            psmt's ``{hard, soft, consistency}`` seed a dual head's ``{A, B, consistency}``.
         min_log_var, max_log_var: the clamp.
     """
 
@@ -87,15 +91,16 @@ class UncertaintyWeighting(LossBalancer):
         self.min_log_var, self.max_log_var = float(min_log_var), float(max_log_var)
         self.log_vars = nn.ParameterDict()
 
-    def setup(self, terms: Sequence[str]) -> None:
-        super().setup(terms)
-        unknown = sorted(set(self.init) - set(self.terms))
+    def setup(self, terms: Sequence[str], aliases: Mapping[str, str] | None = None) -> None:
+        super().setup(terms, aliases)
+        init = {k if k in self.terms else self.aliases.get(k, k): v for k, v in self.init.items()}
+        unknown = sorted(set(init) - set(self.terms))
         if unknown:
             raise ConfigError(
                 f"balancing.init names {unknown}, not terms of this loss; terms: {self.terms}"
             )
         for term in self.terms:
-            value = torch.tensor(float(self.init.get(term, 0.0)))
+            value = torch.tensor(float(init.get(term, 0.0)))
             self.log_vars[term] = nn.Parameter(value)
 
     def log_var(self, term: str) -> torch.Tensor:
@@ -130,8 +135,8 @@ class DynamicWeightAveraging(LossBalancer):
             raise ConfigError(f"DynamicWeightAveraging temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
-    def setup(self, terms: Sequence[str]) -> None:
-        super().setup(terms)
+    def setup(self, terms: Sequence[str], aliases: Mapping[str, str] | None = None) -> None:
+        super().setup(terms, aliases)
         n = len(self.terms)
         self.register_buffer("sums", torch.zeros(n, dtype=torch.float64))
         self.register_buffer("counts", torch.zeros(n, dtype=torch.float64))

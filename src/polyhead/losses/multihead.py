@@ -97,7 +97,8 @@ class MultiHeadLoss(nn.Module):
         if self.consistency_pair is not None and self.consistency_weight > 0:
             terms.append("consistency")
         self.balancer = build_balancer(balancing)
-        self.balancer.setup(terms)
+        aliases = {key: name for key, name in first.items() if key not in self.heads}
+        self.balancer.setup(terms, aliases)
 
     def current_consistency_weight(self, epoch: float) -> float:
         if self.consistency_warmup_epochs <= 0:
