@@ -18,8 +18,17 @@ from .conftest import random_confusion, sample_labels, write_tif
 
 pytestmark = pytest.mark.filterwarnings("ignore:::crowdkit")
 DS1979 = Path(__file__).parent / "data" / "dawid_skene_1979.csv"
-# Dawid & Skene (1979), Table 2: estimated class proportions of the 45 patients
+# Dawid & Skene (1979), as printed (2 decimals) by public reimplementations run on the
+# paper's data (e.g. alexandry-augustin/dawid_skene, out/original_paper): class marginals,
+# observer 1's error rates (rows: true class) and each patient's most probable class
 DS1979_PI = (0.40, 0.42, 0.11, 0.07)
+DS1979_OBSERVER1 = (
+    (0.89, 0.11, 0.0, 0.0),
+    (0.07, 0.88, 0.05, 0.0),
+    (0.0, 0.34, 0.66, 0.0),
+    (0.0, 0.0, 0.56, 0.44),
+)
+DS1979_CLASSES = "142222132243121111222222112111131224233111212"
 
 
 def _zero_based(path: Path, out: Path) -> Path:
@@ -47,6 +56,10 @@ def test_dawid_skene_1979_reproduces_the_paper(tmp_path):
     src = _zero_based(DS1979, tmp_path / "ds.csv")
     res = aggregate_labels(src, tmp_path / "out", 4, smoothing=0.0, tol=1e-10, max_iter=1000)
     np.testing.assert_allclose(res.priors, DS1979_PI, atol=0.01)
+    np.testing.assert_allclose(res.confusion[0], DS1979_OBSERVER1, atol=0.01)
+    items, probs = _read_probs(tmp_path / "out" / "labels.csv")
+    assert items == [str(i) for i in range(1, 46)]
+    assert "".join(str(c + 1) for c in probs.argmax(axis=1)) == DS1979_CLASSES
     doc = json.loads((tmp_path / "out" / "confusion.json").read_text())
     assert doc["labels_per_annotator"] == {"1": 135, "2": 45, "3": 45, "4": 45, "5": 45}
     assert res.converged and res.n_labelled == 45
