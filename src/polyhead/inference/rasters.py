@@ -8,9 +8,9 @@ background thread reads ahead, another writes behind, while the model's device c
 
 The raster is streamed in vertical bands of about ``block_size`` pixels (whole tile
 columns; borders on the 256-pixel output blocks when they can be), each top to bottom, so
-memory is about ``K * tile * (block_size + 2 * tile) * 4`` bytes plus a full-height strip
-``overlap`` pixels wide carried from band to band: every tile of the global grid runs once
-and the output equals blending the grid in one piece. GDAL's block cache is capped at
+memory is about ``K * 2 * tile * (block_size + tile) * 4`` bytes (accumulators two strips
+deep) plus a full-height strip ``overlap`` pixels wide carried from band to band: every tile
+of the global grid runs once and the output equals blending the grid in one piece. GDAL's block cache is capped at
 64 MiB meanwhile unless GDAL_CACHEMAX is set.
 
 Nodata. A pixel is nodata when the input masks it in any band read (its nodata value, mask
