@@ -62,7 +62,9 @@ def test_metrics_against_truth_and_hard_mask(demo) -> None:
         assert "soft_KL" in truth[head]
     # the truth and the majority vote differ, so do the scores against them
     assert any(float(truth[h]["ECE"]) != float(hard[h]["ECE"]) for h in truth)
-    assert "ECE vs" in text and "truth" in text and "hard mask" in text
+    header = next(line for line in text.splitlines() if "head" in line and "mIoU" in line)
+    for name in ("mIoU vs truth", "ECE vs truth", "ECE vs hard mask", "KL to soft mask"):
+        assert name in header  # whole, not wrapped, at 80 columns
     assert max(len(line) for line in text.splitlines()) <= 80
     assert set(result["seconds"]) == {"data", "aggregation", "training", "evaluation", "figures"}
 
