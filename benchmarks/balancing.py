@@ -160,16 +160,23 @@ def write_table(results: dict[tuple[str, str], list[dict]], args) -> None:
         f"px, AdamW lr 2e-3; {args.seeds} seeds per variant, variants interleaved. Metrics of "
         "the last epoch's validation, mean ± standard deviation over the seeds. Time: wall "
         "time per run as a ratio to the fixed-weights run of the same model (same seeds; "
-        "the machine was shared with other jobs, so ratios are rough).",
+        "the machine was shared with other jobs, so ratios are rough). Final balance: the "
+        "learned log-variances s_t (uncertainty) or DWA weights lambda_t at the last step.",
         "",
-        "| model | balancing | A mIoU | A ECE | B mIoU | B ECE | cover MAE | time ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | balancing | A mIoU | A ECE | B mIoU | B ECE | cover MAE | time ratio "
+        "| final balance (mean over seeds) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (model, balancer), runs in results.items():
         cells = [spread([r[k] for r in runs if k in r]) for k in METRICS]
         base = statistics.mean(r["seconds"] for r in results[(model, "fixed")])
         ratio = statistics.mean(r["seconds"] for r in runs) / base
-        lines.append(f"| {model} | {balancer} | {' | '.join(cells)} | {ratio:.2f} |")
+        terms = sorted({k for r in runs for k in r if k.startswith("balance/")})
+        final = ", ".join(
+            f"{t.split('/', 1)[1]} {statistics.mean(r[t] for r in runs):+.3f}" for t in terms
+        )
+        row = f"| {model} | {balancer} | {' | '.join(cells)} | {ratio:.2f} | {final or '-'} |"
+        lines.append(row)
     out = Path(args.out)
     with atomic_write(out) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
