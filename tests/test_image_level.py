@@ -107,3 +107,20 @@ def test_onnx_export_has_one_vector_output_per_image_head(model, tmp_path):
     assert outputs["land"] == ["batch", 3] and outputs["cover"] == ["batch", 2]
     assert outputs["A"] == ["batch", 2, "height", "width"]
     assert compare_segmentation_onnx(model, path) < 1e-4
+
+
+def test_predict_files_writes_the_image_level_csv_beside_the_rasters(model, tmp_path):
+    from polyhead.inference.predict import IMAGE_LEVEL_CSV, predict_files
+
+    rng = np.random.default_rng(1)
+    paths = [_tif(tmp_path / f"scene{i}.tif", rng.random((2, 64, 64), np.float32)) for i in (1, 2)]
+    maps = predict_files(model, paths, tmp_path / "out", tile_size=64, overlap=16, progress=False)
+    assert [m.name for m in maps] == ["scene1_classes.tif", "scene2_classes.tif"]
+    with open(tmp_path / "out" / IMAGE_LEVEL_CSV, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["image"] for r in rows] == [str(p) for p in paths]
+    direct = predict_image_level(
+        model, paths, tmp_path / "direct.csv", tile_size=64, progress=False
+    )
+    with open(direct, newline="") as fh:
+        assert rows == list(csv.DictReader(fh))

@@ -16,11 +16,14 @@ from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError, DataError
 from polyhead.inference import distributed
 from polyhead.inference.crf import check_crf_size, predict_raster_crf
+from polyhead.inference.image_level import predict_image_level
 from polyhead.inference.predictor import Predictor, has_uncertainty_head
 from polyhead.inference.rasters import check_bands, open_raster, predict_raster
 from polyhead.inference.tiling import Normalize
 from polyhead.paths import open_csv, resolve_cell
 
+#: the image-level heads' outputs, one row per image, beside the rasters
+IMAGE_LEVEL_CSV = "image_level.csv"
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
@@ -201,7 +204,8 @@ def predict_files(
     accelerator: str = "auto",
 ) -> list[Path]:
     """Write ``<stem>_classes.tif`` (and ``_proba.tif``, ``_uncertainty.tif``) per image;
-    returns the class maps' paths.
+    returns the class maps' paths. A model with image-level heads also gets
+    ``image_level.csv`` (one row per image; `polyhead.inference.image_level`).
 
     ``model``: a polyhead model (e.g. `polyhead.checkpoint.load_checkpoint(path).model`);
     ``normalize``: the input normalisation it was trained with. ``head``: the class-map head
@@ -259,7 +263,7 @@ def predict_files(
     parts = distributed.plan_parts(
         _raster_sizes(images), group.world_size, tile_size, overlap, split=not crf
     )
-    return distributed.run_parts(
+    written = distributed.run_parts(
         parts,
         group,
         partial(_predict_one, run, predictor, options),
@@ -268,3 +272,16 @@ def predict_files(
         overlap,
         after_class_map=after,
     )
+    image_level = model.image_level_heads() if hasattr(model, "image_level_heads") else []
+    if image_level and group.rank == 0:
+        predict_image_level(
+            model,
+            images,
+            output_dir / IMAGE_LEVEL_CSV,
+            normalize=normalize,
+            tile_size=tile_size,
+            batch_size=batch_size or 4,
+            device=group.device or device,
+            progress=progress,
+        )
+    return written
