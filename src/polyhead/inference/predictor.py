@@ -135,7 +135,9 @@ class Predictor(nn.Module):
                 spread.add(maps.pop(PROBABILITIES))
             for name, value in maps.items():
                 total[name] = value if name not in total else total[name].add_(value)
-        out = {name: value.div_(self.n_passes) for name, value in total.items()}
+        out = total
+        if self.n_passes > 1:  # a whole pass over the maps; skip it for plain prediction
+            out = {name: value.div_(self.n_passes) for name, value in total.items()}
         if spread is not None:
             out[PROBABILITIES], out[SPREAD] = spread.result()
         return out

@@ -141,7 +141,11 @@ class Head(nn.Module):
     def activate(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw output -> what a user gets: class probabilities ``softmax(raw / temperature)``
         for a class-map head (the temperature is 1 until `polyhead calibrate` fits it)."""
-        return torch.softmax(raw.float() / self.temperature, dim=1)
+        logits = raw.float()
+        t = self.temperature
+        if t.device.type != "cpu" or float(t) != 1.0:  # on the CPU, skip a whole pass at T=1
+            logits = logits / t
+        return torch.softmax(logits, dim=1)
 
 
 class HardHead(Head):
