@@ -35,13 +35,6 @@ def tiny_config(data, out_dir: Path, **trainer):
     cfg["model"]["decoder_channels"] = 16
     cfg["train_dataset"]["data_loader"]["batch_size"] = 4
     cfg["pl_trainer"] = {**FAST, **trainer}
-    # the demo writes one checkpoint at the end; these tests check the monitored best too
-    cfg["callbacks"][1] = {
-        "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
-        "monitor": "loss/val",
-        "mode": "min",
-        "save_top_k": 1,
-    }
     return cfg
 
 

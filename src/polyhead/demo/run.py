@@ -55,8 +55,12 @@ def demo_config(
     samples_per_epoch: int = 96,
     train_csv: Path | None = None,
     val_csv: Path | None = None,
+    lean: bool = False,
 ) -> dict[str, Any]:
     """The demo's training config: the same ``_target_`` tree a YAML file would hold.
+
+    Validation and ``last.ckpt`` every epoch (the best on ``loss/val`` too); ``lean`` (what
+    ``polyhead demo`` runs): validation and one checkpoint write after the last epoch only.
 
     ``train_csv``/``val_csv`` default to the generator's CSVs (majority-vote hard masks,
     vote-fraction soft masks); the demo passes its own (Dawid-Skene soft masks).
@@ -117,10 +121,13 @@ def demo_config(
         },
         "callbacks": [
             {"_target_": "polyhead.callbacks.EMACallback", "decay": 0.98},
-            {  # one write, at the end: the final EMA weights (a checkpoint write is slow)
+            {  # lean: one write, at the end (the final EMA weights): a write is slow
                 "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
-                "save_top_k": 0,
-                "every_n_epochs": epochs,
+                **(
+                    {"save_top_k": 0, "every_n_epochs": epochs}
+                    if lean
+                    else {"monitor": "loss/val", "mode": "min", "save_top_k": 1}
+                ),
             },
         ],
         "pl_trainer": {
@@ -128,7 +135,7 @@ def demo_config(
             "accelerator": "cpu",
             "devices": 1,
             "log_every_n_steps": 4,
-            "check_val_every_n_epoch": epochs,
+            "check_val_every_n_epoch": epochs if lean else 1,
             "num_sanity_val_steps": 0,
             "enable_model_summary": False,
             "enable_progress_bar": False,  # the demo's own one-line progress instead
@@ -216,7 +223,7 @@ def run_demo(
         csvs = training_csvs(data, console)
         crop = min(crop_size, size)
         cfg = demo_config(data, out_dir, epochs, encoder_name, crop, samples_per_epoch,
-                          csvs["train"], csvs["val"])  # fmt: skip
+                          csvs["train"], csvs["val"], lean=True)  # fmt: skip
         result = train(cfg, callbacks=[TrainingProgress(progress)])
         checkpoint = result.best_checkpoint or result.last_checkpoint
         progress.stage("evaluation", "heads A, B, average")
