@@ -17,7 +17,7 @@ from torch import nn
 
 from polyhead.errors import ConfigError
 from polyhead.inference.predictor import PROBABILITIES, Predictor
-from polyhead.inference.tta import ALL_FLIPS
+from polyhead.inference.tta import ALL_FLIPS, dropout_layers
 from polyhead.losses.uncertainty import (
     UNCERTAINTY_BANDS,
 )
@@ -45,22 +45,13 @@ def _as_member(member: nn.Module) -> nn.Module:
     return member if isinstance(member, Predictor | _MCDropout) else Predictor(member)
 
 
-def _dropout_layers(model: nn.Module) -> list[nn.Module]:
-    return [
-        m
-        for m in model.modules()
-        if (isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__ == "DropPath")
-        and float(getattr(m, "p", getattr(m, "drop_prob", 0.0)) or 0.0) > 0.0
-    ]
-
-
 class _MCDropout(nn.Module):
     """A predictor in eval mode except its model's dropout layers, which sample on every call."""
 
     def __init__(self, model: Predictor) -> None:
         super().__init__()
         self.model = model
-        self.dropout = _dropout_layers(model)
+        self.dropout = dropout_layers(model)
         if not self.dropout:
             raise ConfigError(
                 f"mc_dropout: {type(model).__name__} has no dropout layer with p > 0; use "
