@@ -89,3 +89,23 @@ def test_cli_errors_are_short(argv, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("env", "many"),
+    [
+        ({}, False),
+        ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4"}, False),
+        ({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}, True),
+        ({"SLURM_NNODES": "2"}, True),
+        ({"NODE_RANK": "1"}, True),
+    ],
+)
+def test_leftovers_are_kept_in_a_job_over_several_machines(env, many, monkeypatch):
+    from polyhead.cli import _one_of_many_machines
+
+    for key in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NNODES", "NODE_RANK", "GROUP_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert _one_of_many_machines() is many

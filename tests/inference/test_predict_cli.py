@@ -154,3 +154,15 @@ def test_cli_predict_one_process_writes_class_maps(tmp_path: Path, ckpt: Path, c
     assert sorted(p.name for p in out.iterdir()) == ["x_classes.tif"]
     with rasterio.open(out / "x_classes.tif") as src:
         assert src.shape == (48, 48) and src.read().max() < 3
+
+
+def test_cli_predict_preview_beside_each_class_map(tmp_path: Path, ckpt: Path) -> None:
+    image = _tif(tmp_path / "x.tif")
+    out = tmp_path / "out"
+    argv = ["predict", str(ckpt), str(image), "-o", str(out), "--tile-size", "32", "--preview"]
+    assert main([*argv, "--overlap", "8"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["x_classes.tif", "x_preview.png"]
+    from PIL import Image
+
+    with Image.open(out / "x_preview.png") as png:
+        assert png.size[0] > 100 and png.size[1] > 50

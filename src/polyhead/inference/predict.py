@@ -202,6 +202,7 @@ def predict_files(
     devices: int = 1,
     num_nodes: int = 1,
     accelerator: str = "auto",
+    preview: bool = False,
 ) -> list[Path]:
     """Write ``<stem>_classes.tif`` (and ``_proba.tif``, ``_uncertainty.tif``) per image;
     returns the class maps' paths. A model with image-level heads also gets
@@ -219,7 +220,9 @@ def predict_files(
     ``precision`` (``fp32``, ``bf16``, ``fp16``) and ``channels_last`` reach `predict_raster`
     when not default; ``classes`` (names and colours) when it takes them. ``vector="gpkg"``:
     also polygonise each class map into ``<stem>_classes.gpkg`` (``min_area``, ``simplify``
-    in CRS units; `polyhead.inference.vector`).
+    in CRS units; `polyhead.inference.vector`). ``preview``: also ``<stem>_preview.png``, a
+    quick look of each class map with class names beside the image's RGB stretch
+    (`polyhead.inference.preview`).
 
     ``devices`` x ``num_nodes`` > 1: several processes (Lightning Fabric, DDP; see
     `polyhead.inference.distributed`) share the files by pixel count; a raster larger than
@@ -272,6 +275,14 @@ def predict_files(
         overlap,
         after_class_map=after,
     )
+    if preview and group.rank == 0:
+        from polyhead.inference.preview import write_preview
+
+        sources = {image.stem: image for image in images}
+        for class_map in written:
+            stem = class_map.name.removesuffix(class_map.suffix).removesuffix("_classes")
+            png = class_map.with_name(f"{stem}_preview.png")
+            write_preview(class_map, png, classes=classes, image_path=sources.get(stem))
     image_level = model.image_level_heads() if hasattr(model, "image_level_heads") else []
     if image_level and group.rank == 0:
         predict_image_level(
