@@ -93,6 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         size=args.size,
         epochs=args.epochs,
         encoder_name=args.encoder,
+        threads=args.threads or None,
     )
     return 0
 
@@ -201,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=192, help="scene size in pixels")
     p.add_argument("--epochs", type=int, default=5, help="training epochs")
     p.add_argument("--encoder", default="resnet18", help="encoder name (random init)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's default); 1 stays fast on a busy machine",
+    )
     p.set_defaults(func=cmd_demo)
 
     parser.description = _describe(list(sub.choices))
