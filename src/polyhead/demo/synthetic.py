@@ -116,7 +116,7 @@ def _lowest(score: np.ndarray, k: int) -> np.ndarray:
     return out.reshape(score.shape)
 
 
-def _confusion_for(rng: np.random.Generator, n_classes: int) -> np.ndarray:
+def confusion_for(rng: np.random.Generator, n_classes: int) -> np.ndarray:
     """Error-conditional confusion (zero diagonal, rows sum to 1) for one annotator."""
     conf = _AFFINITY[:n_classes, :n_classes] * rng.uniform(0.5, 1.5, (n_classes, n_classes))
     conf = conf + 0.02
@@ -263,7 +263,7 @@ def generate_synthetic_dataset(
     out = Path(out_dir).resolve()
     root = np.random.SeedSequence(seed)
     conf_rng = np.random.default_rng(root.spawn(1)[0])
-    confusions = {a: _confusion_for(conf_rng, n_classes) for a in names}
+    confusions = {a: confusion_for(conf_rng, n_classes) for a in names}
     counts = {a: np.zeros((n_classes, n_classes), np.int64) for a in names}
     splits: dict[str, list[list[str]]] = {"train": [], "val": []}
     ann_rows: list[list[str]] = []

@@ -19,7 +19,7 @@ from polyhead.aggregation import dawid_skene
 from polyhead.demo.scenes import land_cover_map, render_scene
 from polyhead.demo.synthetic import (
     DEFAULT_ANNOTATORS,
-    _confusion_for,  # the demo's per-annotator confusion (private there)
+    confusion_for,
     corrupt_mask,
     majority_vote,
     vote_fractions,
@@ -90,7 +90,7 @@ def make_study_data(
     conf_rng = np.random.default_rng(root.spawn(1)[0])
     reliabilities = _reliabilities(setting)
     names = tuple(reliabilities)
-    confusions = {a: _confusion_for(conf_rng, n_classes) for a in names}
+    confusions = {a: confusion_for(conf_rng, n_classes) for a in names}
     tie_order = sorted(range(len(names)), key=lambda i: -reliabilities[names[i]])
     total = sum(n_scenes[s] for s in SPLITS)
     images, truths, stacks = [], [], []
