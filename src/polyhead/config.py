@@ -258,7 +258,8 @@ def check_logger(spec: Any) -> None:
 
         if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
             raise ConfigError(
-                "logger: tensorboard needs the tensorboard package: pip install tensorboard"
+                "logger: tensorboard needs the tensorboard package: "
+                "pip install 'polyhead[tensorboard]' (or pip install tensorboard)"
             )
 
 
