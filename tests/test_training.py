@@ -227,3 +227,16 @@ def test_predict_head_a_runs_only_head_a(trained):
         called.clear()
         Predictor(model, head="average")(x)
     assert called == ["A", "B"]
+
+
+def test_top_level_load_checkpoint_is_the_checkpoint_loader(trained):
+    import polyhead
+
+    _, result = trained
+    loaded = polyhead.load_checkpoint(result.best_checkpoint)
+    reference = load_checkpoint(result.best_checkpoint)
+    assert loaded.config == reference.config and not loaded.model.training
+    for (name, a), (_, b) in zip(
+        loaded.model.state_dict().items(), reference.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
