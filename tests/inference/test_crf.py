@@ -236,3 +236,26 @@ def test_predict_files_with_tta_crf_and_uncertainty(tmp_path: Path) -> None:
     assert (tmp_path / "plain" / "scene_uncertainty.tif").is_file() and plain
     with pytest.raises(ConfigError, match="TTA"):
         predict_files(model, [path], out, tta="spin")
+
+
+def test_crf_path_takes_the_class_table_and_precision(tmp_path: Path) -> None:
+    from polyhead.classes import ClassTable
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    path, _ = _scene(tmp_path / "scene.tif")
+    table = ClassTable.from_config(["land", {"name": "sea", "color": [0, 0, 200]}], 2)
+    result = predict_raster_crf(
+        model,
+        path,
+        tmp_path / "o.tif",
+        crf_kwargs={"n_iter": 1},
+        write_probabilities=True,
+        tile_size=32,
+        overlap=8,
+        classes=table,
+        precision="bf16",
+    )
+    with rasterio.open(result.class_map_path) as cls, rasterio.open(result.probabilities_path) as p:
+        assert cls.colormap(1)[1] == (0, 0, 200, 255)
+        assert p.descriptions == ("land", "sea")

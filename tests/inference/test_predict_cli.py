@@ -17,7 +17,7 @@ import polyhead.inference.predict as predict_module
 from polyhead.classes import ClassTable
 from polyhead.cli import build_parser, main
 from polyhead.errors import ConfigError
-from polyhead.inference.predict import _extra_options, predict_files, vector_writer
+from polyhead.inference.predict import predict_files, vector_writer
 
 
 def _tif(path: Path, size: int = 48) -> Path:
@@ -84,25 +84,6 @@ def test_cli_options_reach_predict_files(tmp_path: Path, ckpt: Path, monkeypatch
     assert table.colors[1] == (0, 255, 0) and table == ClassTable.from_config(
         ["water", {"name": "forest", "color": [0, 255, 0]}], 3
     )
-
-
-def test_only_options_that_differ_from_the_default_are_passed() -> None:
-    def old(model, image, out, tile_size=512):  # a predict_raster without the new options
-        return None
-
-    def new(model, image, out, precision="fp32", channels_last=False, classes=None):
-        return None
-
-    table = ClassTable.default(2)
-    assert _extra_options(old, "fp32", False, table) == {}
-    assert _extra_options(new, "fp32", False, None) == {}
-    assert _extra_options(new, "fp16", True, table) == {
-        "precision": "fp16",
-        "channels_last": True,
-        "classes": table,
-    }
-    with pytest.raises(ConfigError, match="precision='bf16' is not supported by old"):
-        _extra_options(old, "bf16", False, None)
 
 
 def test_vector_output_fails_before_any_work_when_the_module_is_missing(

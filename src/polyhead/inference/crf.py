@@ -52,6 +52,7 @@ import torch
 from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 
+from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError, DataError
 from polyhead.inference.predictor import PROBABILITIES
 from polyhead.inference.rasters import (
@@ -337,16 +338,19 @@ def predict_raster_crf(
     uncertainty_path: str | Path | None = None,
     bands: Sequence[int] | None = None,
     max_pixels: int = CRF_MAX_PIXELS,
+    classes: ClassTable | None = None,
+    spread_path: str | Path | None = None,
     **predict_kwargs: Any,
 ) -> PredictionResult:
     """`predict_raster` for an image that fits in memory, refined by `dense_crf`.
 
     The blended sliding-window probabilities of the whole image (`predict_maps`;
     ``predict_kwargs``: tile_size, overlap, batch_size, device, normalize, blend,
-    pad_mode, progress) are refined with ``dense_crf(probs, raw bands, **crf_kwargs)``; the
+    pad_mode, progress, precision, channels_last) are refined with ``dense_crf(probs, raw bands, **crf_kwargs)``; the
     class map, optional float32 probabilities and uncertainty (the predictor's own map,
     else the normalised entropy of the refined probabilities) are written like
-    `predict_raster` does (same georeferencing, atomic). Rasters above ``max_pixels``
+    `predict_raster` does (same georeferencing, class table ``classes``, a ``spread`` map
+    to ``spread_path``, atomic). Rasters above ``max_pixels``
     raise `ConfigError` (see `check_crf_size`).
     """
     start = time.perf_counter()
@@ -368,7 +372,12 @@ def predict_raster_crf(
         bad = NodataMask(src, indexes)(0, 0, height, width, pixels)
         if bad is not None:
             pixels[:, bad] = 0.0  # nodata pixels read as 0, as when tiling
-        writers = MapWriters(stack, outputs, (height, width), *georeference(src))
+        spread = (
+            Path(spread_path) if spread_path else out_path.with_name(f"{out_path.stem}_spread.tif")
+        )
+        writers = MapWriters(
+            stack, outputs, (height, width), *georeference(src), table=classes, spread_path=spread
+        )
         maps = predict_maps(as_predictor(model), pixels, **predict_kwargs)
         maps[PROBABILITIES] = dense_crf(maps[PROBABILITIES], image, **dict(crf_kwargs or {}))
         writers.write(maps, 0, 0, bad)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from functools import partial
@@ -99,26 +98,6 @@ def check_inputs(model: Any, images: Sequence[Path]) -> None:
         raise DataError(errors[0] + more)
 
 
-def _extra_options(
-    run: Callable[..., Any], precision: str, channels_last: bool, classes: ClassTable | None
-) -> dict[str, Any]:
-    """Options passed to ``run`` only when not default (``classes``: when it takes them), so
-    a predict function without them still runs; ConfigError when one it lacks is asked for."""
-    accepted = inspect.signature(run).parameters
-    extra: dict[str, Any] = {}
-    for name, value, default in (
-        ("precision", precision, "fp32"),
-        ("channels_last", channels_last, False),
-    ):
-        if value != default:
-            if name not in accepted:
-                raise ConfigError(f"{name}={value!r} is not supported by {run.__name__}")
-            extra[name] = value
-    if classes is not None and "classes" in accepted:
-        extra["classes"] = classes
-    return extra
-
-
 def vector_writer(
     vector: str | None, classes: ClassTable | None, min_area: float, simplify: float
 ) -> Callable[[Path], Any] | None:
@@ -155,8 +134,11 @@ def _raster_sizes(images: Sequence[Path]) -> list[tuple[Path, int, int]]:
 
 
 #: ``run``'s keyword for each output file other than the class map, by file kind
-OUTPUT_KEYWORDS = {"proba": "probabilities_path", "uncertainty": "uncertainty_path"}
-OUTPUT_KEYWORDS["spread"] = "spread_path"
+OUTPUT_KEYWORDS = {
+    "proba": "probabilities_path",
+    "uncertainty": "uncertainty_path",
+    "spread": "spread_path",
+}
 
 
 def _predict_one(
@@ -168,12 +150,7 @@ def _predict_one(
     stem: str,
 ) -> Any:
     """``run`` (predict_raster or its CRF variant) writing ``<out>/<stem>_<kind>.tif``."""
-    accepted = inspect.signature(run).parameters
-    paths = {
-        keyword: out / f"{stem}_{kind}.tif"
-        for kind, keyword in OUTPUT_KEYWORDS.items()
-        if keyword in accepted
-    }
+    paths = {keyword: out / f"{stem}_{kind}.tif" for kind, keyword in OUTPUT_KEYWORDS.items()}
     return run(predictor, image, out / f"{stem}_classes.tif", **paths, **options)
 
 
@@ -217,8 +194,8 @@ def predict_files(
     must have at most 4096 x 4096 pixels: checked before anything is predicted).
     ``write_uncertainty``: also write ``<stem>_uncertainty.tif`` (float32): the model's
     uncertainty head when it has one, else the predictive entropy normalised by log K.
-    ``precision`` (``fp32``, ``bf16``, ``fp16``) and ``channels_last`` reach `predict_raster`
-    when not default; ``classes`` (names and colours) when it takes them. ``vector="gpkg"``:
+    ``precision`` (``fp32``, ``bf16``, ``fp16``), ``channels_last`` and ``classes`` (names
+    and colours of the class map and probability bands) reach `predict_raster`. ``vector="gpkg"``:
     also polygonise each class map into ``<stem>_classes.gpkg`` (``min_area``, ``simplify``
     in CRS units; `polyhead.inference.vector`). ``preview``: also ``<stem>_preview.png``, a
     quick look of each class map with class names beside the image's RGB stretch
@@ -245,7 +222,6 @@ def predict_files(
         for image in images:
             check_crf_size(image)
     run = predict_raster_crf if crf else predict_raster
-    extra = _extra_options(run, precision, channels_last, classes)
     after = vector_writer(vector, classes, min_area, simplify)
     group = distributed.launch(devices, num_nodes, accelerator)
     own_uncertainty = write_uncertainty and has_uncertainty_head(model)
@@ -261,7 +237,9 @@ def predict_files(
         write_uncertainty=write_uncertainty,
         normalize=normalize,
         progress=progress and group.rank == 0,
-        **extra,
+        precision=precision,
+        channels_last=channels_last,
+        classes=classes,
     )
     parts = distributed.plan_parts(
         _raster_sizes(images), group.world_size, tile_size, overlap, split=not crf
