@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-from rasterio.transform import from_origin
 from rasterio.windows import Window
+from sliding_window import write_raster  # benchmarks/ (this script's folder) is on sys.path
 
 from polyhead.inference import n_tiles, predict_raster
 from polyhead.inference.tiling import band_layout, tile_starts
@@ -39,25 +39,6 @@ from polyhead.models import UPerNetDualHead
 
 TILE, OVERLAP = 512, 64
 VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16+cl": ("bf16", True)}
-
-
-def write_raster(path: Path, size: int) -> Path:
-    """A blocky 4-band uint8 scene with noise, tiled 512, uncompressed."""
-    profile = dict(
-        driver="GTiff", width=size, height=size, count=4, dtype="uint8", crs="EPSG:32633",
-        transform=from_origin(500000, 5000000, 10, 10), tiled=True, blockxsize=512,
-        blockysize=512, BIGTIFF="IF_SAFER",
-    )  # fmt: skip
-    rng = np.random.default_rng(0)
-    x = np.arange(size)
-    with rasterio.open(path, "w", **profile) as dst:
-        for row in range(0, size, 512):
-            h = min(512, size - row)
-            y = np.arange(row, row + h)[:, None]
-            base = ((x[None] // 97 + y // 89) % 4 * 50 + 30).astype(np.uint8)
-            noise = rng.integers(0, 20, (4, h, size), dtype=np.uint8)
-            dst.write(base[None] + noise, window=Window(0, row, size, h))
-    return path
 
 
 def floor_run(path: Path, out: Path, block_size: int) -> None:

@@ -27,6 +27,7 @@ from polyhead.aggregation.dawid_skene import Model, confusion_from_triplets, daw
 from polyhead.aggregation.inputs import LABEL_COLUMNS, iter_csv
 from polyhead.aggregation.outputs import AggregationResult, write_report
 from polyhead.aggregation.priors import load_annotator_priors
+from polyhead.aggregation.voting import vote_posteriors
 from polyhead.errors import ConfigError, DataError
 from polyhead.io import Staging, write_csv
 
@@ -135,17 +136,11 @@ def _fit_labels(
         )
         fit = (res.log_likelihood, res.n_iter, res.converged)
         return res.posteriors, res.labels, res.confusion, res.priors, fit
-    votes = np.zeros((n, k))
-    np.add.at(votes, (rows, labs), 1.0)  # every rating is a vote, repeats included
-    if gold is not None:
-        votes[gold >= 0] = np.eye(k)[gold[gold >= 0]]
-    total = votes.sum(axis=1, keepdims=True)
-    post = votes / np.maximum(total, 1.0)
-    hard = np.where(total[:, 0] > 0, post.argmax(axis=1), -1)
+    post, hard, total = vote_posteriors(rows, labs, n, k, gold)
     conf = confusion_from_triplets(
         rows, anns, labs, post, n_annotators=a, smoothing=options["smoothing"]
     )
-    return post, hard, conf, post[total[:, 0] > 0].mean(axis=0), ([], 0, True)
+    return post, hard, conf, post[total > 0].mean(axis=0), ([], 0, True)
 
 
 def _check_empty(

@@ -17,6 +17,7 @@ from polyhead.aggregation.dawid_skene import EPS, confusion_from_triplets, dawid
 from polyhead.aggregation.inputs import MaskSet
 from polyhead.aggregation.passes import ImageCounts, LookupTable
 from polyhead.aggregation.patterns import CountAccumulator, PatternCodec
+from polyhead.aggregation.voting import vote_posteriors
 
 
 def pattern_table(
@@ -71,13 +72,7 @@ def fit_patterns(
     rows, anns, labs = _triplets(ratings, np.asarray(masks.slot_annotators, np.int64))
     a, k, p = len(masks.annotators), n_classes, labels.shape[0]
     if method == "majority":
-        votes = np.zeros((p, k))
-        np.add.at(votes, (rows, labs), 1.0)
-        if gold is not None:
-            votes[gold >= 0] = np.eye(k)[gold[gold >= 0]]
-        total = votes.sum(axis=1, keepdims=True)
-        post = votes / np.maximum(total, 1.0)
-        hard = np.where(total[:, 0] > 0, post.argmax(axis=1), -1)
+        post, hard, _ = vote_posteriors(rows, labs, p, k, gold)
         conf = confusion_from_triplets(
             rows, anns, labs, post, n_annotators=a, counts=counts, smoothing=options["smoothing"]
         )

@@ -27,6 +27,25 @@ def _triplets(labels: np.ndarray, n_classes: int, missing: int) -> tuple[np.ndar
     return rows, anns, labels[rows, anns]
 
 
+def vote_posteriors(
+    rows: np.ndarray,
+    labels: np.ndarray,
+    n_items: int,
+    n_classes: int,
+    gold: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Majority vote from ``(item row, label)`` ratings, every rating a vote (repeats
+    included); gold items (``gold >= 0``) take their gold class. Returns the vote shares
+    ``[N, K]``, the arg-max (``-1`` for items nobody rated) and each item's vote count."""
+    votes = np.zeros((n_items, n_classes))
+    np.add.at(votes, (rows, labels), 1.0)
+    if gold is not None:
+        votes[gold >= 0] = np.eye(n_classes)[gold[gold >= 0]]
+    total = votes.sum(axis=1)
+    post = votes / np.maximum(total, 1.0)[:, None]
+    return post, np.where(total > 0, post.argmax(axis=1), -1), total
+
+
 def vote_fractions_labels(labels: np.ndarray, n_classes: int, *, missing: int = -1) -> np.ndarray:
     """Soft majority vote: share of the annotators choosing each class, ``[N, K]`` float64.
 
