@@ -39,7 +39,7 @@ class TileCounts:
 
 @dataclass
 class Options:
-    """How `blend_bands` runs (see `sliding_window._iter_blocks`)."""
+    """How `BandBlender` runs (see `sliding_window._iter_blocks`)."""
 
     tile_size: int
     overlap: int
@@ -132,7 +132,7 @@ def run_batch(maps_fn: MapsFn, batch: torch.Tensor, precision: str) -> tuple[Lay
 
 
 class BandBlender:
-    """Runs the tiles of the bands and hands out finished rows (`blend_bands`)."""
+    """Runs the tiles of the bands and hands out finished rows (`blocks`)."""
 
     def __init__(
         self,
@@ -257,25 +257,9 @@ class BandBlender:
                 yield self._finished(band, blender, ys[strip], stop, carry_in)
             done = ready
 
-
-def blend_bands(
-    maps_fn: MapsFn,
-    chunks: Iterator[Any],
-    layout: list,
-    ys: list[int],
-    height: int,
-    shape: tuple[int, int],
-    normalize: Any,
-    opt: Options,
-    on_tiles: Callable[[int], None] | None,
-    finish: Finish | None,
-    counts: TileCounts,
-) -> Iterator[tuple[int, int, Any]]:
-    """Finished ``(row, col, maps)`` blocks of every band, left to right (`BandBlender`)."""
-    blender = BandBlender(
-        maps_fn, layout, ys, height, shape, normalize, opt, on_tiles, finish, counts
-    )
-    carry_in = 0
-    for band, (_, c1, bxs) in enumerate(layout):
-        yield from blender.band(band, chunks, carry_in)
-        carry_in = bxs[0] + (bxs[-1] + shape[1] - bxs[0]) - c1
+    def blocks(self, chunks: Iterator[Any]) -> Iterator[tuple[int, int, Any]]:
+        """Finished ``(row, col, maps)`` blocks of every band, left to right."""
+        carry_in = 0
+        for band, (_, c1, bxs) in enumerate(self.layout):
+            yield from self.band(band, chunks, carry_in)
+            carry_in = bxs[0] + (bxs[-1] + self.tw - bxs[0]) - c1

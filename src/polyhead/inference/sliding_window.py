@@ -37,11 +37,11 @@ from rich.progress import (
 from polyhead.errors import DataError
 from polyhead.inference.pipeline import check_precision, model_on
 from polyhead.inference.pipeline_blend import (  # noqa: F401  (HostBlock: rasters' too)
+    BandBlender,
     Finish,
     HostBlock,
     Options,
     TileCounts,
-    blend_bands,
 )
 from polyhead.inference.pipeline_threads import prefetch
 from polyhead.inference.predictor import PROBABILITIES, Predictor
@@ -141,9 +141,10 @@ def _iter_blocks(
     if prefetch_chunks > 0:
         chunks = prefetch(chunks, prefetch_chunks)
     with closing(chunks), model_on(maps_fn, opt.device, channels_last):  # type: ignore[arg-type]
-        yield from blend_bands(
-            maps_fn, chunks, layout, ys, height, (th, tw), normalize, opt, on_tiles, finish, counts
+        blender = BandBlender(
+            maps_fn, layout, ys, height, (th, tw), normalize, opt, on_tiles, finish, counts
         )
+        yield from blender.blocks(chunks)
 
 
 def _progress(enabled: bool, total: int, label: str) -> tuple[Progress, Callable[[int], None]]:
