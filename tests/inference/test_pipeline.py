@@ -226,6 +226,13 @@ def test_argmax_classes_matches_numpy_first_on_ties() -> None:
     assert got[0, 0, 0] == 0 and got[0, 1, 1] == 1
 
 
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 6, 7, 13])
+def test_argmax_classes_any_class_count_with_ties(k: int) -> None:
+    rng = np.random.default_rng(k)
+    proba = torch.from_numpy(rng.integers(0, 3, (k, 11, 13)).astype(np.float32))  # many ties
+    np.testing.assert_array_equal(argmax_classes(proba)[0].numpy(), proba.numpy().argmax(0))
+
+
 class _BatchSizes(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()

@@ -100,26 +100,40 @@ class DeviceNormalize:
         """Whether it runs as tensor ops (no CPU round trip)."""
         return self.fallback is None
 
-    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tiles: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """The normalised float32 ``tiles`` (overwritten when ``inplace``)."""
         if self.fallback is not None:
             hwc = tiles.permute(0, 2, 3, 1).cpu().numpy()
             out = np.stack([normalize_tile(self.fallback, t) for t in hwc]).transpose(0, 3, 1, 2)
             return torch.from_numpy(np.ascontiguousarray(out)).to(tiles.device)
         for mean, den in self.steps:
-            tiles = (tiles - mean) * den
+            tiles = tiles.sub_(mean).mul_(den) if inplace else (tiles - mean) * den
         return tiles
 
 
 def argmax_classes(proba: torch.Tensor) -> torch.Tensor:
-    """``[1, h, w]`` uint8 index of the largest of ``proba [K, h, w]`` (the first on ties),
-    by K elementwise passes: a reduction over the outer axis is far slower on a CPU."""
-    best, index = proba[0].clone(), torch.zeros(proba.shape[1:], dtype=torch.uint8)
-    index = index.to(proba.device)
-    for k in range(1, proba.shape[0]):
-        higher = proba[k] > best
-        index.masked_fill_(higher, k)
-        torch.maximum(best, proba[k], out=best)
-    return index[None]
+    """``[1, h, w]`` uint8 index of the largest of ``proba [K, h, w]`` (the first on ties).
+
+    A pairwise tournament of elementwise ops (K - 1 comparisons, maxima and selects): a
+    reduction over the outer axis is far slower on a CPU, and the winner of a tie is the
+    lower index at every round, so the result is the first maximum like ``argmax``."""
+    return _tournament(proba, 0)[1][None]
+
+
+def _tournament(proba: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(max, argmax)`` over the planes of ``proba`` (indexes offset by ``first``)."""
+    k = proba.shape[0]
+    if k == 1:
+        index = torch.full(proba.shape[1:], first, dtype=torch.uint8, device=proba.device)
+        return proba[0], index
+    if k == 2:
+        higher = proba[1] > proba[0]
+        return torch.maximum(proba[0], proba[1]), higher.to(torch.uint8).add_(first)
+    half = (k + 1) // 2
+    low, low_index = _tournament(proba[:half], first)
+    high, high_index = _tournament(proba[half:], first + half)
+    higher = high > low  # a tie keeps the lower index
+    return torch.maximum(low, high), torch.where(higher, high_index, low_index)
 
 
 def pad_tiles(tiles: torch.Tensor, tile_size: int, pad_mode: str) -> torch.Tensor:

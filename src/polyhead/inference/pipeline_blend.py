@@ -23,9 +23,12 @@ from polyhead.inference.pipeline import (
     autocast,
     pad_tiles,
 )
+from polyhead.inference.predictor import PROBABILITIES
 from polyhead.inference.tiling import Layout, MapsFn, blend_window, split_maps
 
-#: turns the finished, divided maps (on the device) into the maps handed out
+#: turns the finished, divided maps (on the device) into the maps handed out. A finish whose
+#: ``argmax_only`` attribute is True reads nothing but the arg-max of a single map: it is then
+#: handed the weighted sums undivided (the weights are positive: the order is the same)
 Finish = Callable[[dict[str, torch.Tensor]], Mapping[str, torch.Tensor]]
 
 
@@ -131,6 +134,52 @@ def run_batch(maps_fn: MapsFn, batch: torch.Tensor, precision: str) -> tuple[Lay
         return layout, values[0] if len(values) == 1 else torch.cat(values, dim=1)
 
 
+def own_span(starts: list[int], i: int, size: int) -> tuple[int, int]:
+    """``(lo, hi)``, in tile coordinates, of the span of tile ``i`` (of ``size`` pixels at
+    ``starts``) that no other tile of its axis covers (empty when ``hi <= lo``)."""
+    lo = starts[i - 1] + size - starts[i] if i > 0 else 0
+    hi = starts[i + 1] - starts[i] if i + 1 < len(starts) else size
+    return max(lo, 0), min(hi, size)
+
+
+def add_scores(
+    acc: torch.Tensor,
+    scores: torch.Tensor,
+    weights: torch.Tensor,
+    own_y: tuple[int, int],
+    own_x: tuple[int, int],
+) -> None:
+    """Add one tile's class ``scores [K, h, w]`` to its sums ``acc`` for an arg-max: its own
+    pixels (no other tile covers them; rows ``own_y`` x columns ``own_x``) get the scores
+    themselves, whose arg-max is their softmax's; the rest, where tiles blend, the weighted
+    softmax. Every pixel's sums then have the arg-max of the blended probabilities."""
+    (y0, y1), (x0, x1) = own_y, own_x
+    if y1 <= y0 or x1 <= x0:
+        acc.addcmul_(torch.softmax(scores, dim=0), weights)
+        return
+    acc[:, y0:y1, x0:x1].copy_(scores[:, y0:y1, x0:x1])
+    every = slice(None)
+    frame = (
+        (slice(0, y0), every),
+        (slice(y1, None), every),
+        (slice(y0, y1), slice(0, x0)),
+        (slice(y0, y1), slice(x1, None)),
+    )
+    for rows, cols in frame:
+        part = scores[:, rows, cols]
+        if part.numel():
+            acc[:, rows, cols].addcmul_(torch.softmax(part, dim=0), weights[rows, cols])
+
+
+def _scores_fn(maps_fn: Any, finish: Any, device: torch.device) -> Callable | None:
+    """The predictor's `class_scores` when batches run as scores, softmaxed only where tiles
+    blend (`add_scores`): on a CPU, where that softmax is the pipeline's largest cost, when
+    the finish takes the arg-max alone and the predictor can answer so."""
+    if device.type != "cpu" or not getattr(finish, "argmax_only", False):
+        return None
+    return maps_fn.class_scores if getattr(maps_fn, "softmax_scores", False) else None
+
+
 class BandBlender:
     """Runs the tiles of the bands and hands out finished rows (`blocks`)."""
 
@@ -157,6 +206,11 @@ class BandBlender:
         self.maps_layout: Layout | None = None
         self.carry: torch.Tensor | None = None  # [K + 1, height, w]: sums, then weights
         self.channels = 0
+        self._batch: torch.Tensor | None = None  # reused: maps are summed before the next
+        self.scores_fn = _scores_fn(maps_fn, finish, opt.device)
+        xs = sorted({x for _, _, bxs in layout for x in bxs})
+        self.own_y = [own_span(ys, i, self.th) for i in range(len(ys))]
+        self.own_x = {x: own_span(xs, i, self.tw) for i, x in enumerate(xs)}
 
     def _k(self) -> int:
         if self.maps_layout is None:  # every tile so far was nodata: learn the maps' layout
@@ -164,26 +218,55 @@ class BandBlender:
             self.maps_layout = run_batch(self.maps_fn, x.to(self.opt.device), self.opt.precision)[0]
         return sum(c for _, c in self.maps_layout)
 
+    def _gather(self, pending: list) -> torch.Tensor:
+        """The float32 batch ``[n, C, th, tw]`` of ``pending``'s tiles: each cut from its
+        chunk (in the file's dtype) and converted by one copy into a reused buffer."""
+        first = pending[0][2]
+        shape = (len(pending), *first.shape)
+        if self._batch is None or self._batch.shape[1:] != shape[1:]:
+            self._batch = torch.empty(shape, device=first.device)
+        if self._batch.shape[0] < shape[0]:
+            self._batch = self._batch.new_empty(shape)
+        batch = self._batch[: shape[0]]
+        for slot, (_, _, tile) in zip(batch, pending, strict=True):
+            slot.copy_(tile)
+        return batch
+
     def _run(self, pending: list) -> torch.Tensor:
         """The stacked maps of the tiles ``(strip, col, tile)`` of ``pending``, one batch."""
-        tiles = torch.stack([t for _, _, t in pending])
         assert self.norm is not None
-        tiles = pad_tiles(self.norm(tiles), self.opt.tile_size, self.opt.pad_mode)
+        tiles = self.norm(self._gather(pending), inplace=True)
+        tiles = pad_tiles(tiles, self.opt.tile_size, self.opt.pad_mode)
         if self.opt.channels_last:
             tiles = tiles.contiguous(memory_format=torch.channels_last)
-        self.maps_layout, probs = run_batch(self.maps_fn, tiles, self.opt.precision)
+        fn = self.maps_fn
+        if self.scores_fn is not None:
+            fn = lambda batch: {PROBABILITIES: self.scores_fn(batch)}  # noqa: E731
+        self.maps_layout, probs = run_batch(fn, tiles, self.opt.precision)
         return probs
 
     def _accumulate(self, pending: list, probs: torch.Tensor, blender: _Blender, a0: int) -> None:
         """Add the weighted maps of ``pending``'s tiles to ``blender``."""
         tw = self.tw
+        divide = self._divide()
         for (si, x0, _), p in zip(pending, probs, strict=True):  # fused: acc += p * w
             acc, wsum = blender.rows(self.ys[si], self.ys[si] + self.th)
-            acc[:, :, x0 - a0 : x0 - a0 + tw].addcmul_(p[:, : self.th, :tw], self.w_tile)
-            wsum[:, x0 - a0 : x0 - a0 + tw] += self.w_tile
+            tile = acc[:, :, x0 - a0 : x0 - a0 + tw]
+            if self.scores_fn is not None:
+                add_scores(tile, p[:, : self.th, :tw], self.w_tile, self.own_y[si], self.own_x[x0])
+                continue
+            tile.addcmul_(p[:, : self.th, :tw], self.w_tile)
+            if divide:
+                wsum[:, x0 - a0 : x0 - a0 + tw] += self.w_tile
         self.counts.run += len(pending)
         if self.on_tiles is not None:
             self.on_tiles(len(pending))
+
+    def _divide(self) -> bool:
+        """Whether the sums are divided by the weights (not when the finish only takes the
+        arg-max of the one map there is)."""
+        single = self.maps_layout is not None and len(self.maps_layout) == 1
+        return not (single and getattr(self.finish, "argmax_only", False))
 
     def _finished(self, band: int, blender: _Blender, start: int, stop: int, carry_in: int):
         """Divide rows ``start .. stop`` of the band's finished columns; keep its carry."""
@@ -204,7 +287,9 @@ class BandBlender:
             out_w = span - (c1 - a0)
             carry[:k, rows, :out_w] = acc[:, :, c1 - a0 :]
             carry[k, rows, :out_w] = wsum[:, c1 - a0 :]
-        done = acc[:, :, c0 - a0 : c1 - a0] / wsum[None, :, c0 - a0 : c1 - a0]
+        done = acc[:, :, c0 - a0 : c1 - a0]
+        if self._divide():
+            done = done / wsum[None, :, c0 - a0 : c1 - a0]
         assert self.maps_layout is not None
         maps = split_maps(self.maps_layout, done)
         block = HostBlock(self.finish(maps) if self.finish is not None else maps)
@@ -221,7 +306,7 @@ class BandBlender:
         done = 0  # strips whose rows have been handed out
         for si in range(len(ys)):
             chunk = next(chunks)
-            x = chunk.pixels.to(opt.device, non_blocking=True).float()
+            x = chunk.pixels.to(opt.device, non_blocking=True)  # float32 in `_gather`
             self.channels = x.shape[0]
             if self.norm is None:
                 self.norm = DeviceNormalize(self.normalize, x.shape[0], opt.device)

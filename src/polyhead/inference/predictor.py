@@ -110,6 +110,24 @@ class Predictor(nn.Module):
         """Model calls per input batch (views times MC-dropout samples)."""
         return len(self.views) * max(1, self.sampler.n_samples)
 
+    @property
+    def softmax_scores(self) -> bool:
+        """Whether `class_scores` answers: one pass (one view, no MC-dropout) and no map
+        but the probabilities, which are then the softmax of the scores over channels."""
+        one_pass = len(self.views) == 1 and not self.sampler.n_samples
+        scores = callable(getattr(self.model, "class_scores", None))
+        return scores and one_pass and not self.spread and self.uncertainty_head is None
+
+    def class_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, K, h, w]`` float32 scores whose softmax over channels is ``forward(x)``'s
+        probabilities (only when `softmax_scores`): for a caller that needs no more than
+        the arg-max where tiles do not overlap, so the softmax runs where they blend."""
+        if not self.softmax_scores:
+            raise ConfigError("class scores need one pass (no TTA, spread or uncertainty)")
+        view, size = self.views[0], tuple(x.shape[-2:])
+        raw = self.model.forward_heads(view.apply(x), self.needed)
+        return self.model.class_scores({k: view.undo(v, size) for k, v in raw.items()}, self.head)
+
     def maps(self, raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The maps of one view from the heads' raw outputs."""
         probs = self.model.class_probabilities(raw, self.head)

@@ -340,6 +340,8 @@ class _DeviceFinish:
     def __init__(self, outputs: Mapping[str, Path]) -> None:
         self.proba, self.uncertainty = "proba" in outputs, "uncertainty" in outputs
         self.n_classes = 0
+        #: only the class map is written: the blender may skip dividing by the weights
+        self.argmax_only = not (self.proba or self.uncertainty)
 
     def __call__(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         proba = maps[PROBABILITIES]

@@ -138,14 +138,19 @@ class Head(nn.Module):
         """The loss this head gets when the task names none for its target."""
         return DEFAULT_LOSSES[self.target_key]()
 
-    def activate(self, raw: torch.Tensor) -> torch.Tensor:
-        """Raw output -> what a user gets: class probabilities ``softmax(raw / temperature)``
-        for a class-map head (the temperature is 1 until `polyhead calibrate` fits it)."""
+    def scores(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw output -> a class-map head's tempered logits ``raw / temperature`` (float32;
+        the temperature is 1 until `polyhead calibrate` fits it): `activate` is their softmax."""
         logits = raw.float()
         t = self.temperature
         if t.device.type != "cpu" or float(t) != 1.0:  # on the CPU, skip a whole pass at T=1
             logits = logits / t
-        return torch.softmax(logits, dim=1)
+        return logits
+
+    def activate(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw output -> what a user gets: class probabilities ``softmax(scores(raw))`` for a
+        class-map head."""
+        return torch.softmax(self.scores(raw), dim=1)
 
 
 class HardHead(Head):

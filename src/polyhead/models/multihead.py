@@ -82,17 +82,23 @@ class HeadSelection:
             return outputs[names[0]]
         return torch.stack([outputs[n] for n in names]).mean(0)
 
+    def class_scores(self, outputs: Mapping[str, torch.Tensor], selection: str) -> torch.Tensor:
+        """Float32 scores of a class-map selection whose softmax over channels is
+        `class_probabilities`: one head's tempered logits, or the mean logits over
+        ``average_temperature`` for ``average``."""
+        names = self.heads_for(selection)
+        if len(names) == 1:
+            return self.heads[names[0]].scores(outputs[names[0]])
+        logits = self.class_logits(outputs, selection).float()
+        temperature = getattr(self, AVERAGE_TEMPERATURE, None)
+        return logits if temperature is None else logits / temperature
+
     def class_probabilities(
         self, outputs: Mapping[str, torch.Tensor], selection: str
     ) -> torch.Tensor:
         """Probabilities of a class-map selection: one head's own activation (its calibrated
         temperature), or ``softmax(mean logits / average_temperature)`` for ``average``."""
-        names = self.heads_for(selection)
-        if len(names) == 1:
-            return self.heads[names[0]].activate(outputs[names[0]])
-        logits = self.class_logits(outputs, selection).float()
-        temperature = getattr(self, AVERAGE_TEMPERATURE, None)
-        return torch.softmax(logits if temperature is None else logits / temperature, dim=1)
+        return torch.softmax(self.class_scores(outputs, selection), dim=1)
 
 
 class MultiHeadSegmentationModel(HeadSelection, nn.Module):

@@ -1,0 +1,112 @@
+"""The class-map-only path of `predict_raster`: sums left undivided and, on a CPU, class
+scores softmaxed only where tiles blend. Its class map must be the arg-max of the blended
+probabilities the general path writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from torch import nn
+
+from polyhead.inference import Predictor, predict_array, predict_raster, tile_starts
+from polyhead.inference.pipeline_blend import add_scores, own_span
+from polyhead.models import MultiHeadSegmentationModel
+
+C, K, T, OV = 3, 5, 32, 8
+
+
+def _conv3(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(C, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, K, 3, padding=1))
+
+
+def _write(path: Path, image: np.ndarray, nodata: float | None = None) -> Path:
+    profile = dict(driver="GTiff", height=image.shape[1], width=image.shape[2])
+    profile.update(count=image.shape[0], dtype=image.dtype.name, nodata=nodata)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(image)
+    return path
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def test_own_span_is_covered_by_no_other_tile() -> None:
+    for size, tile, overlap in ((101, 32, 8), (1000, 512, 64), (40, 32, 30), (32, 32, 8)):
+        starts = tile_starts(size, tile, overlap)
+        cover = np.zeros(size, int)
+        for s in starts:
+            cover[s : s + tile] += 1
+        for i, s in enumerate(starts):
+            lo, hi = own_span(starts, i, tile)
+            own = np.zeros(tile, bool)
+            own[lo:hi] = True
+            np.testing.assert_array_equal(own, cover[s : s + tile] == 1)
+
+
+def test_add_scores_keeps_the_argmax_of_the_weighted_softmax() -> None:
+    rng = np.random.default_rng(0)
+    scores = torch.from_numpy(rng.normal(size=(K, 12, 10)).astype(np.float32))
+    weights = torch.from_numpy(rng.random((12, 10)).astype(np.float32) + 0.1)
+    acc = torch.zeros((K, 12, 10))
+    add_scores(acc, scores, weights, (3, 9), (2, 7))
+    probs = torch.softmax(scores, 0)
+    np.testing.assert_array_equal(acc[:, 3:9, 2:7], scores[:, 3:9, 2:7])  # own pixels: scores
+    frame = np.ones((12, 10), bool)
+    frame[3:9, 2:7] = False
+    expected = (probs * weights).numpy()
+    np.testing.assert_allclose(acc.numpy()[:, frame], expected[:, frame], rtol=1e-6)
+    whole = torch.zeros_like(acc)
+    add_scores(whole, scores, weights, (5, 5), (2, 7))  # no own pixel: all blended
+    np.testing.assert_allclose(whole.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("block", [4096, 40])
+def test_class_map_alone_is_the_argmax_of_the_blended_probabilities(
+    tmp_path: Path, block: int
+) -> None:
+    image = np.random.default_rng(3).random((C, 101, 133), dtype=np.float32)
+    image[:, 40:80, :50] = np.nan  # nodata: some tiles skipped, their neighbours' frames alone
+    src = _write(tmp_path / "in.tif", image)
+    model = _conv3(2)
+    common = dict(tile_size=T, overlap=OV, batch_size=3, progress=False, block_size=block)
+    alone = predict_raster(model, src, tmp_path / "alone.tif", **common)
+    full = predict_raster(model, src, tmp_path / "full.tif", write_probabilities=True, **common)
+    assert alone.n_tiles_nodata > 0 and alone.n_tiles_run == full.n_tiles_run
+    classes, proba = _read(alone.class_map_path)[0], _read(full.probabilities_path)
+    valid = ~np.isnan(proba[0])
+    np.testing.assert_array_equal(classes[valid], proba.argmax(0)[valid])
+    np.testing.assert_array_equal(classes, _read(full.class_map_path)[0])
+    assert (classes[~valid] == 255).all()
+
+
+def test_class_scores_are_the_logits_of_the_probabilities() -> None:
+    heads = {"A": "fpn", "B": {"decoder": "upernet", "decoder_channels": 16}}
+    model = MultiHeadSegmentationModel(heads, encoder_name="resnet18", in_channels=C, classes=K)
+    model.eval()
+    model.heads["A"].temperature.fill_(1.7)
+    x = torch.rand(2, C, 32, 32)
+    for head in ("A", "B", "average"):
+        predictor = Predictor(model, head=head)
+        assert predictor.softmax_scores
+        with torch.no_grad():
+            got = torch.softmax(predictor.class_scores(x), 1)
+            np.testing.assert_allclose(got, predictor(x)["probabilities"], atol=1e-6)
+    assert not Predictor(model, tta="flips").softmax_scores
+    assert not Predictor(model, tta="d4").softmax_scores
+
+
+def test_scores_path_matches_predict_array(tmp_path: Path) -> None:
+    """Tiles larger than the raster on one axis and shifted last tiles, one band."""
+    image = np.random.default_rng(5).random((C, 29, 75), dtype=np.float32)
+    src = _write(tmp_path / "in.tif", image)
+    model = _conv3(4)
+    res = predict_raster(model, src, tmp_path / "c.tif", tile_size=T, overlap=OV, progress=False)
+    ref = predict_array(model, image, tile_size=T, overlap=OV)
+    np.testing.assert_array_equal(_read(res.class_map_path)[0], ref.argmax(0))
