@@ -14,7 +14,7 @@ from rasterio.transform import Affine
 
 from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError, DataError
-from polyhead.inference.vector import polygonize_raster
+from polyhead.inference.vector import merge_pieces, polygonize_raster
 
 TRANSFORM = Affine(2.0, 0.0, 1000.0, 0.0, -2.0, 5000.0)  # 2 m pixels: 4 m^2 each
 PIXEL_AREA = 4.0
@@ -148,3 +148,22 @@ def test_all_nodata_writes_an_empty_layer(tmp_path: Path) -> None:
     result = polygonize_raster(src, tmp_path / "v.gpkg", block_size=4)
     assert result.n_polygons == 0
     assert pyogrio.read_info(result.path, layer="classes")["features"] == 0
+
+
+def test_merge_pieces_equals_a_general_union(monkeypatch) -> None:
+    """Pieces cut at borders x = 8 and y = 8 whose border segments only partly overlap, one
+    with a hole, two touching at a corner: the coverage union equals shapely's union."""
+    left = shapely.box(2, 0, 8, 8).difference(shapely.box(4, 2, 5, 3))  # border x = 8, y 0..8
+    right = shapely.box(8, 3, 12, 8)  # shares y 3..8 of the left piece's border segment
+    below = shapely.box(5, 8, 9, 11)  # shares x 5..8 with left, 8..9 with right
+    corner = shapely.box(12, 8, 13, 9)  # touches right at the point (12, 8) only
+    parts = [left, right, below, corner]
+    expected = shapely.union_all(parts)
+    with monkeypatch.context() as patch:  # the coverage union answers: no fallback
+        patch.setattr(shapely, "union_all", lambda *a, **k: pytest.fail("fell back"))
+        got = merge_pieces(parts, 8)
+    assert shapely.equals(got, expected)
+    assert got.area == sum(p.area for p in parts)
+    assert len(shapely.get_parts(got)) == 2  # the corner piece stays apart (4-connected)
+    overlapping = [shapely.box(0, 0, 8, 8), shapely.box(4, 0, 10, 8)]  # no coverage: fallback
+    assert shapely.equals(merge_pieces(overlapping, 8), shapely.box(0, 0, 10, 8))

@@ -5,8 +5,9 @@ blocks after another, and polygonises each (``rasterio.features.shapes``, 4-conn
 global pixel coordinates so pieces from neighbouring blocks share their border vertices
 exactly). A piece that does not reach an internal block border is final: it is written when
 its block is done. A piece that reaches one is held back; once its row of blocks is done, the
-held pieces of one class that share a border segment are unioned (shapely, over that
-touching set only), and a merged polygon is written unless it still reaches the next row.
+held pieces of one class that share a border segment are unioned (over that touching set
+only, by a coverage union once their border vertices match: `merge_pieces`), and a merged
+polygon is written unless it still reaches the next row.
 Memory therefore holds one block, the pieces along the current row of blocks and the
 polygons crossing it, never the whole raster. Geometries go to CRS coordinates (the raster's
 affine transform) only when written. The output is written to a temp file beside
@@ -173,6 +174,64 @@ def _touching(bounds: np.ndarray, window: Window, height: int, width: int) -> np
     return out
 
 
+def _on_borders(coords: np.ndarray, block_size: int) -> dict[tuple[int, float], np.ndarray]:
+    """``{(axis, value): sorted positions along that line}`` of the vertices lying on each
+    internal block border line (``axis`` 0: a vertical line x = value; 1: horizontal)."""
+    lines = {}
+    for axis in (0, 1):
+        values = coords[:, axis]
+        for value in np.unique(values[(values % block_size == 0) & (values > 0)]):
+            lines[(axis, float(value))] = np.unique(coords[values == value, 1 - axis])
+    return lines
+
+
+def _noded_ring(ring: np.ndarray, lines: dict, block_size: int) -> np.ndarray:
+    """A ring's coordinates with a vertex added wherever another piece's vertex lies inside
+    one of its segments along a block border line."""
+    a, b = ring[:-1], ring[1:]
+    on_line = [(a[:, axis] == b[:, axis]) & (a[:, axis] % block_size == 0) for axis in (0, 1)]
+    out, last = [], 0
+    for i in np.flatnonzero(on_line[0] | on_line[1]):
+        axis = 0 if on_line[0][i] else 1
+        along = lines.get((axis, float(a[i, axis])))
+        if along is None:
+            continue
+        lo, hi = sorted((a[i, 1 - axis], b[i, 1 - axis]))
+        inside = along[(along > lo) & (along < hi)]
+        if not len(inside):
+            continue
+        added = np.empty((len(inside), 2))
+        added[:, axis] = a[i, axis]
+        added[:, 1 - axis] = inside if a[i, 1 - axis] < b[i, 1 - axis] else inside[::-1]
+        out += [ring[last : i + 1], added]
+        last = i + 1
+    return np.concatenate([*out, ring[last:]]) if out else ring
+
+
+def merge_pieces(parts: list, block_size: int):
+    """The union of one class's pieces of neighbouring blocks (pixel coordinates).
+
+    The pieces only share segments of block border lines, so once those segments have
+    matching vertices they form a polygonal coverage, and GEOS's coverage union (linear:
+    it drops the shared edges) replaces a general overlay, about 3x faster on large
+    polygons. Its area is checked against the pieces' (exact in pixel units); a mismatch
+    falls back to ``shapely.union_all``.
+    """
+    lines = _on_borders(shapely.get_coordinates(parts), block_size)
+    noded = []
+    for part in parts:
+        rings = [_noded_ring(shapely.get_coordinates(r), lines, block_size) for r in
+                 (part.exterior, *part.interiors)]  # fmt: skip
+        noded.append(shapely.Polygon(rings[0], rings[1:]))
+    try:
+        union = shapely.coverage_union_all(noded)
+    except shapely.errors.GEOSException:
+        union = None
+    if union is None or union.area != sum(p.area for p in parts):
+        union = shapely.union_all(parts)
+    return union
+
+
 class _Held:
     """Pieces held back at block borders, grouped (union-find) by shared border segments.
 
@@ -181,7 +240,8 @@ class _Held:
     keeps each row's work proportional to its own pieces.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
         self.geoms: list = []
         self.ids: list[int] = []
         self.parent: list[int] = []
@@ -226,7 +286,7 @@ class _Held:
                 keep += members
                 continue
             parts = [self.geoms[i] for i in members]
-            union = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+            union = parts[0] if len(parts) == 1 else merge_pieces(parts, self.block_size)
             for part in shapely.get_parts(union):  # 4-connected parts only touch at points
                 out_g.append(part)
                 out_id.append(self.ids[members[0]])
@@ -312,7 +372,7 @@ def _stream(src, sink: _Layer, size: int, nodata: float | None, progress: bool) 
 
     height, width = src.height, src.width
     n_rows = -(-height // size)
-    held = _Held()
+    held = _Held(size)
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("polygonising", total=n_rows * -(-width // size))
         for row, windows in _blocks(height, width, size):
