@@ -37,10 +37,19 @@ def _predict_student(args: argparse.Namespace, loaded) -> int:
         args.output,
         normalize=loaded.normalize,
         reference_uncertainty=refs,
-        **_predict_options(args),
+        classes=_class_table(loaded),
+        **{**_predict_options(args), **_spread_options(args)},
     )
-    print(f"wrote {len(written)} class maps, uncertainty maps and figures to {args.output}")
+    if _rank() == 0:  # one line for all processes
+        print(f"wrote {len(written)} class maps, uncertainty maps and figures to {args.output}")
     return 0
+
+
+def _rank() -> int:
+    """This process's rank under ``--devices``/``--num-nodes`` (0 when alone)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _predict_options(args: argparse.Namespace) -> dict:
@@ -108,12 +117,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.head:
         loaded.model.heads_for(args.head)  # an unknown head fails before any tile runs
     if has_uncertainty_head(loaded.model):
-        spread = args.devices > 1 or args.num_nodes > 1 or args.vector
-        if spread or args.precision != "fp32" or args.channels_last:
-            raise PolyheadError(
-                "--devices, --num-nodes, --vector, --precision and --channels-last are not "
-                f"available for a distilled student yet ({args.checkpoint})"
-            )
         return _predict_student(args, loaded)
     if args.teacher_targets:
         raise PolyheadError(

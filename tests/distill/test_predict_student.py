@@ -97,18 +97,21 @@ def test_predict_student_writes_maps_and_figure(student, synthetic, tmp_path, ca
     assert widths[matched] > widths[unmatched]  # 4 panels with the ensemble's, else 3
 
 
-@pytest.mark.parametrize("option", [["--tta", "flips"], ["--crf"], ["--head", "seg"]])
+LARGE_AREA = ["--vector", "gpkg", "--precision", "bf16", "--channels-last", "--preview"]
+
+
+@pytest.mark.parametrize("option", [["--tta", "flips"], ["--crf"], ["--head", "seg"], LARGE_AREA])
 def test_student_takes_the_options_of_any_model(student, synthetic, tmp_path, option):
-    """One prediction path: TTA, CRF and --head work on a student as on any model."""
+    """One prediction path: TTA, CRF, --head and the large-area outputs (polygons,
+    precision, channels-last, preview) work on a student as on any model."""
     scene = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
     out = tmp_path / "out"
     assert main(["predict", str(student[0]), str(scene), "-o", str(out), *option, *TILES]) == 0
     stem = scene.stem
-    assert {p.name for p in out.iterdir()} == {
-        f"{stem}_classes.tif",
-        f"{stem}_uncertainty.tif",
-        f"{stem}_uncertainty.png",
-    }
+    expected = {f"{stem}_classes.tif", f"{stem}_uncertainty.tif", f"{stem}_uncertainty.png"}
+    if option is LARGE_AREA:
+        expected |= {f"{stem}_classes.gpkg", f"{stem}_preview.png"}
+    assert {p.name for p in out.iterdir()} == expected
 
 
 def test_student_head_must_be_a_class_map_head(student, synthetic, tmp_path, capsys):
@@ -175,3 +178,35 @@ def test_figure_reads_are_decimated_for_large_rasters(tmp_path):
     big = read_decimated(path, 1024)  # every 3rd pixel: 14 x 700
     assert big.shape == (1, 14, 700)
     assert set(np.unique(big)) <= set(np.unique(data))
+
+
+@pytest.mark.slow  # two Python processes starting torch and Lightning: about a minute
+def test_student_on_two_processes_writes_mosaics_and_one_figure(student, synthetic, tmp_path):
+    """``--devices 2``: the scene is split in row blocks; the class and uncertainty maps are
+    .vrt mosaics equal to one process's, and rank 0 draws the figure from them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    scene = synthetic.out_dir / "scenes" / f"{synthetic.val_scenes[0]}.tif"
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(repo / "src"), env.get("PYTHONPATH", "")])
+    argv = ["predict", str(student[0]), str(scene), *TILES]
+    two, one = tmp_path / "two", tmp_path / "one"
+    cmd = [sys.executable, "-m", "polyhead", *argv, "-o", str(two), "--devices", "2"]
+    proc = subprocess.run(
+        [*cmd, "--accelerator", "cpu"], capture_output=True, text=True, timeout=240, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote 1 class maps") == 1  # rank 0 alone reports
+    assert main([*argv, "-o", str(one)]) == 0
+    stem = scene.stem
+    assert (two / f"{stem}_uncertainty.png").is_file()
+    for kind in ("classes", "uncertainty"):
+        with (
+            rasterio.open(two / f"{stem}_{kind}.vrt") as a,
+            rasterio.open(one / f"{stem}_{kind}.tif") as b,
+        ):
+            np.testing.assert_allclose(a.read(), b.read(), atol=1e-6, rtol=1e-5)

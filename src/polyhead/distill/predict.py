@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from polyhead.data import raster_io
 from polyhead.data.extra_targets import value_transform
@@ -159,10 +160,12 @@ def predict_student_files(
 
     ``images``: files, folders or CSVs with an ``image`` column. ``predict_options`` go to
     `polyhead.inference.predict.predict_files` (tile_size, overlap, batch_size, device,
-    write_probabilities, head, tta, crf, progress). ``reference_uncertainty`` maps an image
-    stem to a teacher uncertainty raster (e.g. `teacher_uncertainty_paths` of a
-    ``distill.csv``); ``reference_band`` is the 0-based band shown (default: the one of the
-    head's own ``uncertainty_target``, `target_band`).
+    write_probabilities, head, tta, crf, progress, and for large areas precision,
+    channels_last, classes, vector, devices, num_nodes); across several processes a split
+    raster's maps are ``.vrt`` mosaics and rank 0 draws the figures.
+    ``reference_uncertainty`` maps an image stem to a teacher uncertainty raster (e.g.
+    `teacher_uncertainty_paths` of a ``distill.csv``); ``reference_band`` is the 0-based band
+    shown (default: the one of the head's own ``uncertainty_target``, `target_band`).
     """
     from polyhead.distill.figures import save_uncertainty_figure
     from polyhead.inference.predict import expand_inputs, predict_files
@@ -174,12 +177,15 @@ def predict_student_files(
     class_maps = predict_files(
         model, images, output_dir, normalize=normalize, write_uncertainty=True, **predict_options
     )
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     out = []
     for image, class_map in zip(images, class_maps, strict=True):
-        stem, proba = image.stem, class_map.with_name(f"{image.stem}_proba.tif")
-        unc_path = class_map.with_name(f"{stem}_uncertainty.tif")
+        # a raster split across processes is a .vrt mosaic of its parts
+        stem, suffix = image.stem, class_map.suffix
+        proba = class_map.with_name(f"{stem}_proba{suffix}")
+        unc_path = class_map.with_name(f"{stem}_uncertainty{suffix}")
         fig_path = None
-        if figure:
+        if figure and rank == 0:
             ref = None
             if reference_uncertainty and stem in reference_uncertainty:
                 ref = read_uncertainty_band(
