@@ -114,26 +114,32 @@ class DeviceNormalize:
 def argmax_classes(proba: torch.Tensor) -> torch.Tensor:
     """``[1, h, w]`` uint8 index of the largest of ``proba [K, h, w]`` (the first on ties).
 
-    A pairwise tournament of elementwise ops (K - 1 comparisons, maxima and selects): a
-    reduction over the outer axis is far slower on a CPU, and the winner of a tie is the
+    A pairwise tournament of elementwise ops (K - 1 comparisons and selects, K - 2 maxima):
+    a reduction over the outer axis is far slower on a CPU, and the winner of a tie is the
     lower index at every round, so the result is the first maximum like ``argmax``."""
-    return _tournament(proba, 0)[1][None]
+    return _tournament(proba, 0, keep_max=False)[1][None]
 
 
-def _tournament(proba: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(max, argmax)`` over the planes of ``proba`` (indexes offset by ``first``)."""
+def _tournament(
+    proba: torch.Tensor, first: int, keep_max: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(max, argmax)`` over the planes of ``proba`` (indexes offset by ``first``; the max
+    only when ``keep_max``)."""
     k = proba.shape[0]
     if k == 1:
         index = torch.full(proba.shape[1:], first, dtype=torch.uint8, device=proba.device)
         return proba[0], index
     if k == 2:
         higher = proba[1] > proba[0]
-        return torch.maximum(proba[0], proba[1]), higher.to(torch.uint8).add_(first)
+        best = torch.maximum(proba[0], proba[1]) if keep_max else None
+        return best, higher.to(torch.uint8).add_(first)
     half = (k + 1) // 2
     low, low_index = _tournament(proba[:half], first)
     high, high_index = _tournament(proba[half:], first + half)
+    assert low is not None and high is not None
     higher = high > low  # a tie keeps the lower index
-    return torch.maximum(low, high), torch.where(higher, high_index, low_index)
+    best = torch.maximum(low, high) if keep_max else None
+    return best, torch.where(higher, high_index, low_index)
 
 
 def pad_tiles(tiles: torch.Tensor, tile_size: int, pad_mode: str) -> torch.Tensor:
