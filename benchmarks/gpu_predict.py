@@ -17,6 +17,7 @@ before and after. Prints a markdown table and writes it to --out.
 
     python benchmarks/gpu_predict.py --out /tmp/gpu_predict.md            # H200: ~1-2 min
     python benchmarks/gpu_predict.py --smoke --out /tmp/smoke.md          # CPU, tiny sizes
+    python benchmarks/gpu_predict.py --out /tmp/g.md --profile /tmp/prof  # + profiler traces
 """
 
 from __future__ import annotations
@@ -100,6 +101,27 @@ def interleaved(runs: dict[str, Callable[[], object]], rounds: int, device) -> d
     return times
 
 
+def profiled(fn: Callable[[], object], device: torch.device, folder: Path) -> None:
+    """``fn()`` under torch.profiler: ``ops.txt`` (by device time, else CPU time) and
+    ``trace.json`` (chrome://tracing, Perfetto) in ``folder``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        timed(fn, device)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    (folder / "ops.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=40))
+    prof.export_chrome_trace(str(folder / "trace.json"))
+
+
+def _waits(res) -> str:
+    w = res.waits
+    return f"{w.read:.3f} / {w.write:.3f} / {w.commit:.3f}"
+
+
 def _ratio(num: list[float], den: list[float]) -> float:
     return statistics.median(n / d for n, d in zip(num, den, strict=True))
 
@@ -117,6 +139,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--profile", type=Path, default=None,
+        help="folder: one more ResNet-34 predict per variant under torch.profiler "
+        "(op table by device time and a Chrome trace)",
+    )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
@@ -158,12 +185,12 @@ def main() -> None:
         )
         mp = args.conv_size**2 / 1e6
         res = results[conv_path]
-        rows.append(("read+write floor", "-", mp / statistics.median(t["floor"]), "1.00", "-"))
+        rows.append(("read+write floor", "-", mp / statistics.median(t["floor"]), "1.00", "-", "-"))
         rows.append(
             (
                 "model forward only, 1x1 conv 4->4", "fp32",
                 mp / statistics.median(t["conv forward"]),
-                f"{_ratio(t['floor'], t['conv forward']):.2f} of floor", f"{conv_tiles} tiles",
+                f"{_ratio(t['floor'], t['conv forward']):.2f} of floor", f"{conv_tiles} tiles", "-",
             )
         )  # fmt: skip
         rows.append(
@@ -171,6 +198,7 @@ def main() -> None:
                 "predict, 1x1 conv 4->4", "fp32", mp / statistics.median(t["conv"]),
                 f"{_ratio(t['floor'], t['conv']):.2f} of floor",
                 f"{res.n_tiles_run}/{res.n_tiles} = {res.n_tiles_run / res.n_tiles:.2f}x",
+                _waits(res),
             )
         )  # fmt: skip
         torch.manual_seed(0)
@@ -195,7 +223,7 @@ def main() -> None:
             rows.append(
                 (
                     "model forward only, ResNet-34 UPerNet", name,
-                    mp / statistics.median(t["forward"]), "1.00", f"{tiles} tiles",
+                    mp / statistics.median(t["forward"]), "1.00", f"{tiles} tiles", "-",
                 )
             )  # fmt: skip
             rows.append(
@@ -203,8 +231,11 @@ def main() -> None:
                     "predict, ResNet-34 UPerNet", name, mp / statistics.median(t["predict"]),
                     f"{_ratio(t['forward'], t['predict']):.2f} of forward",
                     f"{res.n_tiles_run}/{res.n_tiles} = {res.n_tiles_run / res.n_tiles:.2f}x",
+                    _waits(res),
                 )
             )  # fmt: skip
+            if args.profile:
+                profiled(predict(model, real_path, precision, cl), device, args.profile / name)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     lines = [
         f"predict_raster throughput on {gpu} (torch {torch.__version__}, threads "
@@ -213,9 +244,13 @@ def main() -> None:
         f"block_size {args.block_size}; medians of {args.rounds} interleaved rounds after one "
         "warm-up each; ratios = median of per-round time ratios.",
         "",
-        "| measurement | precision | MP/s | ratio | tiles run / grid |",
-        "|---|---|---:|---:|---|",
-        *(f"| {a} | {b} | {c:.2f} | {d} | {e} |" for a, b, c, d, e in rows),
+        "| measurement | precision | MP/s | ratio | tiles run / grid | waits read/write/commit s |",
+        "|---|---|---:|---:|---|---|",
+        *(f"| {a} | {b} | {c:.2f} | {d} | {e} | {f} |" for a, b, c, d, e, f in rows),
+        "",
+        "waits: seconds the compute thread of the last predict run waited for the reader "
+        "thread, for the writer thread, and to close/check/rename the files "
+        "(`PredictionResult.waits`).",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

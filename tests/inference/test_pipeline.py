@@ -18,7 +18,7 @@ from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError
 from polyhead.inference import Predictor, n_tiles, predict_array, predict_maps, predict_raster
 from polyhead.inference.pipeline import DeviceNormalize, argmax_classes, auto_batch_size
-from polyhead.inference.pipeline_threads import BackgroundWriter, prefetch
+from polyhead.inference.pipeline_threads import BackgroundWriter, Waits, prefetch
 from polyhead.inference.pipeline_writers import MapWriters
 from polyhead.inference.rasters import NodataMask
 
@@ -266,3 +266,32 @@ def test_train_and_eval_modes_are_restored() -> None:
     model.train()
     predict_array(model, _image(40, 40), **_kw())
     assert all(m.training for m in model.modules())
+
+
+def test_waits_count_the_time_spent_on_a_slow_reader_and_writer(tmp_path) -> None:
+    import time
+
+    def slow_items():
+        for i in range(3):
+            time.sleep(0.05)
+            yield i
+
+    waits = Waits()
+    assert list(prefetch(slow_items(), depth=1, waits=waits)) == [0, 1, 2]
+    assert 0.1 <= waits.read < 1.0 and waits.write == 0.0
+
+    writer = BackgroundWriter(lambda _: time.sleep(0.05), depth=1, waits=waits)
+    for i in range(3):
+        writer.put(i)
+    writer.close()  # queue of 1: the puts and the close wait for the slow writes
+    assert waits.write >= 0.1
+
+    image = np.random.default_rng(0).random((3, 40, 40), dtype=np.float32)
+    with rasterio.open(
+        tmp_path / "in.tif", "w", driver="GTiff", width=40, height=40, count=3, dtype="float32"
+    ) as dst:
+        dst.write(image)
+    res = predict_raster(nn.Conv2d(3, 2, 1), tmp_path / "in.tif", tmp_path / "c.tif",
+                         tile_size=32, overlap=8, progress=False)  # fmt: skip
+    assert res.waits is not None and min(res.waits.read, res.waits.write, res.waits.commit) >= 0
+    assert res.waits.commit > 0

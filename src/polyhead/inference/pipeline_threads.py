@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 _POLL_S = 0.05
+
+
+@dataclass
+class Waits:
+    """Seconds the compute thread spent waiting: for the reader (``read``: the next chunk
+    was not ready), for the writer (``write``: its queue was full, or it was finishing
+    after the last block), and closing, checking and renaming the files (``commit``).
+    Large ``read`` or ``write`` say the disk, not the model, sets the pace."""
+
+    read: float = 0.0
+    write: float = 0.0
+    commit: float = 0.0
 
 
 def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
@@ -30,11 +44,12 @@ def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     return False
 
 
-def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+def prefetch(items: Iterator[T], depth: int = 2, waits: Waits | None = None) -> Iterator[T]:
     """Iterate ``items`` in a background thread, up to ``depth`` items ahead.
 
     An exception raised by ``items`` is raised here, at the item it replaced. Closing this
-    generator stops the thread (and closes ``items``) before returning.
+    generator stops the thread (and closes ``items``) before returning. ``waits.read``
+    adds up the time spent waiting for an item.
     """
     q: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -56,7 +71,10 @@ def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
     thread.start()
     try:
         while True:
+            start = time.perf_counter()
             ok, item = q.get()
+            if waits is not None:
+                waits.read += time.perf_counter() - start
             if not ok:
                 if item is not None:
                     raise item
@@ -72,11 +90,15 @@ class BackgroundWriter:
 
     `put` raises the writer's error (if it failed) instead of queueing; `close` waits for
     every queued call and raises its error. As a context manager, leaving with an exception
-    drops what is queued and waits for the thread.
+    drops what is queued and waits for the thread. ``waits.write`` adds up the time `put`
+    and `close` wait.
     """
 
-    def __init__(self, write: Callable[..., None], depth: int = 2) -> None:
+    def __init__(
+        self, write: Callable[..., None], depth: int = 2, waits: Waits | None = None
+    ) -> None:
         self._write = write
+        self._waits = waits
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -106,15 +128,24 @@ class BackgroundWriter:
     def put(self, *args: Any) -> None:
         """Queue ``write(*args)``; raises the writer's error when it has failed."""
         self._raise()
-        if not _put(self._queue, args, self._stop):
+        start = time.perf_counter()
+        put = _put(self._queue, args, self._stop)
+        self._waited(start)
+        if not put:
             self._raise()
             raise RuntimeError("the background writer has stopped")
+
+    def _waited(self, start: float) -> None:
+        if self._waits is not None:
+            self._waits.write += time.perf_counter() - start
 
     def close(self) -> None:
         """Wait for every queued write; raise the writer's error, if any."""
         if self._thread.is_alive():
+            start = time.perf_counter()
             _put(self._queue, None, self._stop)
             self._thread.join()
+            self._waited(start)
         self._raise()
 
     def abort(self) -> None:

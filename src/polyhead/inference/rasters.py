@@ -44,7 +44,7 @@ from rasterio.windows import Window
 from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError, DataError
 from polyhead.inference.pipeline import argmax_classes, check_precision
-from polyhead.inference.pipeline_threads import BackgroundWriter
+from polyhead.inference.pipeline_threads import BackgroundWriter, Waits
 from polyhead.inference.pipeline_writers import (  # noqa: F401  (MapWriters: crf's too)
     CLASS_NODATA,
     PROBABILITY_DTYPES,
@@ -86,6 +86,7 @@ class PredictionResult:
     image_path: Path | None = None
     spread_path: Path | None = None  # written when the predictor returns a ``spread`` map
     n_tiles_nodata: int = 0  # tiles not run: every input pixel of theirs is nodata
+    waits: Waits | None = None  # seconds the compute thread waited for reads and writes
 
 
 def _gdal_cache_env() -> AbstractContextManager[Any]:
@@ -268,7 +269,7 @@ def predict_raster(
     if spread.resolve() in {p.resolve() for p in (image_path, *outputs.values())}:
         raise ConfigError(f"spread_path {spread} must differ from the input and other outputs")
     start = time.perf_counter()
-    counts = TileCounts()
+    counts, waits = TileCounts(), Waits()
     with ExitStack() as stack:
         src = open_raster(stack, image_path)
         height, width = src.height, src.width
@@ -289,7 +290,7 @@ def predict_raster(
             h, w = maps["classes"].shape[1:]
             writers.write(maps, y, x, mask(y, x, h, w), finish.n_classes)
 
-        background = stack.enter_context(BackgroundWriter(write, depth=WRITE_AHEAD))
+        background = stack.enter_context(BackgroundWriter(write, WRITE_AHEAD, waits))
         total = n_tiles(height, width, tile_size, overlap)
         bar, advance = _progress(progress, total, image_path.name)
         stack.enter_context(bar)
@@ -313,11 +314,14 @@ def predict_raster(
             finish=finish,
             counts=counts,
             deferred=True,
+            waits=waits,
         )
         for y, x, maps in stack.enter_context(closing(blocks)):
             background.put(y, x, maps)
         background.close()
+        committed = time.perf_counter()
         writers.commit()
+        waits.commit = time.perf_counter() - committed
     return PredictionResult(
         class_map_path=out_path,
         probabilities_path=outputs.get("proba"),
@@ -330,6 +334,7 @@ def predict_raster(
         image_path=image_path,
         spread_path=writers.outputs.get(SPREAD),
         n_tiles_nodata=counts.nodata,
+        waits=waits,
     )
 
 

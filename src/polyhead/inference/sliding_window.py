@@ -43,7 +43,7 @@ from polyhead.inference.pipeline_blend import (  # noqa: F401  (HostBlock: raste
     Options,
     TileCounts,
 )
-from polyhead.inference.pipeline_threads import prefetch
+from polyhead.inference.pipeline_threads import Waits, prefetch
 from polyhead.inference.predictor import PROBABILITIES, Predictor
 from polyhead.inference.tiling import (
     MapsFn,
@@ -117,6 +117,7 @@ def _iter_blocks(
     finish: Finish | None = None,
     counts: TileCounts | None = None,
     deferred: bool = False,
+    waits: Waits | None = None,
 ) -> Iterator[tuple[int, int, Any]]:
     """Yield ``(row, col, {map name: [c, n, w]})`` windows of finished output pixels.
 
@@ -127,7 +128,8 @@ def _iter_blocks(
     reads that many chunks ahead in a background thread; ``finish`` maps the divided maps
     on the device before they are copied back (default: all of them). ``deferred``: yield
     each block as a `HostBlock` whose copy to the host is still under way (its ``maps()``
-    waits), so the caller's thread never waits for the device.
+    waits), so the caller's thread never waits for the device. ``waits``: adds up the
+    time spent waiting for the reader thread (`Waits`).
     """
     opt = Options(tile_size, overlap, batch_size, torch.device(device), blend, pad_mode)
     opt.precision, opt.channels_last, opt.deferred = precision, channels_last, deferred
@@ -139,7 +141,7 @@ def _iter_blocks(
     pin = opt.device.type == "cuda"
     chunks: Iterator[_Chunk] = _chunks(read, layout, ys, th, tw, pin)
     if prefetch_chunks > 0:
-        chunks = prefetch(chunks, prefetch_chunks)
+        chunks = prefetch(chunks, prefetch_chunks, waits)
     with closing(chunks), model_on(maps_fn, opt.device, channels_last):  # type: ignore[arg-type]
         blender = BandBlender(
             maps_fn, layout, ys, height, (th, tw), normalize, opt, on_tiles, finish, counts
