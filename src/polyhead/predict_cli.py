@@ -154,7 +154,13 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tile-size", type=int, default=512, help="sliding-window tile (px)")
     p.add_argument("--overlap", type=int, default=64, help="overlap of adjacent tiles (px)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="tiles per forward pass (default: 4 on a CPU; on a GPU, as many as fit in half "
+        "its free memory, at most 64)",
+    )
     p.add_argument(
         "--device", default="cpu", help="torch device of one process, e.g. cpu, cuda, cuda:1"
     )

@@ -51,7 +51,11 @@ def ckpt(tmp_path: Path) -> Path:
 def test_predict_parser_defaults_and_choices(capsys) -> None:
     args = build_parser().parse_args(["predict", "m.ckpt", "x.tif", "-o", "out"])
     assert (args.devices, args.num_nodes, args.accelerator) == (1, 1, "auto")
-    assert (args.precision, args.channels_last, args.batch_size) == ("fp32", False, 4)
+    assert (args.precision, args.channels_last, args.batch_size) == (
+        "fp32",
+        False,
+        None,
+    )  # batch: auto
     assert (args.vector, args.min_area, args.simplify) == (None, 0.0, 0.0)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["predict", "m", "x", "-o", "o", "--precision", "fp8"])
@@ -78,7 +82,7 @@ def test_cli_options_reach_predict_files(tmp_path: Path, ckpt: Path, monkeypatch
         "device": "cpu",
     }
     assert (seen["precision"], seen["channels_last"], seen["tta"]) == ("bf16", True, "flips")
-    assert (seen["batch_size"], seen["vector"]) == (4, None)
+    assert (seen["batch_size"], seen["vector"]) == (None, None)  # batch: chosen for the device
     table = seen["classes"]
     assert table.names == ("water", "forest", "class_2")
     assert table.colors[1] == (0, 255, 0) and table == ClassTable.from_config(

@@ -166,7 +166,7 @@ def predict_files(
     write_uncertainty: bool = False,
     tile_size: int = 512,
     overlap: int = 64,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str = "cpu",
     progress: bool = True,
     *,
@@ -194,6 +194,7 @@ def predict_files(
     must have at most 4096 x 4096 pixels: checked before anything is predicted).
     ``write_uncertainty``: also write ``<stem>_uncertainty.tif`` (float32): the model's
     uncertainty head when it has one, else the predictive entropy normalised by log K.
+    ``batch_size`` None: chosen for the device (`polyhead.inference.pipeline.auto_batch_size`).
     ``precision`` (``fp32``, ``bf16``, ``fp16``), ``channels_last`` and ``classes`` (names
     and colours of the class map and probability bands) reach `predict_raster`. ``vector="gpkg"``:
     also polygonise each class map into ``<stem>_classes.gpkg`` (``min_area``, ``simplify``
