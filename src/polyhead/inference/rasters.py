@@ -265,9 +265,7 @@ def predict_raster(
         write_uncertainty,
         uncertainty_path,
     )
-    spread = Path(spread_path) if spread_path else out_path.with_name(f"{out_path.stem}_spread.tif")
-    if spread.resolve() in {p.resolve() for p in (image_path, *outputs.values())}:
-        raise ConfigError(f"spread_path {spread} must differ from the input and other outputs")
+    spread = _spread_path(image_path, out_path, outputs, spread_path)
     start = time.perf_counter()
     counts, waits = TileCounts(), Waits()
     with ExitStack() as stack:
@@ -277,20 +275,14 @@ def predict_raster(
         indexes = band_indexes(bands, src.count)
         check_bands(image_path, len(indexes), model)
         nodata = NodataMask(src, indexes)
-        mask = NodataMask(open_raster(stack, image_path), indexes)  # the writer thread's
         files = stack.enter_context(ExitStack())  # closed after the writer thread stopped
         writers = MapWriters(
             files, outputs, (height, width), *georeference(src), probabilities_dtype, classes,
             spread,
         )  # fmt: skip
         finish = _DeviceFinish(outputs)
-
-        def write(y: int, x: int, block: HostBlock) -> None:
-            maps = block.maps()
-            h, w = maps["classes"].shape[1:]
-            writers.write(maps, y, x, mask(y, x, h, w), finish.n_classes)
-
-        background = stack.enter_context(BackgroundWriter(write, WRITE_AHEAD, waits))
+        mask = NodataMask(open_raster(stack, image_path), indexes)  # the writer thread's
+        background = stack.enter_context(_block_writer(writers, mask, finish, waits))
         total = n_tiles(height, width, tile_size, overlap)
         bar, advance = _progress(progress, total, image_path.name)
         stack.enter_context(bar)
@@ -336,6 +328,31 @@ def predict_raster(
         n_tiles_nodata=counts.nodata,
         waits=waits,
     )
+
+
+def _spread_path(
+    image_path: Path, out_path: Path, outputs: Mapping[str, Path], spread_path: str | Path | None
+) -> Path:
+    """Where a ``spread`` map goes (default ``<out stem>_spread.tif``); ConfigError when that
+    is the input or another output."""
+    spread = Path(spread_path) if spread_path else out_path.with_name(f"{out_path.stem}_spread.tif")
+    if spread.resolve() in {p.resolve() for p in (image_path, *outputs.values())}:
+        raise ConfigError(f"spread_path {spread} must differ from the input and other outputs")
+    return spread
+
+
+def _block_writer(
+    writers: MapWriters, mask: NodataMask, finish: _DeviceFinish, waits: Waits
+) -> BackgroundWriter:
+    """The writer thread: each finished `HostBlock` into ``writers``, its nodata pixels
+    (``mask``, the thread's own open dataset) marked."""
+
+    def write(y: int, x: int, block: HostBlock) -> None:
+        maps = block.maps()
+        h, w = maps["classes"].shape[1:]
+        writers.write(maps, y, x, mask(y, x, h, w), finish.n_classes)
+
+    return BackgroundWriter(write, WRITE_AHEAD, waits)
 
 
 class _DeviceFinish:
