@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 from torch import nn
 
@@ -16,25 +15,14 @@ from polyhead.inference import Predictor, predict_array, predict_raster, tile_st
 from polyhead.inference.pipeline_blend import add_scores, own_span
 from polyhead.models import MultiHeadSegmentationModel
 
+from .test_pipeline import _read, _write
+
 C, K, T, OV = 3, 5, 32, 8
 
 
 def _conv3(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(C, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, K, 3, padding=1))
-
-
-def _write(path: Path, image: np.ndarray, nodata: float | None = None) -> Path:
-    profile = dict(driver="GTiff", height=image.shape[1], width=image.shape[2])
-    profile.update(count=image.shape[0], dtype=image.dtype.name, nodata=nodata)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(image)
-    return path
-
-
-def _read(path: Path) -> np.ndarray:
-    with rasterio.open(path) as src:
-        return src.read()
 
 
 def test_own_span_is_covered_by_no_other_tile() -> None:
@@ -73,7 +61,7 @@ def test_class_map_alone_is_the_argmax_of_the_blended_probabilities(
 ) -> None:
     image = np.random.default_rng(3).random((C, 101, 133), dtype=np.float32)
     image[:, 40:80, :50] = np.nan  # nodata: some tiles skipped, their neighbours' frames alone
-    src = _write(tmp_path / "in.tif", image)
+    src = _write(tmp_path / "in.tif", image, nodata=None)
     model = _conv3(2)
     common = dict(tile_size=T, overlap=OV, batch_size=3, progress=False, block_size=block)
     alone = predict_raster(model, src, tmp_path / "alone.tif", **common)
