@@ -133,9 +133,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         classes=_class_table(loaded),
         **options,
     )
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    if rank_zero_only.rank == 0:  # one line for all processes
+    if _rank() == 0:  # one line for all processes
         print(f"wrote {len(written)} class maps to {args.output}")
     return 0
 

@@ -161,9 +161,9 @@ def test_merge_pieces_equals_a_general_union(monkeypatch) -> None:
     expected = shapely.union_all(parts)
     with monkeypatch.context() as patch:  # the coverage union answers: no fallback
         patch.setattr(shapely, "union_all", lambda *a, **k: pytest.fail("fell back"))
-        got = merge_pieces(parts, 8)
+        got = merge_pieces(parts, 8, (16, 16))
     assert shapely.equals(got, expected)
     assert got.area == sum(p.area for p in parts)
     assert len(shapely.get_parts(got)) == 2  # the corner piece stays apart (4-connected)
     overlapping = [shapely.box(0, 0, 8, 8), shapely.box(4, 0, 10, 8)]  # no coverage: fallback
-    assert shapely.equals(merge_pieces(overlapping, 8), shapely.box(0, 0, 10, 8))
+    assert shapely.equals(merge_pieces(overlapping, 8, (16, 16)), shapely.box(0, 0, 10, 8))

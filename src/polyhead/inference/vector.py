@@ -174,13 +174,17 @@ def _touching(bounds: np.ndarray, window: Window, height: int, width: int) -> np
     return out
 
 
-def _on_borders(coords: np.ndarray, block_size: int) -> dict[tuple[int, float], np.ndarray]:
+def _on_borders(
+    coords: np.ndarray, block_size: int, extent: tuple[int, int]
+) -> dict[tuple[int, float], np.ndarray]:
     """``{(axis, value): sorted positions along that line}`` of the vertices lying on each
-    internal block border line (``axis`` 0: a vertical line x = value; 1: horizontal)."""
+    internal block border line (``axis`` 0: a vertical line x = value; 1: horizontal;
+    ``extent``: the raster's width and height, whose edges are no border)."""
     lines = {}
     for axis in (0, 1):
         values = coords[:, axis]
-        for value in np.unique(values[(values % block_size == 0) & (values > 0)]):
+        border = (values % block_size == 0) & (values > 0) & (values < extent[axis])
+        for value in np.unique(values[border]):
             lines[(axis, float(value))] = np.unique(coords[values == value, 1 - axis])
     return lines
 
@@ -208,8 +212,9 @@ def _noded_ring(ring: np.ndarray, lines: dict, block_size: int) -> np.ndarray:
     return np.concatenate([*out, ring[last:]]) if out else ring
 
 
-def merge_pieces(parts: list, block_size: int):
-    """The union of one class's pieces of neighbouring blocks (pixel coordinates).
+def merge_pieces(parts: list, block_size: int, extent: tuple[int, int]):
+    """The union of one class's pieces of neighbouring blocks (pixel coordinates of a
+    raster ``extent = (width, height)``).
 
     The pieces only share segments of block border lines, so once those segments have
     matching vertices they form a polygonal coverage, and GEOS's coverage union (linear:
@@ -217,7 +222,7 @@ def merge_pieces(parts: list, block_size: int):
     polygons. Its area is checked against the pieces' (exact in pixel units); a mismatch
     falls back to ``shapely.union_all``.
     """
-    lines = _on_borders(shapely.get_coordinates(parts), block_size)
+    lines = _on_borders(shapely.get_coordinates(parts), block_size, extent)
     noded = []
     for part in parts:
         rings = [_noded_ring(shapely.get_coordinates(r), lines, block_size) for r in
@@ -240,8 +245,8 @@ class _Held:
     keeps each row's work proportional to its own pieces.
     """
 
-    def __init__(self, block_size: int) -> None:
-        self.block_size = block_size
+    def __init__(self, block_size: int, extent: tuple[int, int]) -> None:
+        self.block_size, self.extent = block_size, extent
         self.geoms: list = []
         self.ids: list[int] = []
         self.parent: list[int] = []
@@ -286,7 +291,9 @@ class _Held:
                 keep += members
                 continue
             parts = [self.geoms[i] for i in members]
-            union = parts[0] if len(parts) == 1 else merge_pieces(parts, self.block_size)
+            union = (
+                parts[0] if len(parts) == 1 else merge_pieces(parts, self.block_size, self.extent)
+            )
             for part in shapely.get_parts(union):  # 4-connected parts only touch at points
                 out_g.append(part)
                 out_id.append(self.ids[members[0]])
@@ -372,7 +379,7 @@ def _stream(src, sink: _Layer, size: int, nodata: float | None, progress: bool) 
 
     height, width = src.height, src.width
     n_rows = -(-height // size)
-    held = _Held(size)
+    held = _Held(size, (width, height))
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("polygonising", total=n_rows * -(-width // size))
         for row, windows in _blocks(height, width, size):
