@@ -295,3 +295,25 @@ def test_waits_count_the_time_spent_on_a_slow_reader_and_writer(tmp_path) -> Non
                          tile_size=32, overlap=8, progress=False)  # fmt: skip
     assert res.waits is not None and min(res.waits.read, res.waits.write, res.waits.commit) >= 0
     assert res.waits.commit > 0
+
+
+def test_auto_batch_size_probes_once_per_predictor_and_setting(monkeypatch) -> None:
+    """On CUDA the probe (a forward and two synchronisations) runs once per predictor,
+    device, tile shape and precision; the files of a run share its answer."""
+    from polyhead.inference import pipeline
+
+    probes = []
+
+    def probe(maps_fn, device, shape, precision, channels_last):
+        probes.append((maps_fn, shape, precision))
+        return 16 + len(probes)
+
+    monkeypatch.setattr(pipeline, "_probe_batch_size", probe)
+    cuda = torch.device("cuda")
+    a, b = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 2, 1)
+    assert auto_batch_size(a, cuda, (3, 512, 512), "fp32", False) == 17
+    assert auto_batch_size(a, cuda, (3, 512, 512), "fp32", False) == 17  # no second probe
+    assert auto_batch_size(a, cuda, (3, 512, 512), "bf16", False) == 18
+    assert auto_batch_size(b, cuda, (3, 512, 512), "fp32", False) == 19
+    assert len(probes) == 3
+    assert auto_batch_size(a, torch.device("cpu"), (3, 512, 512), "fp32", False) == 4

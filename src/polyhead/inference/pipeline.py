@@ -9,6 +9,7 @@ batch size for the device when the caller gives None.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -173,6 +174,10 @@ def model_on(model: Any, device: torch.device, channels_last: bool) -> Iterator[
             m.training = training
 
 
+#: batch sizes found per predictor: ``{maps_fn: {(device, shape, precision, cl): n}}``
+_AUTO_BATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def auto_batch_size(
     maps_fn: Callable[[torch.Tensor], Any],
     device: torch.device,
@@ -182,9 +187,27 @@ def auto_batch_size(
 ) -> int:
     """A batch size for ``device``: `CPU_BATCH_SIZE` on a CPU; on CUDA, the batches whose
     activations fit in `CUDA_MEMORY_SHARE` of the free memory, from the peak memory of
-    one probe tile ``shape = (C, tile, tile)`` (at most `MAX_AUTO_BATCH`)."""
+    one probe tile ``shape = (C, tile, tile)`` (at most `MAX_AUTO_BATCH`). The probe runs
+    once per predictor, device, shape and precision: the files of one run share it."""
     if device.type != "cuda":
         return CPU_BATCH_SIZE
+    key = (str(device), tuple(shape), precision, channels_last)
+    try:
+        known = _AUTO_BATCH.setdefault(maps_fn, {})
+    except TypeError:  # a callable that takes no weak reference: probe every time
+        known = {}
+    if key not in known:
+        known[key] = _probe_batch_size(maps_fn, device, shape, precision, channels_last)
+    return known[key]
+
+
+def _probe_batch_size(
+    maps_fn: Callable[[torch.Tensor], Any],
+    device: torch.device,
+    shape: Sequence[int],
+    precision: str,
+    channels_last: bool,
+) -> int:
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
