@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from polyhead.allocator import keep_freed_memory
 from polyhead.errors import PolyheadError
 
 
@@ -256,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (``--debug``, anywhere on the command line: the full traceback instead; ``--verbose``,
     anywhere: Lightning's banners and tips are shown)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()  # large CPU tensors reused, not faulted in again (polyhead.allocator)
     debug, verbose = "--debug" in argv, "--verbose" in argv
     args = build_parser().parse_args([a for a in argv if a not in ("--debug", "--verbose")])
     before = os.environ.get(VERBOSE_ENV)
