@@ -124,9 +124,13 @@ class Predictor(nn.Module):
         the arg-max where tiles do not overlap, so the softmax runs where they blend."""
         if not self.softmax_scores:
             raise ConfigError("class scores need one pass (no TTA, spread or uncertainty)")
-        view, size = self.views[0], tuple(x.shape[-2:])
+        return self.model.class_scores(self._raw(self.views[0], x), self.head)
+
+    def _raw(self, view: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The needed heads' raw outputs for one view of ``x``, in ``x``'s frame."""
+        size = tuple(x.shape[-2:])
         raw = self.model.forward_heads(view.apply(x), self.needed)
-        return self.model.class_scores({k: view.undo(v, size) for k, v in raw.items()}, self.head)
+        return {k: view.undo(v, size) for k, v in raw.items()}
 
     def maps(self, raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The maps of one view from the heads' raw outputs."""
@@ -139,11 +143,9 @@ class Predictor(nn.Module):
 
     def passes(self, x: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
         """The maps of each pass (view, MC-dropout sample), in the input's frame."""
-        size = tuple(x.shape[-2:])
         for _ in self.sampler.samples(x.device):
             for view in self.views:
-                raw = self.model.forward_heads(view.apply(x), self.needed)
-                yield self.maps({k: view.undo(v, size) for k, v in raw.items()})
+                yield self.maps(self._raw(view, x))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         total: dict[str, torch.Tensor] = {}
