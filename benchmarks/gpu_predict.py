@@ -32,10 +32,13 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
+from io_threads import write_input  # benchmarks/ (this script's folder) is on sys.path
 from rasterio.windows import Window
-from sliding_window import write_raster  # benchmarks/ (this script's folder) is on sys.path
+from sliding_window import write_raster
 
 from polyhead.inference import n_tiles, predict_raster
+from polyhead.inference.pipeline import auto_io_threads
+from polyhead.inference.rasters import gdal_env
 from polyhead.inference.tiling import band_layout, tile_starts
 from polyhead.models import UPerNetDualHead
 
@@ -44,10 +47,11 @@ VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16+cl": ("bf16"
 _INPUTS: dict[tuple[int, str], torch.Tensor] = {}
 
 
-def floor_run(path: Path, out: Path, block_size: int) -> None:
+def floor_run(path: Path, out: Path, block_size: int, threads: int = 1) -> None:
     """Read the windows predict_raster reads (one per strip of each band), then write a
-    uint8 class map (tiled 256, deflate, like polyhead's) of the same size."""
-    with rasterio.open(path) as src:
+    uint8 class map (tiled 256, deflate, like polyhead's) of the same size, with the GDAL
+    worker threads predict_raster gets on the device (``threads``)."""
+    with gdal_env(threads), rasterio.open(path) as src:
         size = src.width
         ys = tile_starts(src.height, TILE, OVERLAP)
         for _, _, xs in band_layout(size, TILE, OVERLAP, block_size):
@@ -58,7 +62,7 @@ def floor_run(path: Path, out: Path, block_size: int) -> None:
         blockxsize=256, blockysize=256, compress="deflate", predictor=2, BIGTIFF="IF_SAFER",
     )  # fmt: skip
     classes = np.zeros((1, TILE, size), np.uint8)
-    with rasterio.open(out, "w", **profile) as dst:
+    with gdal_env(threads), rasterio.open(out, "w", **profile) as dst:
         for row in range(0, size, TILE):
             h = min(TILE, size - row)
             classes[0, :h] = (np.arange(size)[None] // 97 + row // 89) % 6
@@ -140,6 +144,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument(
+        "--compress", action="store_true", help="deflate-compressed input (default: none)"
+    )
+    parser.add_argument(
         "--profile", type=Path, default=None,
         help="folder: one more ResNet-34 predict per variant under torch.profiler "
         "(op table by device time and a Chrome trace)",
@@ -154,10 +161,11 @@ def main() -> None:
     variants = args.variants or (list(VARIANTS) if device.type == "cuda" else ["fp32"])
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        conv_path = write_raster(Path(tmp) / "conv.tif", args.conv_size)
+        write = write_input if args.compress else write_raster
+        conv_path = write(Path(tmp) / "conv.tif", args.conv_size)
         real_path = conv_path
         if args.real_size != args.conv_size:
-            real_path = write_raster(Path(tmp) / "real.tif", args.real_size)
+            real_path = write(Path(tmp) / "real.tif", args.real_size)
         out = Path(tmp) / "out.tif"
         torch.manual_seed(0)
         conv = torch.nn.Conv2d(4, 4, 1)
@@ -176,7 +184,9 @@ def main() -> None:
         conv_tiles = n_tiles(args.conv_size, args.conv_size, TILE, OVERLAP)
         t = interleaved(
             {
-                "floor": lambda: floor_run(conv_path, out, args.block_size),
+                "floor": lambda: floor_run(
+                    conv_path, out, args.block_size, auto_io_threads(None, device)
+                ),
                 "conv": predict(conv, conv_path),
                 "conv forward": lambda: forward_run(conv, conv_tiles, batch, device, "fp32", False),
             },
@@ -240,7 +250,9 @@ def main() -> None:
     lines = [
         f"predict_raster throughput on {gpu} (torch {torch.__version__}, threads "
         f"{torch.get_num_threads()}): 1x1-conv raster {args.conv_size}^2, ResNet-34 raster "
-        f"{args.real_size}^2, 4-band uint8, tiles {TILE}, overlap {OVERLAP}, batch {batch}, "
+        f"{args.real_size}^2, 4-band uint8 ({'deflate' if args.compress else 'uncompressed'}), "
+        f"tiles {TILE}, overlap {OVERLAP}, batch {batch}, io_threads "
+        f"{auto_io_threads(None, device)}, "
         f"block_size {args.block_size}; medians of {args.rounds} interleaved rounds after one "
         "warm-up each; ratios = median of per-round time ratios.",
         "",

@@ -95,6 +95,7 @@ def _spread_options(args: argparse.Namespace) -> dict:
         accelerator=args.accelerator,
         precision=args.precision,
         channels_last=args.channels_last,
+        io_threads=args.io_threads,
         vector=args.vector,
         min_area=args.min_area,
         simplify=args.simplify,
@@ -113,6 +114,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise PolyheadError(f"-o {args.output} is a file; give a folder for the outputs")
     tta_from_config(args.tta)
     vector_writer(args.vector, None, args.min_area, args.simplify)  # vector module present
+    if args.io_threads is not None and args.io_threads < 1:
+        raise PolyheadError(f"--io-threads must be at least 1, got {args.io_threads}")
     loaded = load_checkpoint(args.checkpoint, list(args.set or []))
     if args.head:
         loaded.model.heads_for(args.head)  # an unknown head fails before any tile runs
@@ -162,49 +165,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", default="cpu", help="torch device of one process, e.g. cpu, cuda, cuda:1"
     )
-    p.add_argument(
-        "--devices",
-        type=int,
-        default=1,
-        metavar="N",
-        help="processes per machine (GPUs, or CPU processes); >1: files and row blocks of "
-        "large rasters are shared out (Lightning Fabric DDP; torchrun/SLURM detected)",
-    )
-    p.add_argument("--num-nodes", type=int, default=1, metavar="M", help="machines")
-    p.add_argument(
-        "--accelerator",
-        choices=["cpu", "gpu", "auto"],
-        default="auto",
-        help="what --devices counts (gpu: one process per GPU)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="model precision (bf16/fp16: autocast on the device)",
-    )
-    p.add_argument(
-        "--channels-last", action="store_true", help="channels-last memory format (GPUs)"
-    )
-    p.add_argument(
-        "--vector",
-        choices=["gpkg"],
-        help="also polygonise each class map into <stem>_classes.gpkg",
-    )
-    p.add_argument(
-        "--min-area",
-        type=float,
-        default=0.0,
-        metavar="AREA",
-        help="--vector: drop polygons smaller than AREA (CRS units squared)",
-    )
-    p.add_argument(
-        "--simplify",
-        type=float,
-        default=0.0,
-        metavar="TOL",
-        help="--vector: simplify polygons with tolerance TOL (CRS units; 0: off)",
-    )
+    _add_scale_arguments(p)
     p.add_argument(
         "--tta",
         metavar="SPEC",
@@ -236,3 +197,58 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the stored config")
     p.set_defaults(func=cmd_predict)
+
+
+def _add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    """``predict``'s options for large areas: processes, precision, I/O threads, polygons."""
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes per machine (GPUs, or CPU processes); >1: files and row blocks of "
+        "large rasters are shared out (Lightning Fabric DDP; torchrun/SLURM detected)",
+    )
+    p.add_argument("--num-nodes", type=int, default=1, metavar="M", help="machines")
+    p.add_argument(
+        "--accelerator",
+        choices=["cpu", "gpu", "auto"],
+        default="auto",
+        help="what --devices counts (gpu: one process per GPU)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="model precision (bf16/fp16: autocast on the device)",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="channels-last memory format (GPUs)"
+    )
+    p.add_argument(
+        "--io-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="GDAL threads decoding inputs and compressing outputs (default: 1 on a CPU, "
+        "the process's CPUs on a GPU)",
+    )
+    p.add_argument(
+        "--vector",
+        choices=["gpkg"],
+        help="also polygonise each class map into <stem>_classes.gpkg",
+    )
+    p.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        metavar="AREA",
+        help="--vector: drop polygons smaller than AREA (CRS units squared)",
+    )
+    p.add_argument(
+        "--simplify",
+        type=float,
+        default=0.0,
+        metavar="TOL",
+        help="--vector: simplify polygons with tolerance TOL (CRS units; 0: off)",
+    )

@@ -73,7 +73,7 @@ def test_cli_options_reach_predict_files(tmp_path: Path, ckpt: Path, monkeypatch
     image = _tif(tmp_path / "x.tif")
     argv = ["predict", str(ckpt), str(image), "-o", str(tmp_path / "out"), "--devices", "2"]
     argv += ["--num-nodes", "3", "--accelerator", "cpu", "--precision", "bf16"]
-    argv += ["--channels-last", "--tta", "flips"]
+    argv += ["--channels-last", "--tta", "flips", "--io-threads", "3"]
     assert main(argv) == 0
     assert {k: seen[k] for k in ("devices", "num_nodes", "accelerator", "device")} == {
         "devices": 2,
@@ -83,6 +83,7 @@ def test_cli_options_reach_predict_files(tmp_path: Path, ckpt: Path, monkeypatch
     }
     assert (seen["precision"], seen["channels_last"], seen["tta"]) == ("bf16", True, "flips")
     assert (seen["batch_size"], seen["vector"]) == (None, None)  # batch: chosen for the device
+    assert seen["io_threads"] == 3
     table = seen["classes"]
     assert table.names == ("water", "forest", "class_2")
     assert table.colors[1] == (0, 255, 0) and table == ClassTable.from_config(
@@ -102,6 +103,16 @@ def test_vector_output_fails_before_any_work_when_the_module_is_missing(
     argv = ["predict", str(ckpt), str(_tif(tmp_path / "x.tif")), "-o", str(out), "--vector"]
     assert main([*argv, "gpkg"]) == 2
     assert "vector output needs" in capsys.readouterr().err and not out.exists()
+
+
+def test_bad_io_threads_fail_before_the_checkpoint_is_read(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    out = tmp_path / "out"
+    argv = ["predict", str(tmp_path / "missing.ckpt"), str(_tif(tmp_path / "x.tif")), "-o"]
+    assert main([*argv, str(out), "--io-threads", "0"]) == 2
+    assert "--io-threads must be at least 1, got 0" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_vector_polygons_written_beside_each_class_map(tmp_path: Path, ckpt: Path) -> None:

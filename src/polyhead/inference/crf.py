@@ -54,6 +54,7 @@ from scipy import ndimage
 
 from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError, DataError
+from polyhead.inference.pipeline import auto_io_threads
 from polyhead.inference.predictor import PROBABILITIES
 from polyhead.inference.rasters import (
     MapWriters,
@@ -340,6 +341,7 @@ def predict_raster_crf(
     max_pixels: int = CRF_MAX_PIXELS,
     classes: ClassTable | None = None,
     spread_path: str | Path | None = None,
+    io_threads: int | None = None,
     **predict_kwargs: Any,
 ) -> PredictionResult:
     """`predict_raster` for an image that fits in memory, refined by `dense_crf`.
@@ -351,9 +353,11 @@ def predict_raster_crf(
     else the normalised entropy of the refined probabilities) are written like
     `predict_raster` does (same georeferencing, class table ``classes``, a ``spread`` map
     to ``spread_path``, atomic). Rasters above ``max_pixels``
-    raise `ConfigError` (see `check_crf_size`).
+    raise `ConfigError` (see `check_crf_size`). ``io_threads``: GDAL's worker threads, as for
+    `predict_raster`.
     """
     start = time.perf_counter()
+    threads = auto_io_threads(io_threads, torch.device(predict_kwargs.get("device", "cpu")))
     image_path, out_path = Path(image_path), Path(out_path)
     outputs = output_paths(
         image_path,
@@ -365,7 +369,7 @@ def predict_raster_crf(
     )
     height, width = check_crf_size(image_path, max_pixels)
     with ExitStack() as stack:
-        src = open_raster(stack, image_path)
+        src = open_raster(stack, image_path, threads)
         indexes = band_indexes(bands, src.count)
         image = src.read(indexes)  # the CRF's guide: the raw bands
         pixels = image.astype(np.float32)

@@ -4,11 +4,13 @@
 steps, alone or in a ``Compose``, as `polyhead.checkpoint.inference_normalization` builds
 them) as one tensor op on the device; any other callable runs per tile on the CPU, as
 before. `autocast` runs the model at ``fp32``/``bf16``/``fp16``; `auto_batch_size` picks a
-batch size for the device when the caller gives None.
+batch size for the device when the caller gives None, `auto_io_threads` GDAL's threads for
+decoding the input and compressing the outputs.
 """
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -26,6 +28,29 @@ CPU_BATCH_SIZE = 4
 #: share of the free GPU memory a batch may take (activations of the model at that batch)
 CUDA_MEMORY_SHARE = 0.5
 MAX_AUTO_BATCH = 64
+
+
+def auto_io_threads(io_threads: int | None, device: torch.device) -> int:
+    """GDAL worker threads that decode the input's blocks and compress the outputs'.
+
+    ``io_threads`` when given (at least 1). None: 1 on a CPU, whose cores run the model
+    (a busy extra thread slows torch's own threads); on an accelerator, the CPUs this
+    process may use, shared among the processes of its machine (``LOCAL_WORLD_SIZE``, set
+    by torchrun and Lightning): there the CPUs are otherwise idle, and one thread decoding
+    a compressed input or deflating a detailed class map runs at about 40-90 MP/s, below a
+    GPU's pace (`benchmarks/results/io_threads_cpu.md`)."""
+    if io_threads is not None:
+        if isinstance(io_threads, bool) or not isinstance(io_threads, int) or io_threads < 1:
+            raise ConfigError(f"io_threads must be an integer >= 1, got {io_threads!r}")
+        return io_threads
+    if device.type == "cpu":
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, (cpus or 1) // local)
 
 
 def check_precision(precision: str, device: torch.device) -> None:

@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from rasterio.errors import RasterioError
 
 from polyhead.classes import ClassTable
@@ -16,6 +17,7 @@ from polyhead.errors import ConfigError, DataError
 from polyhead.inference import distributed
 from polyhead.inference.crf import check_crf_size, predict_raster_crf
 from polyhead.inference.image_level import predict_image_level
+from polyhead.inference.pipeline import auto_io_threads
 from polyhead.inference.predictor import Predictor, has_uncertainty_head
 from polyhead.inference.rasters import check_bands, open_raster, predict_raster
 from polyhead.inference.tiling import Normalize
@@ -180,6 +182,7 @@ def predict_files(
     num_nodes: int = 1,
     accelerator: str = "auto",
     preview: bool = False,
+    io_threads: int | None = None,
 ) -> list[Path]:
     """Write ``<stem>_classes.tif`` (and ``_proba.tif``, ``_uncertainty.tif``) per image;
     returns the class maps' paths. A model with image-level heads also gets
@@ -200,7 +203,9 @@ def predict_files(
     also polygonise each class map into ``<stem>_classes.gpkg`` (``min_area``, ``simplify``
     in CRS units; `polyhead.inference.vector`). ``preview``: also ``<stem>_preview.png``, a
     quick look of each class map with class names beside the image's RGB stretch
-    (`polyhead.inference.preview`).
+    (`polyhead.inference.preview`). ``io_threads``: GDAL worker threads decoding the inputs
+    and compressing the outputs (default: 1 on a CPU, the process's CPUs on a GPU;
+    `polyhead.inference.pipeline.auto_io_threads`).
 
     ``devices`` x ``num_nodes`` > 1: several processes (Lightning Fabric, DDP; see
     `polyhead.inference.distributed`) share the files by pixel count; a raster larger than
@@ -219,6 +224,7 @@ def predict_files(
     """
     images = expand_inputs(inputs)  # fail on bad input before any tile runs
     check_inputs(model, images)
+    auto_io_threads(io_threads, torch.device(device))  # a bad count fails here too
     if crf:
         for image in images:
             check_crf_size(image)
@@ -241,6 +247,7 @@ def predict_files(
         precision=precision,
         channels_last=channels_last,
         classes=classes,
+        io_threads=io_threads,
     )
     parts = distributed.plan_parts(
         _raster_sizes(images), group.world_size, tile_size, overlap, split=not crf

@@ -11,7 +11,8 @@ columns; borders on the 256-pixel output blocks when they can be), each top to b
 memory is about ``K * 2 * tile * (block_size + tile) * 4`` bytes (accumulators two strips
 deep) plus a full-height strip ``overlap`` pixels wide carried from band to band: every tile
 of the global grid runs once and the output equals blending the grid in one piece. GDAL's block cache is capped at
-64 MiB meanwhile unless GDAL_CACHEMAX is set.
+64 MiB meanwhile unless GDAL_CACHEMAX is set, and ``io_threads`` worker threads decode the
+input's blocks and compress the outputs' (GDAL_NUM_THREADS) unless GDAL_NUM_THREADS is set.
 
 Nodata. A pixel is nodata when the input masks it in any band read (its nodata value, mask
 band or alpha band: rasterio's ``read_masks``) or when any of its bands is NaN/inf. Such
@@ -43,7 +44,7 @@ from rasterio.windows import Window
 
 from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError, DataError
-from polyhead.inference.pipeline import argmax_classes, check_precision
+from polyhead.inference.pipeline import argmax_classes, auto_io_threads, check_precision
 from polyhead.inference.pipeline_threads import BackgroundWriter, Waits
 from polyhead.inference.pipeline_writers import (  # noqa: F401  (MapWriters: crf's too)
     CLASS_NODATA,
@@ -89,11 +90,23 @@ class PredictionResult:
     waits: Waits | None = None  # seconds the compute thread waited for reads and writes
 
 
-def _gdal_cache_env() -> AbstractContextManager[Any]:
-    """A `rasterio.Env` capping GDAL's cache unless GDAL_CACHEMAX is set (env var or Env)."""
-    if "GDAL_CACHEMAX" in os.environ or (hasenv() and "GDAL_CACHEMAX" in getenv()):
-        return nullcontext()
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+def _user_set(option: str) -> bool:
+    """Whether the user set a GDAL config option (environment variable or `rasterio.Env`)."""
+    return option in os.environ or (hasenv() and option in getenv())
+
+
+def gdal_env(io_threads: int = 1) -> AbstractContextManager[Any]:
+    """A `rasterio.Env` capping GDAL's cache (GDAL_CACHEMAX) and, for ``io_threads`` > 1,
+    giving GDAL that many worker threads (GDAL_NUM_THREADS: the GeoTIFF driver decodes the
+    blocks of one read and compresses the blocks it writes in parallel); options the user
+    set are kept. Set from the main thread, the options reach the reader and writer
+    threads; set from another thread, GDAL keeps them to that thread."""
+    options: dict[str, Any] = {}
+    if not _user_set("GDAL_CACHEMAX"):
+        options["GDAL_CACHEMAX"] = GDAL_CACHE_BYTES
+    if io_threads > 1 and not _user_set("GDAL_NUM_THREADS"):
+        options["GDAL_NUM_THREADS"] = str(io_threads)
+    return rasterio.Env(**options) if options else nullcontext()
 
 
 def output_paths(
@@ -190,9 +203,10 @@ class NodataMask:
         return pixels, bad
 
 
-def open_raster(stack: ExitStack, path: Path) -> Any:
-    """``rasterio.open(path)`` inside ``stack``, with GDAL's cache capped (`_gdal_cache_env`)."""
-    stack.enter_context(_gdal_cache_env())
+def open_raster(stack: ExitStack, path: Path, io_threads: int = 1) -> Any:
+    """``rasterio.open(path)`` inside ``stack``, within `gdal_env` (GDAL's cache capped,
+    ``io_threads`` worker threads) for the rest of the stack."""
+    stack.enter_context(gdal_env(io_threads))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return stack.enter_context(rasterio.open(path))
@@ -227,6 +241,7 @@ def predict_raster(
     channels_last: bool = False,
     classes: ClassTable | None = None,
     spread_path: str | Path | None = None,
+    io_threads: int | None = None,
 ) -> PredictionResult:
     """Predict a class map (uint8 GeoTIFF) for a raster of any size in bounded memory.
 
@@ -249,13 +264,16 @@ def predict_raster(
     When the predictor returns a ``spread`` map it is written to ``spread_path`` (default
     ``<out stem>_spread.tif``, float32). Outputs are written to temp files, checked, and
     renamed at the end; on failure nothing is left behind. Reads run ahead and writes
-    behind the compute in background threads. Streaming by bands of ``block_size`` columns
+    behind the compute in background threads; ``io_threads`` GDAL worker threads decode
+    the input and compress the outputs (None: 1 on a CPU, the CPUs of the process on an
+    accelerator; `polyhead.inference.pipeline.auto_io_threads`). Streaming by bands of ``block_size`` columns
     bounds memory (see the module docstring). The bands read must be as many as the model's
     ``in_channels`` (DataError naming the file, before any tile runs); the input's nodata
     pixels are nodata in every output, and tiles of nodata only are not run.
     """
     check_config(tile_size, overlap, batch_size, blend)
     check_precision(precision, torch.device(device))
+    threads = auto_io_threads(io_threads, torch.device(device))
     image_path, out_path = Path(image_path), Path(out_path)
     outputs = output_paths(
         image_path,
@@ -269,7 +287,7 @@ def predict_raster(
     start = time.perf_counter()
     counts, waits = TileCounts(), Waits()
     with ExitStack() as stack:
-        src = open_raster(stack, image_path)
+        src = open_raster(stack, image_path, threads)
         height, width = src.height, src.width
         tiles_per_band(tile_size, overlap, block_size)  # validates block_size
         indexes = band_indexes(bands, src.count)
@@ -281,7 +299,7 @@ def predict_raster(
             spread,
         )  # fmt: skip
         finish = _DeviceFinish(outputs)
-        mask = NodataMask(open_raster(stack, image_path), indexes)  # the writer thread's
+        mask = NodataMask(open_raster(stack, image_path, threads), indexes)  # the writer thread's
         background = stack.enter_context(_block_writer(writers, mask, finish, waits))
         total = n_tiles(height, width, tile_size, overlap)
         bar, advance = _progress(progress, total, image_path.name)

@@ -1,0 +1,112 @@
+"""GDAL worker threads for decoding inputs and compressing outputs (``io_threads``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.env import get_gdal_config
+from rasterio.transform import from_origin
+from torch import nn
+
+from polyhead.errors import ConfigError, PolyheadError
+from polyhead.inference import pipeline_writers, predict_raster, rasters
+from polyhead.inference.pipeline import auto_io_threads
+from polyhead.inference.predict import predict_files
+from polyhead.inference.rasters import gdal_env
+
+C, K = 3, 4
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(C, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, K, 3, padding=1))
+
+
+def _deflate_raster(path: Path, size: int = 96) -> Path:
+    """A deflate-compressed, 16-px-tiled input: each read spans several blocks."""
+    image = (np.random.default_rng(0).random((C, size, size)) * 255).astype(np.uint8)
+    profile = dict(
+        driver="GTiff", height=size, width=size, count=C, dtype="uint8", crs="EPSG:32633",
+        transform=from_origin(400000.0, 5100000.0, 10.0, 10.0), tiled=True, blockxsize=16,
+        blockysize=16, compress="deflate",
+    )  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(image)
+    return path
+
+
+def test_auto_io_threads_by_device(monkeypatch) -> None:
+    cuda = torch.device("cuda")
+    assert auto_io_threads(None, torch.device("cpu")) == 1
+    assert auto_io_threads(3, torch.device("cpu")) == 3
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert auto_io_threads(None, cuda) == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 GPU processes share the machine
+    assert auto_io_threads(None, cuda) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert auto_io_threads(None, cuda) == 1
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4"])
+def test_bad_io_threads_are_refused(bad) -> None:
+    with pytest.raises(ConfigError, match="io_threads must be an integer >= 1"):
+        auto_io_threads(bad, torch.device("cpu"))
+
+
+def test_gdal_env_sets_threads_and_keeps_the_users(monkeypatch) -> None:
+    monkeypatch.delenv("GDAL_NUM_THREADS", raising=False)
+    with gdal_env(1):
+        assert get_gdal_config("GDAL_NUM_THREADS") is None
+    with gdal_env(3):
+        assert get_gdal_config("GDAL_NUM_THREADS") == 3  # rasterio reads numbers back
+    with rasterio.Env(GDAL_NUM_THREADS="2"), gdal_env(6):
+        assert get_gdal_config("GDAL_NUM_THREADS") == 2
+
+
+def test_threads_reach_the_reader_and_writer_and_outputs_are_unchanged(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.delenv("GDAL_NUM_THREADS", raising=False)
+    image = _deflate_raster(tmp_path / "in.tif")
+    seen: dict[str, list] = {"read": [], "write": []}
+    read, write = rasters.NodataMask.read, pipeline_writers.MapWriters.write
+
+    def reading(self, *args):
+        seen["read"].append(get_gdal_config("GDAL_NUM_THREADS"))
+        return read(self, *args)
+
+    def writing(self, *args, **kwargs):
+        seen["write"].append(get_gdal_config("GDAL_NUM_THREADS"))
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(rasters.NodataMask, "read", reading)
+    monkeypatch.setattr(pipeline_writers.MapWriters, "write", writing)
+    outs = {}
+    for threads in (1, 3):
+        seen["read"].clear(), seen["write"].clear()
+        outs[threads] = predict_raster(
+            _model(), image, tmp_path / f"t{threads}.tif", tile_size=32, overlap=8,
+            block_size=48, write_probabilities=True, progress=False, io_threads=threads,
+        )  # fmt: skip
+        want = None if threads == 1 else threads
+        assert seen["read"] and set(seen["read"]) == {want}
+        assert seen["write"] and set(seen["write"]) == {want}
+    assert get_gdal_config("GDAL_NUM_THREADS") is None  # restored afterwards
+    for key in ("class_map_path", "probabilities_path"):
+        with rasterio.open(getattr(outs[1], key)) as a, rasterio.open(getattr(outs[3], key)) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
+            assert repr(a.profile) == repr(b.profile)  # nodata NaN != NaN
+
+
+def test_predict_files_refuses_bad_io_threads_before_writing(tmp_path: Path) -> None:
+    image = _deflate_raster(tmp_path / "in.tif", size=32)
+    model = _model()
+    model.in_channels = C
+    with pytest.raises(PolyheadError, match="io_threads"):
+        predict_files(model, [image], tmp_path / "out", io_threads=0, progress=False)
+    assert not (tmp_path / "out").exists()
