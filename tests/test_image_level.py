@@ -124,3 +124,29 @@ def test_predict_files_writes_the_image_level_csv_beside_the_rasters(model, tmp_
     )
     with open(direct, newline="") as fh:
         assert rows == list(csv.DictReader(fh))
+
+
+def test_tiles_stream_one_batch_at_a_time(model, tmp_path, monkeypatch):
+    """A large image is never read whole: each batch runs before the next is read."""
+    from polyhead.data import raster_io
+
+    rng = np.random.default_rng(1)
+    path = _tif(tmp_path / "wide.tif", rng.random((2, 64, 320), dtype=np.float32))  # 5 tiles
+    reads, seen = [], []
+    read, forward = raster_io.read_window, type(model).forward_heads
+
+    def counting_read(*args, **kwargs):
+        reads.append(args[1:3])
+        return read(*args, **kwargs)
+
+    def recording_forward(self, x, names):
+        seen.append((len(reads), x.shape[0]))
+        return forward(self, x, names)
+
+    monkeypatch.setattr(raster_io, "read_window", counting_read)
+    monkeypatch.setattr(type(model), "forward_heads", recording_forward)
+    out = predict_image_level(
+        model, [path], tmp_path / "h.csv", tile_size=64, batch_size=2, progress=False
+    )
+    assert seen == [(2, 2), (4, 2), (5, 1)]  # tiles read so far, batch size
+    assert len(list(csv.DictReader(open(out)))) == 1

@@ -12,9 +12,10 @@ equal tiles is the whole image's value.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ from polyhead.data import raster_io
 from polyhead.errors import ConfigError, DataError
 from polyhead.inference.tiling import Normalize, normalize_tile
 from polyhead.io import atomic_write
+
+T = TypeVar("T")
 
 
 def tile_origins(size: int, tile: int) -> list[int]:
@@ -85,30 +88,32 @@ def _check(model: Any, heads: Sequence[str] | None, images: Sequence[Path], band
     return names
 
 
-def _tiles(path: Path, tile: int, bands: Sequence[int] | None, cache) -> list[np.ndarray]:
+def _tiles(path: Path, tile: int, bands: Sequence[int] | None, cache) -> Iterator[np.ndarray]:
+    """The image's tiles (float32 ``[C, h, w]``), read one at a time: memory stays a batch
+    of tiles however large the image."""
     info = raster_io.raster_info(path)
-    out = []
     for r in tile_origins(info.height, tile):
         for c in tile_origins(info.width, tile):
             h, w = min(tile, info.height), min(tile, info.width)
             pixels = raster_io.read_window(path, r, c, h, w, cache)
             if bands:
                 pixels = pixels[[b - 1 for b in bands]]
-            out.append(pixels.astype(np.float32))
-    return out
+            yield pixels.astype(np.float32)
 
 
 @torch.inference_mode()
-def _image_means(model, names, tiles, normalize, batch_size, device, path) -> dict:
+def _image_means(model, names, tiles: Iterable[np.ndarray], normalize, batch_size, device, path):
     stride = model.encoder.output_stride
     sums = {n: 0.0 for n in names}
-    for start in range(0, len(tiles), batch_size):
+    count = 0
+    for batch in batched(tiles, batch_size):
         chunk = []
-        for pixels in tiles[start : start + batch_size]:
+        for pixels in batch:
             if not np.isfinite(pixels).all():
                 raise DataError(f"{path}: NaN/inf pixels; image-level prediction needs finite ones")
             hwc = normalize_tile(normalize, np.ascontiguousarray(pixels.transpose(1, 2, 0)))
             chunk.append(torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1))))
+        count += len(chunk)
         x = torch.stack(chunk).to(device)
         h, w = x.shape[-2:]
         ph, pw = -h % stride, -w % stride
@@ -118,7 +123,14 @@ def _image_means(model, names, tiles, normalize, batch_size, device, path) -> di
         raw = model.forward_heads(x, names)
         for n in names:
             sums[n] = sums[n] + model.heads[n].activate(raw[n]).float().sum(0).cpu()
-    return {n: (sums[n] / len(tiles)).numpy() for n in names}
+    return {n: (sums[n] / count).numpy() for n in names}
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of up to ``size`` consecutive ``items``."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
 
 
 def predict_image_level(
