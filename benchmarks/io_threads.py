@@ -10,7 +10,9 @@ round by round after one warm-up each (medians; ratios are medians of per-round 
      map: ``noise`` (a class per pixel, the worst case), ``blocky`` (noise upsampled 4x, like
      a decoder at 1/4 resolution) and ``smooth`` (large regions);
   3. predict_raster with a 1x1 conv 4 -> 4 on that input, on --device (torch at
-     --torch-threads on a CPU), with ``io_threads`` 1 and N.
+     --torch-threads on a CPU), with ``io_threads`` 1 and N: a random conv (its class map
+     is nearly one class) and the identity (the class is the band with the most noise: a
+     class map with a class per pixel, the worst case to compress).
 
     python benchmarks/io_threads.py --size 4096 --threads 2 --rounds 5
     python benchmarks/io_threads.py --size 8192 --threads 16 --device cuda   # a GPU machine
@@ -122,17 +124,21 @@ def main() -> None:
             t = interleaved(runs, args.rounds)
             rows.append((f"write a class map, {kind}", t[1], t[n]))
         torch.manual_seed(0)
-        conv = torch.nn.Conv2d(4, 4, 1)
+        random_conv, identity = torch.nn.Conv2d(4, 4, 1), torch.nn.Conv2d(4, 4, 1)
+        with torch.no_grad():
+            identity.weight.copy_(torch.eye(4)[:, :, None, None])
+            identity.bias.zero_()
 
-        def predict(threads: int) -> Callable[[], object]:
+        def predict(conv: torch.nn.Module, threads: int) -> Callable[[], object]:
             return lambda: predict_raster(
                 conv, image, out, tile_size=TILE, overlap=OVERLAP, block_size=BLOCK,
                 progress=False, io_threads=threads, device=args.device, batch_size=None,
             )  # fmt: skip
 
-        t = interleaved({k: predict(k) for k in (1, n)}, args.rounds)
         where = args.device if args.device != "cpu" else f"cpu, torch threads {args.torch_threads}"
-        rows.append((f"predict_raster, 1x1 conv ({where})", t[1], t[n]))
+        for name, conv in (("random", random_conv), ("identity: a class per pixel", identity)):
+            t = interleaved({k: predict(conv, k) for k in (1, n)}, args.rounds)
+            rows.append((f"predict_raster, 1x1 conv {name} ({where})", t[1], t[n]))
     lines = [
         f"GDAL worker threads, 1 against {n}: {args.size}^2 4-band uint8 deflate input, "
         f"tiles {TILE}/{OVERLAP}, bands of {BLOCK}; medians of {args.rounds} interleaved rounds "

@@ -19,7 +19,7 @@ from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError, DataError
 from polyhead.inference.predictor import PROBABILITIES, UNCERTAINTY
 from polyhead.inference.uncertainty import predictive_entropy
-from polyhead.io import AtomicGeoTiff, geotiff_profile
+from polyhead.io import AtomicGeoTiff, BlockRows, geotiff_profile
 
 PROBABILITY_DTYPES = ("float32", "uint8")
 #: class-map value of nodata pixels (set as the file's nodata)
@@ -36,7 +36,9 @@ class MapWriters:
     with ``table``'s colours); ``proba``: the probabilities (``float32``, or ``uint8``
     scaled 0-255; bands named by ``table``); ``uncertainty``: the maps' own ``uncertainty``
     when present, else the normalised predictive entropy; ``spread`` (to ``spread_path``,
-    float32) whenever the maps hold one. Pixels marked in ``write``'s ``nodata`` are written
+    float32) whenever the maps hold one. Blocks arriving top to bottom are written in whole
+    rows of the files' blocks (`polyhead.io.BlockRows`): GDAL then compresses them as they
+    are written, in the writer's thread, not all at the close. Pixels marked in ``write``'s ``nodata`` are written
     as nodata (see the module docstring). The files open on the first block (K is known
     then); `commit` checks every file before moving any into place. Use inside an
     ``ExitStack``.
@@ -61,6 +63,7 @@ class MapWriters:
         self.crs, self.transform, self.dtype = crs, transform, probabilities_dtype
         self.table, self.spread_path = table, spread_path
         self.writers: dict[str, AtomicGeoTiff] = {}
+        self.rows: dict[str, BlockRows] = {}  # each file's writes, in whole block rows
         self.n_classes = 0
 
     def _open(self, n_classes: int, spread: bool) -> None:
@@ -82,6 +85,9 @@ class MapWriters:
             if nodata is not None:
                 profile["nodata"] = nodata
             self.writers[key] = self.stack.enter_context(AtomicGeoTiff(path, profile))
+            self.rows[key] = BlockRows(
+                self.writers[key].write, profile["blockysize"], self.shape[0]
+            )
         self._describe(table)
 
     def _describe(self, table: ClassTable) -> None:
@@ -114,21 +120,24 @@ class MapWriters:
         classes = maps.get("classes")
         if classes is None:
             classes = proba.argmax(axis=0)[None].astype(np.uint8)  # type: ignore[union-attr]
-        self.writers["classes"].write(_masked(classes, nodata, CLASS_NODATA), row, col)
+        self.rows["classes"].add(_masked(classes, nodata, CLASS_NODATA), row, col)
         if "uncertainty" in self.writers:
             own = maps.get(UNCERTAINTY)
             unc = own if own is not None else predictive_entropy(proba)[None]
-            self.writers["uncertainty"].write(_masked(unc, nodata, np.nan), row, col)
+            self.rows["uncertainty"].add(_masked(unc, nodata, np.nan), row, col)
         if SPREAD in self.writers:
-            self.writers[SPREAD].write(_masked(maps[SPREAD], nodata, np.nan), row, col)
+            self.rows[SPREAD].add(_masked(maps[SPREAD], nodata, np.nan), row, col)
         if "proba" in self.writers:
             fill = np.nan
             if self.dtype == "uint8":
                 proba, fill = np.clip(np.rint(proba * 255.0), 0, 255), 0
-            self.writers["proba"].write(_masked(proba, nodata, fill), row, col)
+            self.rows["proba"].add(_masked(proba, nodata, fill), row, col)
 
     def commit(self) -> None:
-        """Close and check every file, then move them all into place."""
+        """Write any rows still held, close and check every file, then move them all into
+        place."""
+        for rows in self.rows.values():
+            rows.flush()
         for writer in self.writers.values():
             writer.close()
         for writer in reversed(self.writers.values()):

@@ -23,12 +23,13 @@ from polyhead.io.files import (
     write_json,
     write_text,
 )
-from polyhead.io.geotiff import AtomicGeoTiff, geotiff_profile, verify_geotiff
+from polyhead.io.geotiff import AtomicGeoTiff, BlockRows, geotiff_profile, verify_geotiff
 
 __all__ = [
     "TEMP_MARKER",
     "AtomicGeoTiff",
     "AtomicPath",
+    "BlockRows",
     "Staging",
     "WriteError",
     "atomic_write",

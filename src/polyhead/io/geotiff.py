@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
@@ -192,3 +193,80 @@ class AtomicGeoTiff:
     ) -> None:
         if self.tmp_path.exists() or self._dst is not None:
             self.abort()
+
+
+class _Held:
+    """Rows ``row ..`` of one column range, copied into a buffer that ends on a block row."""
+
+    def __init__(self, row: int, buf: np.ndarray) -> None:
+        self.row, self.buf, self.filled = row, buf, 0
+
+    @property
+    def end(self) -> int:
+        return self.row + self.filled
+
+    def fits(self, data: np.ndarray) -> bool:
+        same = data.dtype == self.buf.dtype
+        return same and (data.shape[0], data.shape[2]) == (self.buf.shape[0], self.buf.shape[2])
+
+    def put(self, data: np.ndarray) -> int:
+        """Copy the first rows of ``data`` that fit; how many."""
+        n = min(self.buf.shape[1] - self.filled, data.shape[1])
+        self.buf[:, self.filled : self.filled + n] = data[:, :n]
+        self.filled += n
+        return n
+
+
+class BlockRows:
+    """Write rows that arrive top to bottom as whole rows of the file's blocks.
+
+    GDAL's GeoTIFF driver (3.8 and later) compresses and writes a window that starts on a
+    block and ends on a block or the raster's edge at once, in the calling thread and
+    without holding Python's GIL, as long as no other window went through its block cache
+    first. Any other window goes to the cache, and the cache is flushed when the file is
+    closed: the whole compression then runs at the end, in one thread, holding the GIL.
+    `add` passes whole block rows straight to ``write(data, row, col)`` and copies the rest
+    of each column range (``col``) into a buffer of at most ``block_height`` rows until it
+    reaches a block's end or the bottom (``height``); `flush` writes what is held (rows that
+    never reached a block's end).
+    """
+
+    def __init__(
+        self, write: Callable[[np.ndarray, int, int], None], block_height: int, height: int
+    ) -> None:
+        self._write, self.block_height, self.height = write, block_height, height
+        self._held: dict[int, _Held] = {}
+
+    def _next_end(self, row: int) -> int:
+        """The first block end (or the bottom) after ``row``."""
+        return min(self.height, (row // self.block_height + 1) * self.block_height)
+
+    def add(self, data: np.ndarray, row: int, col: int = 0) -> None:
+        """Take ``data [count, h, w]`` for rows ``row .. row + h`` at column ``col``."""
+        held = self._held.pop(col, None)
+        if held is not None and (held.end != row or not held.fits(data)):
+            self._write(held.buf[:, : held.filled], held.row, col)  # not the next rows
+            held = None
+        while data.shape[1]:
+            if held is None:
+                end = row + data.shape[1]
+                stop = end if end >= self.height else end // self.block_height * self.block_height
+                if row % self.block_height == 0 and stop > row:  # whole block rows: no copy
+                    self._write(data[:, : stop - row], row, col)
+                    data, row = data[:, stop - row :], stop
+                    continue
+                rows = self._next_end(row) - row
+                held = _Held(row, np.empty((data.shape[0], rows, data.shape[2]), data.dtype))
+            n = held.put(data)
+            data, row = data[:, n:], row + n
+            if held.filled == held.buf.shape[1]:
+                self._write(held.buf, held.row, col)
+                held = None
+        if held is not None:
+            self._held[col] = held
+
+    def flush(self) -> None:
+        """Write every held row (the caller ended before they reached a block's end)."""
+        held, self._held = self._held, {}
+        for col, rows in held.items():
+            self._write(rows.buf[:, : rows.filled], rows.row, col)

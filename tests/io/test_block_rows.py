@@ -1,0 +1,77 @@
+"""`BlockRows`: rows arriving top to bottom are written as whole rows of the file's blocks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from polyhead.io import AtomicGeoTiff, BlockRows, geotiff_profile
+
+
+class _Recorder:
+    def __init__(self, height: int, width: int, count: int = 2) -> None:
+        self.out = np.full((count, height, width), -1, np.int32)
+        self.calls: list[tuple[int, int, int]] = []  # (row, rows, col)
+
+    def __call__(self, data: np.ndarray, row: int, col: int) -> None:
+        self.calls.append((row, data.shape[1], col))
+        assert (self.out[:, row : row + data.shape[1], col : col + data.shape[2]] == -1).all()
+        self.out[:, row : row + data.shape[1], col : col + data.shape[2]] = data
+
+
+@pytest.mark.parametrize("pieces", [[24] * 13 + [4], [100, 300, 20], [700], [1] * 50 + [266]])
+def test_rows_of_two_column_ranges_are_written_in_whole_block_rows(pieces) -> None:
+    height, block = sum(pieces), 64
+    image = np.arange(2 * height * 40, dtype=np.int32).reshape(2, height, 40)
+    rec = _Recorder(height, 40)
+    rows = BlockRows(rec, block, height)
+    for col, (c0, c1) in enumerate([(0, 16), (16, 40)]):  # a band, then the next one
+        row = 0
+        for n in pieces:
+            rows.add(image[:, row : row + n, c0:c1], row, c0)
+            row += n
+        assert rows._held == {}, col  # a band that reached the bottom holds nothing
+    np.testing.assert_array_equal(rec.out, image)
+    for row, n, _ in rec.calls:
+        assert row % block == 0 and ((row + n) % block == 0 or row + n == height), rec.calls
+
+
+def test_rows_that_skip_are_written_as_they_are_and_flush_writes_the_rest() -> None:
+    image = np.arange(2 * 200 * 8, dtype=np.int32).reshape(2, 200, 8)
+    rec = _Recorder(200, 8)
+    rows = BlockRows(rec, 64, 200)
+    rows.add(image[:, 0:40], 0)
+    rows.add(image[:, 100:130], 100)  # not row 40: rows 0..40 go out unaligned
+    assert rec.calls == [(0, 40, 0), (100, 28, 0)]  # then up to the next block's end
+    rows.add(image[:, 130:140], 130)
+    rows.flush()  # 128..140: a block row that never ended
+    assert rec.calls == [(0, 40, 0), (100, 28, 0), (128, 12, 0)]
+    np.testing.assert_array_equal(rec.out[:, 100:140], image[:, 100:140])
+    assert (rec.out[:, 40:100] == -1).all()
+
+
+def test_whole_block_rows_are_compressed_when_written_not_at_close(tmp_path: Path) -> None:
+    """GDAL's direct write: the aligned file has its blocks on disk before it is closed;
+    the same rows written in 24-row windows wait in GDAL's cache for the close."""
+    size = 512
+    data = np.random.default_rng(0).integers(0, 4, (1, size, size), dtype=np.uint8)
+    sizes = {}
+    for name, aligned in (("aligned", True), ("strips", False)):
+        profile = geotiff_profile(size, size, 1, "uint8")
+        with rasterio.Env(GDAL_CACHEMAX=64 * 2**20):
+            writer = AtomicGeoTiff(tmp_path / f"{name}.tif", profile).__enter__()
+            rows = BlockRows(writer.write, profile["blockysize"], size)
+            for row in range(0, size, 24):
+                part = data[:, row : row + 24]
+                rows.add(part, row) if aligned else writer.write(part, row)
+            rows.flush()
+            sizes[name] = os.path.getsize(writer.tmp_path)  # before the close
+            writer.commit()
+        with rasterio.open(tmp_path / f"{name}.tif") as src:
+            np.testing.assert_array_equal(src.read(), data)
+    assert sizes["aligned"] > size * size // 8  # 2 bits of noise a pixel, deflated
+    assert sizes["strips"] < size * size // 64  # a header: the blocks wait for the close
