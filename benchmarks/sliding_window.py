@@ -125,7 +125,7 @@ def child(kind: str, path: Path, threads: int, block_size: int) -> None:
 
     torch.set_num_threads(threads)
     from polyhead.inference import n_tiles, predict_raster
-    from polyhead.inference.rasters import _gdal_cache_env
+    from polyhead.inference.rasters import gdal_env
 
     model = None if kind == "read" else _model(kind.rstrip("1")).eval()
     base = _hwm_mib()
@@ -133,7 +133,7 @@ def child(kind: str, path: Path, threads: int, block_size: int) -> None:
     with rasterio.open(path) as src:
         size = src.width
     if kind == "read":
-        with _gdal_cache_env(), rasterio.open(path) as src:  # the same cache bound
+        with gdal_env(), rasterio.open(path) as src:  # the same cache bound
             tiles = read_like_predict(src, block_size)
     else:
         out = path.with_name(f"{path.stem}_{kind}_classes.tif")

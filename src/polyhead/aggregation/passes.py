@@ -19,7 +19,7 @@ from polyhead.aggregation.inputs import ImageEntry, MaskReader
 from polyhead.aggregation.patterns import PatternCodec, merge_counts
 from polyhead.data import raster_io
 from polyhead.errors import DataError
-from polyhead.io import AtomicGeoTiff, geotiff_profile
+from polyhead.io import AtomicGeoTiff, BlockRows, geotiff_profile
 
 HARD_IGNORE = 255
 SOFT_DTYPES = ("float32", "uint8")
@@ -189,6 +189,9 @@ def write_image(
             AtomicGeoTiff(paths[0], soft_profile) as soft_out,
             AtomicGeoTiff(paths[1], hard_profile) as hard_out,
         ):
+            # whole block rows: GDAL compresses them as they are written, not at the close
+            soft_rows = BlockRows(soft_out.write, soft_profile["blockysize"], entry.height)
+            hard_rows = BlockRows(hard_out.write, hard_profile["blockysize"], entry.height)
             start = 0
             for off, rows in strips(entry):
                 if pixel_codes is None:
@@ -206,8 +209,9 @@ def write_image(
                             "in pass 1)"
                         )
                     idx[missing] = last
-                soft_out.write(np.take(table.soft, idx, axis=1).reshape(k, rows, w), off)
-                hard_out.write(table.hard[idx].reshape(1, rows, w), off)
+                soft_rows.add(np.take(table.soft, idx, axis=1).reshape(k, rows, w), off)
+                hard_rows.add(table.hard[idx].reshape(1, rows, w), off)
+            soft_rows.flush(), hard_rows.flush()
             soft_out.commit()
             hard_out.commit()
     finally:
