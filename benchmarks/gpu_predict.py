@@ -32,9 +32,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-from io_threads import write_input  # benchmarks/ (this script's folder) is on sys.path
 from rasterio.windows import Window
-from sliding_window import write_raster
+from sliding_window import write_raster  # benchmarks/ (this script's folder) is on sys.path
 
 from polyhead.inference import n_tiles, predict_raster
 from polyhead.inference.pipeline import auto_io_threads
@@ -161,11 +160,10 @@ def main() -> None:
     variants = args.variants or (list(VARIANTS) if device.type == "cuda" else ["fp32"])
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        write = write_input if args.compress else write_raster
-        conv_path = write(Path(tmp) / "conv.tif", args.conv_size)
+        conv_path = write_raster(Path(tmp) / "conv.tif", args.conv_size, args.compress)
         real_path = conv_path
         if args.real_size != args.conv_size:
-            real_path = write(Path(tmp) / "real.tif", args.real_size)
+            real_path = write_raster(Path(tmp) / "real.tif", args.real_size, args.compress)
         out = Path(tmp) / "out.tif"
         torch.manual_seed(0)
         conv = torch.nn.Conv2d(4, 4, 1)

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-from rasterio.transform import from_origin
 from rasterio.windows import Window
+from sliding_window import write_raster  # benchmarks/ (this script's folder) is on sys.path
 
 from polyhead.inference import predict_raster
 from polyhead.inference.rasters import gdal_env
@@ -39,25 +39,6 @@ from polyhead.inference.tiling import band_layout, tile_starts
 from polyhead.io import geotiff_profile
 
 TILE, OVERLAP, BLOCK = 512, 64, 4096
-
-
-def write_input(path: Path, size: int) -> Path:
-    """The blocks-plus-noise 4-band scene, tiled 512, deflate (predictor 2)."""
-    profile = dict(
-        driver="GTiff", width=size, height=size, count=4, dtype="uint8", crs="EPSG:32633",
-        transform=from_origin(500000, 5000000, 10, 10), tiled=True, blockxsize=512,
-        blockysize=512, compress="deflate", predictor=2, BIGTIFF="IF_SAFER",
-    )  # fmt: skip
-    rng = np.random.default_rng(0)
-    x = np.arange(size)
-    with rasterio.open(path, "w", **profile) as dst:
-        for row in range(0, size, 512):
-            h = min(512, size - row)
-            y = np.arange(row, row + h)[:, None]
-            base = ((x[None] // 97 + y // 89) % 4 * 50 + 30).astype(np.uint8)
-            noise = rng.integers(0, 20, (4, h, size), dtype=np.uint8)
-            dst.write(base[None] + noise, window=Window(0, row, size, h))
-    return path
 
 
 def class_maps(size: int) -> dict[str, np.ndarray]:
@@ -115,7 +96,7 @@ def main() -> None:
     n, mp = args.threads, args.size**2 / 1e6
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        image = write_input(Path(tmp) / "in.tif", args.size)
+        image = write_raster(Path(tmp) / "in.tif", args.size, compress=True)
         out = Path(tmp) / "out.tif"
         t = interleaved({k: (lambda k=k: read_run(image, k)) for k in (1, n)}, args.rounds)
         rows.append(("read windows of the deflate input", t[1], t[n]))

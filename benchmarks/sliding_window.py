@@ -51,8 +51,9 @@ TILE, OVERLAP, BATCH = 512, 64, 4
 TTA_SPECS = {"plain": None, "flips": "flips", "flips+scales": "flips+scales=1,0.75,1.25"}
 
 
-def write_raster(path: Path, size: int) -> Path:
-    """A smooth-ish 4-band uint8 scene (blocks plus noise), tiled 512, uncompressed."""
+def write_raster(path: Path, size: int, compress: bool = False) -> Path:
+    """A smooth-ish 4-band uint8 scene (blocks plus noise), tiled 512, uncompressed (or
+    deflate with predictor 2 when ``compress``)."""
     profile = dict(
         driver="GTiff",
         width=size,
@@ -66,6 +67,8 @@ def write_raster(path: Path, size: int) -> Path:
         blockysize=512,
         BIGTIFF="IF_SAFER",
     )
+    if compress:
+        profile.update(compress="deflate", predictor=2)
     rng = np.random.default_rng(0)
     x = np.arange(size)
     with rasterio.open(path, "w", **profile) as dst:
