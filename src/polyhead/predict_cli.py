@@ -96,6 +96,7 @@ def _spread_options(args: argparse.Namespace) -> dict:
         precision=args.precision,
         channels_last=args.channels_last,
         io_threads=args.io_threads,
+        overviews=args.overviews,
         vector=args.vector,
         min_area=args.min_area,
         simplify=args.simplify,
@@ -232,6 +233,11 @@ def _add_scale_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="GDAL threads decoding inputs and compressing outputs (default: 1 on a CPU, "
         "the process's CPUs on a GPU)",
+    )
+    p.add_argument(
+        "--overviews",
+        action="store_true",
+        help="build internal overviews in every GeoTIFF (quick display in GIS software)",
     )
     p.add_argument(
         "--vector",

@@ -110,3 +110,39 @@ def test_predict_files_refuses_bad_io_threads_before_writing(tmp_path: Path) -> 
     with pytest.raises(PolyheadError, match="io_threads"):
         predict_files(model, [image], tmp_path / "out", io_threads=0, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_overviews_in_every_output_and_in_row_block_parts(tmp_path: Path) -> None:
+
+    from polyhead.inference import distributed
+    from polyhead.inference.predict import _predict_one
+
+    image = _deflate_raster(tmp_path / "in.tif", size=600)
+    opts = dict(tile_size=64, overlap=16, progress=False, write_probabilities=True)
+    plain = predict_raster(_model(), image, tmp_path / "plain.tif", **opts)
+    res = predict_raster(_model(), image, tmp_path / "ovr.tif", overviews=True, **opts)
+    for key in ("class_map_path", "probabilities_path"):
+        with rasterio.open(getattr(res, key)) as a, rasterio.open(getattr(plain, key)) as b:
+            assert a.overviews(1) == [2, 4] and b.overviews(1) == []
+            np.testing.assert_array_equal(a.read(), b.read())
+    with rasterio.open(res.class_map_path) as src:
+        assert src.tags(ns="rio_overview")["resampling"] == "mode"
+    asked = []
+
+    def predict_one(src: Path, out: Path, stem: str, **override) -> None:
+        asked.append(override)
+        _predict_one(
+            predict_raster, _model(), {**opts, "overviews": True}, src, out, stem, **override
+        )
+
+    parts = distributed.plan_parts([(image, 600, 600)], 2, 64, 16)
+    out = tmp_path / "parts"
+    for part in parts:
+        for path in distributed.predict_part(part, predict_one, out, 64, 16, overviews=True):
+            with rasterio.open(path) as src:
+                assert src.overviews(1) == [2, 4], path  # 600 columns: two levels
+    assert asked == [{"overviews": False}] * 2  # no overviews for the scratch prediction
+    mosaics = distributed.write_mosaics(parts, out)
+    with rasterio.open(mosaics["classes"]) as vrt, rasterio.open(res.class_map_path) as whole:
+        assert vrt.overviews(1) == [2, 4]  # declared by the VRT, read from the parts'
+        np.testing.assert_array_equal(vrt.read(), whole.read())

@@ -57,6 +57,7 @@ def test_predict_parser_defaults_and_choices(capsys) -> None:
         None,
     )  # batch: auto
     assert (args.vector, args.min_area, args.simplify) == (None, 0.0, 0.0)
+    assert (args.io_threads, args.overviews) == (None, False)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["predict", "m", "x", "-o", "o", "--precision", "fp8"])
     assert "invalid choice: 'fp8'" in capsys.readouterr().err
@@ -73,7 +74,7 @@ def test_cli_options_reach_predict_files(tmp_path: Path, ckpt: Path, monkeypatch
     image = _tif(tmp_path / "x.tif")
     argv = ["predict", str(ckpt), str(image), "-o", str(tmp_path / "out"), "--devices", "2"]
     argv += ["--num-nodes", "3", "--accelerator", "cpu", "--precision", "bf16"]
-    argv += ["--channels-last", "--tta", "flips", "--io-threads", "3"]
+    argv += ["--channels-last", "--tta", "flips", "--io-threads", "3", "--overviews"]
     assert main(argv) == 0
     assert {k: seen[k] for k in ("devices", "num_nodes", "accelerator", "device")} == {
         "devices": 2,
@@ -83,7 +84,7 @@ def test_cli_options_reach_predict_files(tmp_path: Path, ckpt: Path, monkeypatch
     }
     assert (seen["precision"], seen["channels_last"], seen["tta"]) == ("bf16", True, "flips")
     assert (seen["batch_size"], seen["vector"]) == (None, None)  # batch: chosen for the device
-    assert seen["io_threads"] == 3
+    assert (seen["io_threads"], seen["overviews"]) == (3, True)
     table = seen["classes"]
     assert table.names == ("water", "forest", "class_2")
     assert table.colors[1] == (0, 255, 0) and table == ClassTable.from_config(

@@ -75,3 +75,30 @@ def test_whole_block_rows_are_compressed_when_written_not_at_close(tmp_path: Pat
             np.testing.assert_array_equal(src.read(), data)
     assert sizes["aligned"] > size * size // 8  # 2 bits of noise a pixel, deflated
     assert sizes["strips"] < size * size // 64  # a header: the blocks wait for the close
+
+
+def test_overviews_by_mode_for_classes_and_mean_for_values(tmp_path: Path) -> None:
+    from polyhead.io import overview_factors
+
+    assert overview_factors(256, 256) == [] and overview_factors(257, 10) == [2]
+    assert overview_factors(8192, 100) == [2, 4, 8, 16, 32]
+    size = 600
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 5, (size // 2, size // 2)).astype(np.uint8)
+    classes = np.repeat(np.repeat(coarse, 2, 0), 2, 1)
+    classes[::2, ::2] = 7  # one odd pixel in each 2 x 2: the most frequent class still wins
+    values = rng.random((2, size, size), dtype=np.float32)
+    for name, data, resampling in (("c", classes[None], "mode"), ("v", values, "average")):
+        profile = geotiff_profile(size, size, data.shape[0], data.dtype.name)
+        with AtomicGeoTiff(tmp_path / f"{name}.tif", profile, overviews=resampling) as writer:
+            writer.write(data, 0)
+            writer.commit()
+        with rasterio.open(tmp_path / f"{name}.tif") as src:
+            assert src.overviews(1) == [2, 4]
+            np.testing.assert_array_equal(src.read(), data)  # full resolution untouched
+            half = src.read(out_shape=(data.shape[0], size // 2, size // 2))
+        if name == "c":
+            np.testing.assert_array_equal(half[0], coarse)
+        else:
+            mean = data.reshape(2, size // 2, 2, size // 2, 2).mean(axis=(2, 4))
+            np.testing.assert_allclose(half, mean, rtol=1e-5)

@@ -342,6 +342,7 @@ def predict_raster_crf(
     classes: ClassTable | None = None,
     spread_path: str | Path | None = None,
     io_threads: int | None = None,
+    overviews: bool = False,
     **predict_kwargs: Any,
 ) -> PredictionResult:
     """`predict_raster` for an image that fits in memory, refined by `dense_crf`.
@@ -353,8 +354,8 @@ def predict_raster_crf(
     else the normalised entropy of the refined probabilities) are written like
     `predict_raster` does (same georeferencing, class table ``classes``, a ``spread`` map
     to ``spread_path``, atomic). Rasters above ``max_pixels``
-    raise `ConfigError` (see `check_crf_size`). ``io_threads``: GDAL's worker threads, as for
-    `predict_raster`.
+    raise `ConfigError` (see `check_crf_size`). ``io_threads`` (GDAL's worker threads) and
+    ``overviews`` as for `predict_raster`.
     """
     start = time.perf_counter()
     threads = auto_io_threads(io_threads, torch.device(predict_kwargs.get("device", "cpu")))
@@ -380,8 +381,9 @@ def predict_raster_crf(
             Path(spread_path) if spread_path else out_path.with_name(f"{out_path.stem}_spread.tif")
         )
         writers = MapWriters(
-            stack, outputs, (height, width), *georeference(src), table=classes, spread_path=spread
-        )
+            stack, outputs, (height, width), *georeference(src), table=classes,
+            spread_path=spread, overviews=overviews,
+        )  # fmt: skip
         maps = predict_maps(as_predictor(model), pixels, **predict_kwargs)
         maps[PROBABILITIES] = dense_crf(maps[PROBABILITIES], image, **dict(crf_kwargs or {}))
         writers.write(maps, 0, 0, bad)

@@ -28,7 +28,7 @@ from rasterio.windows import Window
 from polyhead.errors import ConfigError, PolyheadError
 from polyhead.inference.tiling import tile_starts
 from polyhead.inference.vrt import write_mosaic_vrt, write_window_vrt
-from polyhead.io import AtomicGeoTiff, Staging
+from polyhead.io import OVERVIEW_RESAMPLING, AtomicGeoTiff, Staging
 
 ACCELERATORS = ("cpu", "gpu", "auto")
 #: rows copied at a time when cutting a block's rows out of its window's prediction
@@ -134,14 +134,21 @@ PredictOne = Callable[[Path, Path, str], Any]
 
 
 def predict_part(
-    part: Part, predict_one: PredictOne, output_dir: Path, tile_size: int, overlap: int
+    part: Part,
+    predict_one: PredictOne,
+    output_dir: Path,
+    tile_size: int,
+    overlap: int,
+    overviews: bool = False,
 ) -> list[Path]:
     """Predict ``part`` into ``output_dir``; returns the files written.
 
     A whole image goes straight to ``predict_one``. A row block is predicted in a scratch
     folder from a VRT window with its context rows (`context_rows`), and its own rows are
     cut out into ``<stem>_part-XXXX_<kind>.tif``; all of a block's files are committed
-    together, and the scratch folder is removed whatever happens."""
+    together, and the scratch folder is removed whatever happens. ``overviews``: the part
+    files get their overviews (the scratch prediction is asked for none: ``predict_one``
+    then takes ``overviews=False``)."""
     if part.whole:
         predict_one(part.image, output_dir, part.image.stem)
         return [output_dir / f"{part.image.stem}_classes.tif"]
@@ -151,34 +158,42 @@ def predict_part(
     stem = part.stem()
     with Staging(output_dir / stem) as scratch:
         window = write_window_vrt(part.image, scratch.path(f"{stem}.vrt"), a, b)
-        predict_one(window, scratch.root, part.image.stem)
+        predict_one(
+            window, scratch.root, part.image.stem, **({"overviews": False} if overviews else {})
+        )
         prefix = f"{part.image.stem}_"
         made = sorted(p for p in scratch.root.glob(f"{prefix}*.tif"))
         targets = [output_dir / f"{stem}_{p.name[len(prefix) :]}" for p in made]
-        return _crop_all(made, targets, part.row0 - a, part.row1 - a)
+        return _crop_all(made, targets, part.row0 - a, part.row1 - a, overviews)
 
 
-def _crop_all(sources: list[Path], targets: list[Path], row0: int, row1: int) -> list[Path]:
+def _crop_all(
+    sources: list[Path], targets: list[Path], row0: int, row1: int, overviews: bool = False
+) -> list[Path]:
     """Rows ``[row0, row1)`` of each source into its target; all committed at the end."""
     with ExitStack() as stack:
         writers = []
         for source, target in zip(sources, targets, strict=True):
-            writers.append(_cropped(source, target, row0, row1))
+            writers.append(_cropped(source, target, row0, row1, overviews))
             stack.callback(writers[-1].abort)  # a no-op once committed
         for writer in writers:
             writer.close()
         return [writer.commit() for writer in writers]
 
 
-def _cropped(source: Path, target: Path, row0: int, row1: int) -> AtomicGeoTiff:
+def _cropped(
+    source: Path, target: Path, row0: int, row1: int, overviews: bool = False
+) -> AtomicGeoTiff:
     """An open `AtomicGeoTiff` at ``target`` holding rows ``[row0, row1)`` of ``source``
-    (same bands, data type, nodata, colour table and band names)."""
+    (same bands, data type, nodata, colour table and band names; ``overviews`` built at
+    its commit, by the most frequent class for a class map)."""
     with rasterio.open(source) as src:
         profile = src.profile.copy()
         profile.update(height=row1 - row0, transform=src.window_transform(_rows(src, row0, row1)))
         if src.crs is None and src.transform.is_identity:
             profile.pop("transform")
-        writer = AtomicGeoTiff(target, profile).__enter__()
+        resampling = OVERVIEW_RESAMPLING[_has_colormap(src)] if overviews else None
+        writer = AtomicGeoTiff(target, profile, overviews=resampling).__enter__()
         try:
             dst = writer.dataset
             if _has_colormap(src):
@@ -285,11 +300,13 @@ def run_parts(
     tile_size: int,
     overlap: int,
     after_class_map: Callable[[Path], Any] | None = None,
+    overviews: bool = False,
 ) -> list[Path]:
     """Predict this rank's share of ``parts``, then (rank 0, once every rank succeeded) the
     mosaics of split images. Returns every image's class map (``.tif`` or ``.vrt``), in
     input order, on every rank. ``after_class_map(path)`` runs on each finished class map
-    (a whole image's on the rank that predicted it, a mosaic on rank 0).
+    (a whole image's on the rank that predicted it, a mosaic on rank 0). ``overviews``: row
+    block files get overviews (a whole image's come from ``predict_one``).
 
     A rank that fails raises its own error after the others have finished theirs; the others
     raise `PolyheadError` saying how many failed, and no mosaic is written."""
@@ -298,7 +315,7 @@ def run_parts(
     kinds: dict[str, list[str]] = {}  # kinds of file written per row block (``image|index``)
     try:
         for part in mine:
-            files = predict_part(part, predict_one, output_dir, tile_size, overlap)
+            files = predict_part(part, predict_one, output_dir, tile_size, overlap, overviews)
             if part.whole and after_class_map is not None:
                 after_class_map(output_dir / f"{part.image.stem}_classes.tif")
             elif not part.whole:

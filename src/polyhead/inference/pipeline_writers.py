@@ -19,7 +19,7 @@ from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError, DataError
 from polyhead.inference.predictor import PROBABILITIES, UNCERTAINTY
 from polyhead.inference.uncertainty import predictive_entropy
-from polyhead.io import AtomicGeoTiff, BlockRows, geotiff_profile
+from polyhead.io import OVERVIEW_RESAMPLING, AtomicGeoTiff, BlockRows, geotiff_profile
 
 PROBABILITY_DTYPES = ("float32", "uint8")
 #: class-map value of nodata pixels (set as the file's nodata)
@@ -38,7 +38,9 @@ class MapWriters:
     when present, else the normalised predictive entropy; ``spread`` (to ``spread_path``,
     float32) whenever the maps hold one. Blocks arriving top to bottom are written in whole
     rows of the files' blocks (`polyhead.io.BlockRows`): GDAL then compresses them as they
-    are written, in the writer's thread, not all at the close. Pixels marked in ``write``'s ``nodata`` are written
+    are written, in the writer's thread, not all at the close. ``overviews``: each file
+    gets internal overviews at `commit` (the class map's by the most frequent class, the
+    others' by the mean). Pixels marked in ``write``'s ``nodata`` are written
     as nodata (see the module docstring). The files open on the first block (K is known
     then); `commit` checks every file before moving any into place. Use inside an
     ``ExitStack``.
@@ -54,6 +56,7 @@ class MapWriters:
         probabilities_dtype: str = "float32",
         table: ClassTable | None = None,
         spread_path: Path | None = None,
+        overviews: bool = False,
     ) -> None:
         if probabilities_dtype not in PROBABILITY_DTYPES:
             raise ConfigError(
@@ -61,7 +64,7 @@ class MapWriters:
             )
         self.stack, self.outputs, self.shape = stack, dict(outputs), shape
         self.crs, self.transform, self.dtype = crs, transform, probabilities_dtype
-        self.table, self.spread_path = table, spread_path
+        self.table, self.spread_path, self.overviews = table, spread_path, overviews
         self.writers: dict[str, AtomicGeoTiff] = {}
         self.rows: dict[str, BlockRows] = {}  # each file's writes, in whole block rows
         self.n_classes = 0
@@ -84,7 +87,9 @@ class MapWriters:
             profile = geotiff_profile(*self.shape, count, dtype, self.crs, self.transform)
             if nodata is not None:
                 profile["nodata"] = nodata
-            self.writers[key] = self.stack.enter_context(AtomicGeoTiff(path, profile))
+            resampling = OVERVIEW_RESAMPLING[key == "classes"] if self.overviews else None
+            writer = AtomicGeoTiff(path, profile, overviews=resampling)
+            self.writers[key] = self.stack.enter_context(writer)
             self.rows[key] = BlockRows(
                 self.writers[key].write, profile["blockysize"], self.shape[0]
             )

@@ -150,10 +150,12 @@ def _predict_one(
     image: Path,
     out: Path,
     stem: str,
+    **override: Any,
 ) -> Any:
-    """``run`` (predict_raster or its CRF variant) writing ``<out>/<stem>_<kind>.tif``."""
+    """``run`` (predict_raster or its CRF variant) writing ``<out>/<stem>_<kind>.tif``
+    (``override``: options that replace ``options``' for this call)."""
     paths = {keyword: out / f"{stem}_{kind}.tif" for kind, keyword in OUTPUT_KEYWORDS.items()}
-    return run(predictor, image, out / f"{stem}_classes.tif", **paths, **options)
+    return run(predictor, image, out / f"{stem}_classes.tif", **paths, **{**options, **override})
 
 
 def predict_files(
@@ -183,6 +185,7 @@ def predict_files(
     accelerator: str = "auto",
     preview: bool = False,
     io_threads: int | None = None,
+    overviews: bool = False,
 ) -> list[Path]:
     """Write ``<stem>_classes.tif`` (and ``_proba.tif``, ``_uncertainty.tif``) per image;
     returns the class maps' paths. A model with image-level heads also gets
@@ -205,7 +208,8 @@ def predict_files(
     quick look of each class map with class names beside the image's RGB stretch
     (`polyhead.inference.preview`). ``io_threads``: GDAL worker threads decoding the inputs
     and compressing the outputs (default: 1 on a CPU, the process's CPUs on a GPU;
-    `polyhead.inference.pipeline.auto_io_threads`).
+    `polyhead.inference.pipeline.auto_io_threads`). ``overviews``: every GeoTIFF written
+    gets internal overviews (`predict_raster`).
 
     ``devices`` x ``num_nodes`` > 1: several processes (Lightning Fabric, DDP; see
     `polyhead.inference.distributed`) share the files by pixel count; a raster larger than
@@ -248,6 +252,7 @@ def predict_files(
         channels_last=channels_last,
         classes=classes,
         io_threads=io_threads,
+        overviews=overviews,
     )
     parts = distributed.plan_parts(
         _raster_sizes(images), group.world_size, tile_size, overlap, split=not crf
@@ -260,6 +265,7 @@ def predict_files(
         tile_size,
         overlap,
         after_class_map=after,
+        overviews=overviews,
     )
     if preview and group.rank == 0:
         from polyhead.inference.preview import write_preview

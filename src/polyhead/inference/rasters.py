@@ -242,6 +242,7 @@ def predict_raster(
     classes: ClassTable | None = None,
     spread_path: str | Path | None = None,
     io_threads: int | None = None,
+    overviews: bool = False,
 ) -> PredictionResult:
     """Predict a class map (uint8 GeoTIFF) for a raster of any size in bounded memory.
 
@@ -262,8 +263,10 @@ def predict_raster(
     ``uncertainty`` map when it has one (an uncertainty head), else the predictive entropy
     normalised by log K (0 = certain, 1 = uniform; see `polyhead.inference.uncertainty`).
     When the predictor returns a ``spread`` map it is written to ``spread_path`` (default
-    ``<out stem>_spread.tif``, float32). Outputs are written to temp files, checked, and
-    renamed at the end; on failure nothing is left behind. Reads run ahead and writes
+    ``<out stem>_spread.tif``, float32). With ``overviews`` every file gets internal
+    overviews (2x, 4x, ... down to 256 pixels; the class map's by the most frequent class,
+    the others' by the mean), so GIS software displays it at any zoom. Outputs are written
+    to temp files, checked, and renamed at the end; on failure nothing is left behind. Reads run ahead and writes
     behind the compute in background threads; ``io_threads`` GDAL worker threads decode
     the input and compress the outputs (None: 1 on a CPU, the CPUs of the process on an
     accelerator; `polyhead.inference.pipeline.auto_io_threads`). Streaming by bands of ``block_size`` columns
@@ -296,7 +299,7 @@ def predict_raster(
         files = stack.enter_context(ExitStack())  # closed after the writer thread stopped
         writers = MapWriters(
             files, outputs, (height, width), *georeference(src), probabilities_dtype, classes,
-            spread,
+            spread, overviews,
         )  # fmt: skip
         finish = _DeviceFinish(outputs)
         mask = NodataMask(open_raster(stack, image_path, threads), indexes)  # the writer thread's

@@ -21,7 +21,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.windows import Window
 
 from polyhead.errors import DataError
-from polyhead.io import atomic_write
+from polyhead.io import atomic_write, overview_factors
 
 #: numpy dtype name -> GDAL data type name
 GDAL_TYPES = {
@@ -133,8 +133,9 @@ def _color_table(node: ET.Element, colormap: dict[int, Sequence[int]]) -> None:
 def write_mosaic_vrt(parts: Sequence[Path], rows: Sequence[int], vrt_path: Path) -> Path:
     """A VRT stacking ``parts`` (GeoTIFFs of the same width, bands and data type) top to
     bottom: part ``i`` fills rows ``rows[i]`` to ``rows[i] + its height``. Georeference,
-    nodata, band descriptions and the colour table come from the first part; the result is
-    checked to open before it is moved into place."""
+    nodata, band descriptions and the colour table come from the first part; when it has
+    overviews (``predict --overviews``), the VRT declares its own (GDAL reads them from the
+    parts' overviews). The result is checked to open before it is moved into place."""
     if not parts or len(parts) != len(rows):
         raise DataError(f"{vrt_path}: need one start row per part, got {len(parts)} and {rows}")
     with rasterio.open(parts[0]) as first:
@@ -143,6 +144,7 @@ def write_mosaic_vrt(parts: Sequence[Path], rows: Sequence[int], vrt_path: Path)
         crs, transform = first.crs, first.transform
         georeferenced = crs is not None or not transform.is_identity
         colormap = _colormap(first)
+        resampling = first.tags(ns="rio_overview").get("resampling") if first.overviews(1) else None
         shapes = []
         for part in parts:
             with rasterio.open(part) as src:
@@ -164,6 +166,9 @@ def write_mosaic_vrt(parts: Sequence[Path], rows: Sequence[int], vrt_path: Path)
             _color_table(node, colormap)
         for part, row, h in zip(parts, rows, shapes, strict=True):
             _simple_source(node, part, vrt_path, band, (0, 0, width, h), (0, row, width, h))
+    if resampling and overview_factors(height, width):  # the parts have overviews: so has this
+        factors = " ".join(map(str, overview_factors(height, width)))
+        ET.SubElement(root, "OverviewList", resampling=resampling).text = factors
     return _write(root, vrt_path)
 
 

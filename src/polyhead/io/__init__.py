@@ -23,9 +23,17 @@ from polyhead.io.files import (
     write_json,
     write_text,
 )
-from polyhead.io.geotiff import AtomicGeoTiff, BlockRows, geotiff_profile, verify_geotiff
+from polyhead.io.geotiff import (
+    OVERVIEW_RESAMPLING,
+    AtomicGeoTiff,
+    BlockRows,
+    geotiff_profile,
+    overview_factors,
+    verify_geotiff,
+)
 
 __all__ = [
+    "OVERVIEW_RESAMPLING",
     "TEMP_MARKER",
     "AtomicGeoTiff",
     "AtomicPath",
@@ -34,6 +42,7 @@ __all__ = [
     "WriteError",
     "atomic_write",
     "geotiff_profile",
+    "overview_factors",
     "clean_output_folder",
     "remove_stale_temp_files",
     "save_figure",

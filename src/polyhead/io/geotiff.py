@@ -19,12 +19,15 @@ from typing import Any, NoReturn
 
 import numpy as np
 import rasterio
+from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from polyhead.io.atomic import AtomicPath, PathLike, WriteError, write_error
 
 _BLOCK = 256
+#: how overviews are computed: a class map's by the most frequent class, others by the mean
+OVERVIEW_RESAMPLING = {True: "mode", False: "average"}
 
 
 def geotiff_profile(
@@ -50,6 +53,16 @@ def geotiff_profile(
     if transform is not None:
         profile["transform"] = transform
     return profile
+
+
+def overview_factors(height: int, width: int, smallest: int = _BLOCK) -> list[int]:
+    """Overview levels 2, 4, 8, ... down to the first whose longer side fits in
+    ``smallest`` pixels (none for a raster already that small)."""
+    factors, f = [], 2
+    while max(height, width) > smallest * f // 2:
+        factors.append(f)
+        f *= 2
+    return factors
 
 
 def _flag(value: Any) -> bool:
@@ -116,9 +129,12 @@ class AtomicGeoTiff:
     (an `OSError`) naming ``path``.
     """
 
-    def __init__(self, path: PathLike, profile: dict[str, Any]) -> None:
+    def __init__(
+        self, path: PathLike, profile: dict[str, Any], overviews: str | None = None
+    ) -> None:
         self.path = Path(path)
         self.profile = profile
+        self.overviews = overviews
         self._target = AtomicPath(self.path)
         self.tmp_path = self._target.tmp_path
         self._dst: Any = None
@@ -155,11 +171,14 @@ class AtomicGeoTiff:
             self._fail(exc)
 
     def close(self) -> None:
-        """Flush and close the temp file, then check it (idempotent)."""
+        """Flush and close the temp file, add its overviews (``overviews``: a resampling
+        name such as ``"mode"`` or ``"average"``), then check it (idempotent)."""
         if self._dst is not None:
             dst, self._dst = self._dst, None
             try:
                 dst.close()
+                if self.overviews is not None:
+                    self._build_overviews()
             except (RasterioError, OSError) as exc:
                 self._fail(exc)
         if not self._verified and self.tmp_path.exists():
@@ -169,6 +188,18 @@ class AtomicGeoTiff:
                 self.abort()
                 raise WriteError(f"could not write {self.path}: {exc}") from exc
             self._verified = True
+
+    def _build_overviews(self) -> None:
+        """Internal overviews (`overview_factors`), so GIS software shows a large raster
+        at any zoom without reading it whole; nodata pixels are left out of each mean."""
+        factors = overview_factors(int(self.profile["height"]), int(self.profile["width"]))
+        if not factors:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(self.tmp_path, "r+") as dst:
+                dst.build_overviews(factors, Resampling[self.overviews])
+                dst.update_tags(ns="rio_overview", resampling=self.overviews)
 
     def commit(self) -> Path:
         """Close, check and atomically move the temp file to ``path``."""
