@@ -52,6 +52,8 @@ def test_rows_that_skip_are_written_as_they_are_and_flush_writes_the_rest() -> N
     assert rec.calls == [(0, 40, 0), (100, 28, 0), (128, 12, 0)]
     np.testing.assert_array_equal(rec.out[:, 100:140], image[:, 100:140])
     assert (rec.out[:, 40:100] == -1).all()
+    with pytest.raises(ValueError, match="rows 190..210 lie outside 0..200"):
+        rows.add(image[:, 190:200].repeat(2, axis=1), 190)
 
 
 def test_whole_block_rows_are_compressed_when_written_not_at_close(tmp_path: Path) -> None:
@@ -102,3 +104,22 @@ def test_overviews_by_mode_for_classes_and_mean_for_values(tmp_path: Path) -> No
         else:
             mean = data.reshape(2, size // 2, 2, size // 2, 2).mean(axis=(2, 4))
             np.testing.assert_allclose(half, mean, rtol=1e-5)
+
+
+def test_overviews_leave_nodata_out(tmp_path: Path) -> None:
+    size = 600
+    classes = np.full((1, size, size), 255, np.uint8)
+    classes[0, ::2, ::2] = 3  # one class pixel in each 2 x 2, the rest nodata
+    values = np.where(classes == 3, np.float32(0.5), np.float32(np.nan))
+    for name, data, nodata, resampling in (
+        ("c", classes, 255, "mode"),
+        ("v", values, np.nan, "average"),
+    ):
+        profile = geotiff_profile(size, size, 1, data.dtype.name)
+        profile["nodata"] = nodata
+        with AtomicGeoTiff(tmp_path / f"{name}.tif", profile, overviews=resampling) as writer:
+            writer.write(data, 0)
+            writer.commit()
+        with rasterio.open(tmp_path / f"{name}.tif") as src:
+            half = src.read(out_shape=(1, size // 2, size // 2))
+        assert np.unique(half).tolist() == ([3] if name == "c" else [0.5])

@@ -266,11 +266,11 @@ def predict_raster(
     ``<out stem>_spread.tif``, float32). With ``overviews`` every file gets internal
     overviews (2x, 4x, ... down to 256 pixels; the class map's by the most frequent class,
     the others' by the mean), so GIS software displays it at any zoom. Outputs are written
-    to temp files, checked, and renamed at the end; on failure nothing is left behind. Reads run ahead and writes
-    behind the compute in background threads; ``io_threads`` GDAL worker threads decode
-    the input and compress the outputs (None: 1 on a CPU, the CPUs of the process on an
-    accelerator; `polyhead.inference.pipeline.auto_io_threads`). Streaming by bands of ``block_size`` columns
-    bounds memory (see the module docstring). The bands read must be as many as the model's
+    to temp files, checked, and renamed at the end; on failure nothing is left behind.
+    Reads run ahead and writes behind the compute in background threads; ``io_threads``
+    GDAL worker threads decode the input and compress the outputs (None: 1 on a CPU, the
+    CPUs of the process on an accelerator; `polyhead.inference.pipeline.auto_io_threads`).
+    Streaming by bands of ``block_size`` columns bounds memory (see the module docstring). The bands read must be as many as the model's
     ``in_channels`` (DataError naming the file, before any tile runs); the input's nodata
     pixels are nodata in every output, and tiles of nodata only are not run.
     """

@@ -274,6 +274,8 @@ class BlockRows:
 
     def add(self, data: np.ndarray, row: int, col: int = 0) -> None:
         """Take ``data [count, h, w]`` for rows ``row .. row + h`` at column ``col``."""
+        if row < 0 or row + data.shape[1] > self.height:
+            raise ValueError(f"rows {row}..{row + data.shape[1]} lie outside 0..{self.height}")
         held = self._held.pop(col, None)
         if held is not None and (held.end != row or not held.fits(data)):
             self._write(held.buf[:, : held.filled], held.row, col)  # not the next rows
