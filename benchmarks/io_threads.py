@@ -6,9 +6,10 @@ plus noise scene of `sliding_window.write_raster`) and measures, the variants in
 round by round after one warm-up each (medians; ratios are medians of per-round ratios):
 
   1. read: every window predict_raster reads (one strip per band), as MP/s of the raster;
-  2. write: a uint8 class map with polyhead's profile (tiled 256, deflate), three kinds of
-     map: ``noise`` (a class per pixel, the worst case), ``blocky`` (noise upsampled 4x, like
-     a decoder at 1/4 resolution) and ``smooth`` (large regions);
+  2. write, with polyhead's profile (tiled 256, deflate): uint8 class maps of three kinds,
+     ``noise`` (a class per pixel, the worst case), ``blocky`` (noise upsampled 4x, like a
+     decoder at 1/4 resolution) and ``smooth`` (large regions), and 6-class probabilities
+     (float32 and uint8); then each at GDAL's default deflate level 6 against polyhead's;
   3. predict_raster with a 1x1 conv 4 -> 4 on that input, on --device (torch at
      --torch-threads on a CPU), with ``io_threads`` 1 and N: a random conv (its class map
      is nearly one class) and the identity (the class is the band with the most noise: a
@@ -36,20 +37,29 @@ from sliding_window import write_raster  # benchmarks/ (this script's folder) is
 from polyhead.inference import predict_raster
 from polyhead.inference.rasters import gdal_env
 from polyhead.inference.tiling import band_layout, tile_starts
-from polyhead.io import geotiff_profile
+from polyhead.io import DEFLATE_LEVEL, geotiff_profile
 
 TILE, OVERLAP, BLOCK = 512, 64, 4096
 
 
 def class_maps(size: int) -> dict[str, np.ndarray]:
-    """One strip (512 rows) of each kind of class map, repeated down the raster."""
+    """One strip (512 rows) of each kind of output map, repeated down the raster."""
     rng = np.random.default_rng(1)
     noise = rng.integers(0, 6, (1, 512, size), dtype=np.uint8)
     coarse = rng.integers(0, 6, (1, 128, size // 4), dtype=np.uint8)
     blocky = np.repeat(np.repeat(coarse, 4, axis=1), 4, axis=2)
     rows, cols = np.arange(512)[:, None], np.arange(size)[None]
     smooth = ((cols // 97 + rows // 89) % 6).astype(np.uint8)[None]
-    return {"noise": noise, "blocky": blocky, "smooth": smooth}
+    logits = torch.randn(1, 6, 512 // 16, size // 16, generator=torch.Generator().manual_seed(0))
+    up = torch.nn.functional.interpolate(logits * 3, size=(512, size), mode="bilinear")
+    proba = torch.softmax(up, 1)[0].numpy()
+    return {
+        "class map, noise": noise,
+        "class map, blocky": blocky,
+        "class map, smooth": smooth,
+        "probabilities, float32 x 6": proba,
+        "probabilities, uint8 x 6": np.rint(proba * 255).astype(np.uint8),
+    }
 
 
 def read_run(path: Path, threads: int) -> None:
@@ -60,11 +70,15 @@ def read_run(path: Path, threads: int) -> None:
                 src.read(window=Window(xs[0], y0, xs[-1] + TILE - xs[0], TILE))
 
 
-def write_run(out: Path, strip: np.ndarray, size: int, threads: int) -> None:
-    with gdal_env(threads), rasterio.open(out, "w", **geotiff_profile(size, size, 1, "uint8")) as d:
+def write_run(out: Path, strip: np.ndarray, size: int, threads: int, zlevel: int) -> int:
+    """Write ``strip`` down a ``size``-square file in 512-row windows; the file's bytes."""
+    profile = geotiff_profile(size, size, strip.shape[0], strip.dtype.name)
+    profile["zlevel"] = zlevel
+    with gdal_env(threads), rasterio.open(out, "w", **profile) as dst:
         for row in range(0, size, 512):
             h = min(512, size - row)
-            d.write(strip[:, :h], window=Window(0, row, size, h))
+            dst.write(strip[:, :h], window=Window(0, row, size, h))
+    return out.stat().st_size
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -100,10 +114,23 @@ def main() -> None:
         out = Path(tmp) / "out.tif"
         t = interleaved({k: (lambda k=k: read_run(image, k)) for k in (1, n)}, args.rounds)
         rows.append(("read windows of the deflate input", t[1], t[n]))
+        levels = []
         for kind, strip in class_maps(args.size).items():
-            runs = {k: (lambda k=k, s=strip: write_run(out, s, args.size, k)) for k in (1, n)}
+            runs = {
+                k: (lambda k=k, s=strip: write_run(out, s, args.size, k, DEFLATE_LEVEL))
+                for k in (1, n)
+            }
             t = interleaved(runs, args.rounds)
-            rows.append((f"write a class map, {kind}", t[1], t[n]))
+            rows.append((f"write {kind}", t[1], t[n]))
+            runs = {
+                z: (lambda z=z, s=strip: write_run(out, s, args.size, 1, z))
+                for z in (6, DEFLATE_LEVEL)
+            }
+            t = interleaved(runs, args.rounds)
+            sizes = {z: write_run(out, strip, args.size, 1, z) for z in (6, DEFLATE_LEVEL)}
+            levels.append(
+                (f"write {kind}", t[6], t[DEFLATE_LEVEL], sizes[DEFLATE_LEVEL] / sizes[6])
+            )
         torch.manual_seed(0)
         random_conv, identity = torch.nn.Conv2d(4, 4, 1), torch.nn.Conv2d(4, 4, 1)
         with torch.no_grad():
@@ -133,6 +160,19 @@ def main() -> None:
         lines.append(
             f"| {name} | {mp / statistics.median(one):.1f} | "
             f"{mp / statistics.median(many):.1f} | {ratio:.2f}x |"
+        )
+    lines += [
+        "",
+        f"Deflate level: GDAL's default 6 against polyhead's {DEFLATE_LEVEL} (1 GDAL thread).",
+        "",
+        f"| step | MP/s, level 6 | MP/s, level {DEFLATE_LEVEL} | speed-up | file size ratio |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, six, one, size_ratio in levels:
+        ratio = statistics.median(a / b for a, b in zip(six, one, strict=True))
+        lines.append(
+            f"| {name} | {mp / statistics.median(six):.1f} | {mp / statistics.median(one):.1f} "
+            f"| {ratio:.2f}x | {size_ratio:.2f} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -58,6 +58,7 @@ def _predict_options(args: argparse.Namespace) -> dict:
         tta=args.tta,
         crf=args.crf,
         write_probabilities=args.probabilities,
+        probabilities_dtype=args.probabilities_dtype,
         tile_size=args.tile_size,
         overlap=args.overlap,
         batch_size=args.batch_size,
@@ -153,6 +154,12 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--probabilities", action="store_true", help="also write per-class probabilities"
+    )
+    p.add_argument(
+        "--probabilities-dtype",
+        choices=["float32", "uint8"],
+        default="float32",
+        help="probabilities as float32, or uint8 x 255 (4x smaller, written about 4x faster)",
     )
     p.add_argument("--tile-size", type=int, default=512, help="sliding-window tile (px)")
     p.add_argument("--overlap", type=int, default=64, help="overlap of adjacent tiles (px)")

@@ -103,13 +103,31 @@ def test_threads_reach_the_reader_and_writer_and_outputs_are_unchanged(
             assert repr(a.profile) == repr(b.profile)  # nodata NaN != NaN
 
 
-def test_predict_files_refuses_bad_io_threads_before_writing(tmp_path: Path) -> None:
+def test_predict_files_refuses_bad_options_before_writing(tmp_path: Path) -> None:
     image = _deflate_raster(tmp_path / "in.tif", size=32)
     model = _model()
     model.in_channels = C
     with pytest.raises(PolyheadError, match="io_threads"):
         predict_files(model, [image], tmp_path / "out", io_threads=0, progress=False)
+    with pytest.raises(PolyheadError, match="probabilities_dtype must be one of"):
+        predict_files(model, [image], tmp_path / "out", probabilities_dtype="f16", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("crf", [False, True])
+def test_uint8_probabilities_reach_every_path(tmp_path: Path, crf: bool) -> None:
+    image = _deflate_raster(tmp_path / "in.tif", size=48)
+    model = _model()
+    model.in_channels = C
+    kw = dict(tile_size=32, overlap=8, write_probabilities=True, progress=False, crf=crf)
+    predict_files(model, [image], tmp_path / "f", **kw)
+    predict_files(model, [image], tmp_path / "u", probabilities_dtype="uint8", **kw)
+    with (
+        rasterio.open(tmp_path / "f" / "in_proba.tif") as f,
+        rasterio.open(tmp_path / "u" / "in_proba.tif") as u,
+    ):
+        assert (f.dtypes[0], u.dtypes[0]) == ("float32", "uint8")
+        np.testing.assert_array_equal(u.read(), np.clip(np.rint(f.read() * 255), 0, 255))
 
 
 def test_overviews_in_every_output_and_in_row_block_parts(tmp_path: Path) -> None:

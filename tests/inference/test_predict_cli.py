@@ -75,6 +75,7 @@ def test_cli_options_reach_predict_files(tmp_path: Path, ckpt: Path, monkeypatch
     argv = ["predict", str(ckpt), str(image), "-o", str(tmp_path / "out"), "--devices", "2"]
     argv += ["--num-nodes", "3", "--accelerator", "cpu", "--precision", "bf16"]
     argv += ["--channels-last", "--tta", "flips", "--io-threads", "3", "--overviews"]
+    argv += ["--probabilities", "--probabilities-dtype", "uint8"]
     assert main(argv) == 0
     assert {k: seen[k] for k in ("devices", "num_nodes", "accelerator", "device")} == {
         "devices": 2,
@@ -85,6 +86,7 @@ def test_cli_options_reach_predict_files(tmp_path: Path, ckpt: Path, monkeypatch
     assert (seen["precision"], seen["channels_last"], seen["tta"]) == ("bf16", True, "flips")
     assert (seen["batch_size"], seen["vector"]) == (None, None)  # batch: chosen for the device
     assert (seen["io_threads"], seen["overviews"]) == (3, True)
+    assert (seen["write_probabilities"], seen["probabilities_dtype"]) == (True, "uint8")
     table = seen["classes"]
     assert table.names == ("water", "forest", "class_2")
     assert table.colors[1] == (0, 255, 0) and table == ClassTable.from_config(

@@ -343,6 +343,7 @@ def predict_raster_crf(
     spread_path: str | Path | None = None,
     io_threads: int | None = None,
     overviews: bool = False,
+    probabilities_dtype: str = "float32",
     **predict_kwargs: Any,
 ) -> PredictionResult:
     """`predict_raster` for an image that fits in memory, refined by `dense_crf`.
@@ -354,8 +355,8 @@ def predict_raster_crf(
     else the normalised entropy of the refined probabilities) are written like
     `predict_raster` does (same georeferencing, class table ``classes``, a ``spread`` map
     to ``spread_path``, atomic). Rasters above ``max_pixels``
-    raise `ConfigError` (see `check_crf_size`). ``io_threads`` (GDAL's worker threads) and
-    ``overviews`` as for `predict_raster`.
+    raise `ConfigError` (see `check_crf_size`). ``io_threads`` (GDAL's worker threads),
+    ``overviews`` and ``probabilities_dtype`` as for `predict_raster`.
     """
     start = time.perf_counter()
     threads = auto_io_threads(io_threads, torch.device(predict_kwargs.get("device", "cpu")))
@@ -381,8 +382,8 @@ def predict_raster_crf(
             Path(spread_path) if spread_path else out_path.with_name(f"{out_path.stem}_spread.tif")
         )
         writers = MapWriters(
-            stack, outputs, (height, width), *georeference(src), table=classes,
-            spread_path=spread, overviews=overviews,
+            stack, outputs, (height, width), *georeference(src), probabilities_dtype,
+            table=classes, spread_path=spread, overviews=overviews,
         )  # fmt: skip
         maps = predict_maps(as_predictor(model), pixels, **predict_kwargs)
         maps[PROBABILITIES] = dense_crf(maps[PROBABILITIES], image, **dict(crf_kwargs or {}))

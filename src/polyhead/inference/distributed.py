@@ -28,7 +28,7 @@ from rasterio.windows import Window
 from polyhead.errors import ConfigError, PolyheadError
 from polyhead.inference.tiling import tile_starts
 from polyhead.inference.vrt import write_mosaic_vrt, write_window_vrt
-from polyhead.io import OVERVIEW_RESAMPLING, AtomicGeoTiff, Staging
+from polyhead.io import DEFLATE_LEVEL, OVERVIEW_RESAMPLING, AtomicGeoTiff, Staging
 
 ACCELERATORS = ("cpu", "gpu", "auto")
 #: rows copied at a time when cutting a block's rows out of its window's prediction
@@ -190,6 +190,8 @@ def _cropped(
     with rasterio.open(source) as src:
         profile = src.profile.copy()
         profile.update(height=row1 - row0, transform=src.window_transform(_rows(src, row0, row1)))
+        if profile.get("compress") == "deflate":  # a file's profile does not keep its level
+            profile["zlevel"] = DEFLATE_LEVEL
         if src.crs is None and src.transform.is_identity:
             profile.pop("transform")
         resampling = OVERVIEW_RESAMPLING[_has_colormap(src)] if overviews else None

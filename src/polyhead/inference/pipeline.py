@@ -37,7 +37,7 @@ def auto_io_threads(io_threads: int | None, device: torch.device) -> int:
     (a busy extra thread slows torch's own threads); on an accelerator, the CPUs this
     process may use, shared among the processes of its machine (``LOCAL_WORLD_SIZE``, set
     by torchrun and Lightning): there the CPUs are otherwise idle, and one thread decoding
-    a compressed input or deflating a detailed class map runs at about 40-90 MP/s, below a
+    a compressed input (about 80 MP/s) or deflating probabilities (5-20 MP/s) runs below a
     GPU's pace (`benchmarks/results/io_threads_cpu.md`)."""
     if io_threads is not None:
         if isinstance(io_threads, bool) or not isinstance(io_threads, int) or io_threads < 1:

@@ -18,6 +18,7 @@ from polyhead.inference import distributed
 from polyhead.inference.crf import check_crf_size, predict_raster_crf
 from polyhead.inference.image_level import predict_image_level
 from polyhead.inference.pipeline import auto_io_threads
+from polyhead.inference.pipeline_writers import PROBABILITY_DTYPES
 from polyhead.inference.predictor import Predictor, has_uncertainty_head
 from polyhead.inference.rasters import check_bands, open_raster, predict_raster
 from polyhead.inference.tiling import Normalize
@@ -186,6 +187,7 @@ def predict_files(
     preview: bool = False,
     io_threads: int | None = None,
     overviews: bool = False,
+    probabilities_dtype: str = "float32",
 ) -> list[Path]:
     """Write ``<stem>_classes.tif`` (and ``_proba.tif``, ``_uncertainty.tif``) per image;
     returns the class maps' paths. A model with image-level heads also gets
@@ -209,7 +211,8 @@ def predict_files(
     (`polyhead.inference.preview`). ``io_threads``: GDAL worker threads decoding the inputs
     and compressing the outputs (default: 1 on a CPU, the process's CPUs on a GPU;
     `polyhead.inference.pipeline.auto_io_threads`). ``overviews``: every GeoTIFF written
-    gets internal overviews (`predict_raster`).
+    gets internal overviews (`predict_raster`). ``probabilities_dtype``: ``float32``, or
+    ``uint8`` (x 255: 4x smaller, written about 4x faster).
 
     ``devices`` x ``num_nodes`` > 1: several processes (Lightning Fabric, DDP; see
     `polyhead.inference.distributed`) share the files by pixel count; a raster larger than
@@ -229,6 +232,11 @@ def predict_files(
     images = expand_inputs(inputs)  # fail on bad input before any tile runs
     check_inputs(model, images)
     auto_io_threads(io_threads, torch.device(device))  # a bad count fails here too
+    if probabilities_dtype not in PROBABILITY_DTYPES:
+        raise ConfigError(
+            f"probabilities_dtype must be one of {list(PROBABILITY_DTYPES)}, got "
+            f"{probabilities_dtype!r}"
+        )
     if crf:
         for image in images:
             check_crf_size(image)
@@ -253,6 +261,7 @@ def predict_files(
         classes=classes,
         io_threads=io_threads,
         overviews=overviews,
+        probabilities_dtype=probabilities_dtype,
     )
     parts = distributed.plan_parts(
         _raster_sizes(images), group.world_size, tile_size, overlap, split=not crf

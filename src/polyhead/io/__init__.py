@@ -24,6 +24,7 @@ from polyhead.io.files import (
     write_text,
 )
 from polyhead.io.geotiff import (
+    DEFLATE_LEVEL,
     OVERVIEW_RESAMPLING,
     AtomicGeoTiff,
     BlockRows,
@@ -33,6 +34,7 @@ from polyhead.io.geotiff import (
 )
 
 __all__ = [
+    "DEFLATE_LEVEL",
     "OVERVIEW_RESAMPLING",
     "TEMP_MARKER",
     "AtomicGeoTiff",
