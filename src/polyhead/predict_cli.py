@@ -98,6 +98,7 @@ def _spread_options(args: argparse.Namespace) -> dict:
         channels_last=args.channels_last,
         io_threads=args.io_threads,
         overviews=args.overviews,
+        skip_existing=args.skip_existing,
         vector=args.vector,
         min_area=args.min_area,
         simplify=args.simplify,
@@ -107,7 +108,12 @@ def _spread_options(args: argparse.Namespace) -> dict:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from polyhead.checkpoint import load_checkpoint
-    from polyhead.inference.predict import expand_inputs, predict_files, vector_writer
+    from polyhead.inference.predict import (
+        expand_inputs,
+        finished_outputs,
+        predict_files,
+        vector_writer,
+    )
     from polyhead.inference.predictor import has_uncertainty_head
     from polyhead.inference.tta import tta_from_config
 
@@ -129,6 +135,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"uncertainty head); {args.checkpoint} is not one"
         )
     options = {**_predict_options(args), **_spread_options(args)}
+    there = {}
+    if args.skip_existing:  # for the message; predict_files decides on its own
+        kinds = (args.probabilities, args.uncertainty, args.vector, args.preview)
+        there = finished_outputs(expand_inputs(args.inputs), args.output, *kinds)
     written = predict_files(
         loaded.model,
         args.inputs,
@@ -139,7 +149,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         **options,
     )
     if _rank() == 0:  # one line for all processes
-        print(f"wrote {len(written)} class maps to {args.output}")
+        skipped = f" ({len(there)} already there, skipped)" if there else ""
+        print(f"wrote {len(written) - len(there)} class maps to {args.output}{skipped}")
     return 0
 
 
@@ -208,7 +219,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_scale_arguments(p: argparse.ArgumentParser) -> None:
-    """``predict``'s options for large areas: processes, precision, I/O threads, polygons."""
+    """``predict``'s options for large areas and many files: processes, precision, I/O
+    threads, resuming, overviews, polygons."""
     p.add_argument(
         "--devices",
         type=int,
@@ -240,6 +252,12 @@ def _add_scale_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="GDAL threads decoding inputs and compressing outputs (default: 1 on a CPU, "
         "the process's CPUs on a GPU)",
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="do not predict images whose requested outputs are all in --output already "
+        "(resume a long run)",
     )
     p.add_argument(
         "--overviews",

@@ -75,7 +75,7 @@ def test_cli_options_reach_predict_files(tmp_path: Path, ckpt: Path, monkeypatch
     argv = ["predict", str(ckpt), str(image), "-o", str(tmp_path / "out"), "--devices", "2"]
     argv += ["--num-nodes", "3", "--accelerator", "cpu", "--precision", "bf16"]
     argv += ["--channels-last", "--tta", "flips", "--io-threads", "3", "--overviews"]
-    argv += ["--probabilities", "--probabilities-dtype", "uint8"]
+    argv += ["--probabilities", "--probabilities-dtype", "uint8", "--skip-existing"]
     assert main(argv) == 0
     assert {k: seen[k] for k in ("devices", "num_nodes", "accelerator", "device")} == {
         "devices": 2,
@@ -87,6 +87,7 @@ def test_cli_options_reach_predict_files(tmp_path: Path, ckpt: Path, monkeypatch
     assert (seen["batch_size"], seen["vector"]) == (None, None)  # batch: chosen for the device
     assert (seen["io_threads"], seen["overviews"]) == (3, True)
     assert (seen["write_probabilities"], seen["probabilities_dtype"]) == (True, "uint8")
+    assert seen["skip_existing"] is True
     table = seen["classes"]
     assert table.names == ("water", "forest", "class_2")
     assert table.colors[1] == (0, 255, 0) and table == ClassTable.from_config(
@@ -153,6 +154,10 @@ def test_cli_predict_one_process_writes_class_maps(tmp_path: Path, ckpt: Path, c
     assert sorted(p.name for p in out.iterdir()) == ["x_classes.tif"]
     with rasterio.open(out / "x_classes.tif") as src:
         assert src.shape == (48, 48) and src.read().max() < 3
+    before = (out / "x_classes.tif").stat().st_mtime_ns
+    assert main([*argv, "--overlap", "8", "--skip-existing"]) == 0
+    assert "wrote 0 class maps to" in (msg := capsys.readouterr().out) and "1 already" in msg
+    assert (out / "x_classes.tif").stat().st_mtime_ns == before  # not written again
 
 
 def test_cli_predict_preview_beside_each_class_map(tmp_path: Path, ckpt: Path) -> None:

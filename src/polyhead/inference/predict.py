@@ -159,6 +159,34 @@ def _predict_one(
     return run(predictor, image, out / f"{stem}_classes.tif", **paths, **{**options, **override})
 
 
+def finished_outputs(
+    images: Sequence[Path],
+    output_dir: str | Path,
+    write_probabilities: bool = False,
+    write_uncertainty: bool = False,
+    vector: str | None = None,
+    preview: bool = False,
+) -> dict[Path, Path]:
+    """The images whose every requested output is already in ``output_dir``, with their
+    class map (``<stem>_classes.tif``, or ``.vrt`` for a raster split across processes):
+    what ``predict_files(skip_existing=True)`` skips. Outputs are written whole or not at
+    all, so an existing one is complete (but may come from another model or options)."""
+    output_dir, done = Path(output_dir), {}
+    for image in images:
+        for suffix in (".tif", ".vrt"):
+            kinds = ["classes"]
+            kinds += ["proba"] * write_probabilities + ["uncertainty"] * write_uncertainty
+            wanted = [output_dir / f"{image.stem}_{kind}{suffix}" for kind in kinds]
+            if vector:
+                wanted.append(output_dir / f"{image.stem}_classes.{vector}")
+            if preview:
+                wanted.append(output_dir / f"{image.stem}_preview.png")
+            if all(path.is_file() for path in wanted):
+                done[image] = wanted[0]
+                break
+    return done
+
+
 def predict_files(
     model: Any,
     inputs: Sequence[str | Path],
@@ -188,6 +216,7 @@ def predict_files(
     io_threads: int | None = None,
     overviews: bool = False,
     probabilities_dtype: str = "float32",
+    skip_existing: bool = False,
 ) -> list[Path]:
     """Write ``<stem>_classes.tif`` (and ``_proba.tif``, ``_uncertainty.tif``) per image;
     returns the class maps' paths. A model with image-level heads also gets
@@ -212,7 +241,10 @@ def predict_files(
     and compressing the outputs (default: 1 on a CPU, the process's CPUs on a GPU;
     `polyhead.inference.pipeline.auto_io_threads`). ``overviews``: every GeoTIFF written
     gets internal overviews (`predict_raster`). ``probabilities_dtype``: ``float32``, or
-    ``uint8`` (x 255: 4x smaller, written about 4x faster).
+    ``uint8`` (x 255: 4x smaller, written about 4x faster). ``skip_existing``: images whose
+    every requested output is already in ``output_dir`` are not predicted again
+    (`finished_outputs`; to resume a long run), and their class maps are returned with the
+    others; image-level CSVs are still computed for every image.
 
     ``devices`` x ``num_nodes`` > 1: several processes (Lightning Fabric, DDP; see
     `polyhead.inference.distributed`) share the files by pixel count; a raster larger than
@@ -263,8 +295,16 @@ def predict_files(
         overviews=overviews,
         probabilities_dtype=probabilities_dtype,
     )
+    skipped: dict[Path, Path] = {}
+    if skip_existing:  # rank 0's view, taken before any rank writes: one plan for all
+        found = finished_outputs(
+            images, output_dir, write_probabilities, write_uncertainty, vector, preview
+        )
+        report = group.exchange({str(k): str(v) for k, v in found.items()})[0]
+        skipped = {Path(k): Path(v) for k, v in report.items()}
+    todo = [image for image in images if image not in skipped]
     parts = distributed.plan_parts(
-        _raster_sizes(images), group.world_size, tile_size, overlap, split=not crf
+        _raster_sizes(todo), group.world_size, tile_size, overlap, split=not crf
     )
     written = distributed.run_parts(
         parts,
@@ -280,7 +320,7 @@ def predict_files(
         from polyhead.inference.preview import write_preview
 
         sources = {image.stem: image for image in images}
-        for class_map in written:
+        for class_map in written:  # the new ones: a skipped image has its preview
             stem = class_map.name.removesuffix(class_map.suffix).removesuffix("_classes")
             png = class_map.with_name(f"{stem}_preview.png")
             write_preview(class_map, png, classes=classes, image_path=sources.get(stem))
@@ -296,4 +336,5 @@ def predict_files(
             device=group.device or device,
             progress=progress,
         )
-    return written
+    by_image = {**dict(zip(todo, written, strict=True)), **skipped}
+    return [by_image[image] for image in images]

@@ -1,4 +1,5 @@
-"""GDAL worker threads for decoding inputs and compressing outputs (``io_threads``)."""
+"""predict options for large areas: GDAL threads (io_threads), overviews, uint8 probabilities
+and resuming (skip_existing)."""
 
 from __future__ import annotations
 
@@ -164,3 +165,39 @@ def test_overviews_in_every_output_and_in_row_block_parts(tmp_path: Path) -> Non
     with rasterio.open(mosaics["classes"]) as vrt, rasterio.open(res.class_map_path) as whole:
         assert vrt.overviews(1) == [2, 4]  # declared by the VRT, read from the parts'
         np.testing.assert_array_equal(vrt.read(), whole.read())
+
+
+def test_skip_existing_predicts_only_the_images_with_missing_outputs(tmp_path: Path) -> None:
+    from polyhead.inference.predict import finished_outputs
+
+    images = [_deflate_raster(tmp_path / f"{name}.tif", size=40) for name in ("a", "b", "c")]
+    out = tmp_path / "out"
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.tiles, self.in_channels = _model(), 0, C
+
+        def forward(self, x):
+            self.tiles += x.shape[0]
+            return self.inner(x)
+
+    kw = dict(tile_size=32, overlap=8, write_probabilities=True, progress=False)
+    first = Counting()
+    written = predict_files(first, images, out, **kw)
+    (out / "b_proba.tif").unlink()  # b lacks an output: predicted again
+    kept = (out / "a_classes.tif").stat().st_mtime_ns
+    assert sorted(finished_outputs(images, out, write_probabilities=True)) == [images[0], images[2]]
+    assert finished_outputs(images, out, write_uncertainty=True) == {}
+    again = Counting()
+    assert predict_files(again, images, out, skip_existing=True, **kw) == written
+    assert again.tiles == first.tiles // 3  # one image of three
+    assert (out / "b_proba.tif").is_file()
+    assert (out / "a_classes.tif").stat().st_mtime_ns == kept
+    (out / "a_classes.tif").rename(out / "a_classes.vrt")  # a split raster's mosaic counts
+    assert finished_outputs(images[:1], out, write_probabilities=False) == {
+        images[0]: out / "a_classes.vrt"
+    }
+    none = Counting()
+    assert predict_files(none, images[1:], out, skip_existing=True, **kw) == written[1:]
+    assert none.tiles == 0
