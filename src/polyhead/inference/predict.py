@@ -187,6 +187,43 @@ def finished_outputs(
     return done
 
 
+def _check_options(
+    images: Sequence[Path], device: str, io_threads: int | None, dtype: str, crf: bool
+) -> None:
+    """`predict_files`'s options that can be wrong, checked before anything runs."""
+    auto_io_threads(io_threads, torch.device(device))
+    if dtype not in PROBABILITY_DTYPES:
+        raise ConfigError(
+            f"probabilities_dtype must be one of {list(PROBABILITY_DTYPES)}, got {dtype!r}"
+        )
+    if crf:
+        for image in images:
+            check_crf_size(image)
+
+
+def _skipped(
+    group: distributed.Group, images: Sequence[Path], output_dir: Path, kinds: tuple
+) -> dict[Path, Path]:
+    """`finished_outputs` as rank 0 sees them before any rank writes, so that every
+    process plans the same parts."""
+    found = finished_outputs(images, output_dir, *kinds)
+    report = group.exchange({str(k): str(v) for k, v in found.items()})[0]
+    return {Path(k): Path(v) for k, v in report.items()}
+
+
+def _write_previews(
+    class_maps: Sequence[Path], images: Sequence[Path], classes: ClassTable | None
+) -> None:
+    """``<stem>_preview.png`` beside each class map (`polyhead.inference.preview`)."""
+    from polyhead.inference.preview import write_preview
+
+    sources = {image.stem: image for image in images}
+    for class_map in class_maps:
+        stem = class_map.name.removesuffix(class_map.suffix).removesuffix("_classes")
+        png = class_map.with_name(f"{stem}_preview.png")
+        write_preview(class_map, png, classes=classes, image_path=sources.get(stem))
+
+
 def predict_files(
     model: Any,
     inputs: Sequence[str | Path],
@@ -263,15 +300,7 @@ def predict_files(
     """
     images = expand_inputs(inputs)  # fail on bad input before any tile runs
     check_inputs(model, images)
-    auto_io_threads(io_threads, torch.device(device))  # a bad count fails here too
-    if probabilities_dtype not in PROBABILITY_DTYPES:
-        raise ConfigError(
-            f"probabilities_dtype must be one of {list(PROBABILITY_DTYPES)}, got "
-            f"{probabilities_dtype!r}"
-        )
-    if crf:
-        for image in images:
-            check_crf_size(image)
+    _check_options(images, device, io_threads, probabilities_dtype, crf)
     run = predict_raster_crf if crf else predict_raster
     after = vector_writer(vector, classes, min_area, simplify)
     group = distributed.launch(devices, num_nodes, accelerator)
@@ -296,12 +325,9 @@ def predict_files(
         probabilities_dtype=probabilities_dtype,
     )
     skipped: dict[Path, Path] = {}
-    if skip_existing:  # rank 0's view, taken before any rank writes: one plan for all
-        found = finished_outputs(
-            images, output_dir, write_probabilities, write_uncertainty, vector, preview
-        )
-        report = group.exchange({str(k): str(v) for k, v in found.items()})[0]
-        skipped = {Path(k): Path(v) for k, v in report.items()}
+    if skip_existing:
+        kinds = (write_probabilities, write_uncertainty, vector, preview)
+        skipped = _skipped(group, images, output_dir, kinds)
     todo = [image for image in images if image not in skipped]
     parts = distributed.plan_parts(
         _raster_sizes(todo), group.world_size, tile_size, overlap, split=not crf
@@ -317,13 +343,7 @@ def predict_files(
         overviews=overviews,
     )
     if preview and group.rank == 0:
-        from polyhead.inference.preview import write_preview
-
-        sources = {image.stem: image for image in images}
-        for class_map in written:  # the new ones: a skipped image has its preview
-            stem = class_map.name.removesuffix(class_map.suffix).removesuffix("_classes")
-            png = class_map.with_name(f"{stem}_preview.png")
-            write_preview(class_map, png, classes=classes, image_path=sources.get(stem))
+        _write_previews(written, images, classes)  # the new ones: a skipped image has its own
     image_level = model.image_level_heads() if hasattr(model, "image_level_heads") else []
     if image_level and group.rank == 0:
         predict_image_level(
