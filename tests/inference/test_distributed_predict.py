@@ -138,9 +138,11 @@ def test_row_blocks_and_their_mosaic_equal_the_whole_prediction(tmp_path: Path, 
     opts = dict(tile_size=TILE, overlap=OVERLAP, progress=False, write_probabilities=True)
     whole = predict_raster(model, image, tmp_path / "whole" / "big_classes.tif", **opts)
 
-    def predict_one(src: Path, out: Path, stem: str) -> None:
+    def predict_one(src: Path, out: Path, stem: str, **rows):
         proba = out / f"{stem}_proba.tif"
-        predict_raster(model, src, out / f"{stem}_classes.tif", probabilities_path=proba, **opts)
+        return predict_raster(
+            model, src, out / f"{stem}_classes.tif", probabilities_path=proba, **opts, **rows
+        )
 
     out = tmp_path / "parts"
     out.mkdir()
@@ -205,8 +207,9 @@ def test_mosaics_only_after_every_rank_succeeded_and_of_this_runs_files(
     model = load_checkpoint(ckpt).model
     image = _tif(tmp_path / "in" / "big.tif", 150, 70, 7)
 
-    def predict_one(src: Path, out: Path, stem: str) -> None:
-        predict_raster(model, src, out / f"{stem}_classes.tif", tile_size=TILE, overlap=OVERLAP)
+    def predict_one(src: Path, out: Path, stem: str, **rows):
+        out_path = out / f"{stem}_classes.tif"
+        return predict_raster(model, src, out_path, tile_size=TILE, overlap=OVERLAP, **rows)
 
     out = tmp_path / "out"
     out.mkdir()

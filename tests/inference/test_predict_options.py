@@ -133,6 +133,8 @@ def test_uint8_probabilities_reach_every_path(tmp_path: Path, crf: bool) -> None
 
 def test_overviews_in_every_output_and_in_row_block_parts(tmp_path: Path) -> None:
 
+    from functools import partial
+
     from polyhead.inference import distributed
     from polyhead.inference.predict import _predict_one
 
@@ -146,21 +148,14 @@ def test_overviews_in_every_output_and_in_row_block_parts(tmp_path: Path) -> Non
             np.testing.assert_array_equal(a.read(), b.read())
     with rasterio.open(res.class_map_path) as src:
         assert src.tags(ns="rio_overview")["resampling"] == "mode"
-    asked = []
-
-    def predict_one(src: Path, out: Path, stem: str, **override) -> None:
-        asked.append(override)
-        _predict_one(
-            predict_raster, _model(), {**opts, "overviews": True}, src, out, stem, **override
-        )
-
+    options = {**opts, "overviews": True}
     parts = distributed.plan_parts([(image, 600, 600)], 2, 64, 16)
     out = tmp_path / "parts"
     for part in parts:
-        for path in distributed.predict_part(part, predict_one, out, 64, 16, overviews=True):
+        predict_one = partial(_predict_one, predict_raster, _model(), options)
+        for path in distributed.predict_part(part, predict_one, out, 64, 16):
             with rasterio.open(path) as src:
                 assert src.overviews(1) == [2, 4], path  # 600 columns: two levels
-    assert asked == [{"overviews": False}] * 2  # no overviews for the scratch prediction
     mosaics = distributed.write_mosaics(parts, out)
     with rasterio.open(mosaics["classes"]) as vrt, rasterio.open(res.class_map_path) as whole:
         assert vrt.overviews(1) == [2, 4]  # declared by the VRT, read from the parts'
@@ -201,3 +196,19 @@ def test_skip_existing_predicts_only_the_images_with_missing_outputs(tmp_path: P
     none = Counting()
     assert predict_files(none, images[1:], out, skip_existing=True, **kw) == written[1:]
     assert none.tiles == 0
+
+
+def test_rows_writes_only_those_rows_of_the_whole_prediction(tmp_path: Path) -> None:
+    image = _deflate_raster(tmp_path / "in.tif", size=96)
+    opts = dict(tile_size=32, overlap=8, write_probabilities=True, progress=False)
+    whole = predict_raster(_model(), image, tmp_path / "whole.tif", **opts)
+    part = predict_raster(_model(), image, tmp_path / "part.tif", rows=(17, 70), **opts)
+    assert part.shape == (53, 96)
+    for key in ("class_map_path", "probabilities_path"):
+        with rasterio.open(getattr(whole, key)) as a, rasterio.open(getattr(part, key)) as b:
+            np.testing.assert_array_equal(b.read(), a.read()[:, 17:70])
+            assert b.transform == a.transform * a.transform.translation(0, 17)
+            assert b.crs == a.crs
+    with pytest.raises(ConfigError, match=r"rows must satisfy 0 <= r0 < r1 <= 96, got \(50, 50\)"):
+        predict_raster(_model(), image, tmp_path / "bad.tif", rows=(50, 50), **opts)
+    assert not (tmp_path / "bad.tif").exists()

@@ -17,22 +17,18 @@ GPU), which starts them itself or joins those torchrun or SLURM started.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import rasterio
-from rasterio.windows import Window
 
 from polyhead.errors import ConfigError, PolyheadError
 from polyhead.inference.tiling import tile_starts
 from polyhead.inference.vrt import write_mosaic_vrt, write_window_vrt
-from polyhead.io import DEFLATE_LEVEL, OVERVIEW_RESAMPLING, AtomicGeoTiff, Staging
+from polyhead.io import Staging
 
 ACCELERATORS = ("cpu", "gpu", "auto")
-#: rows copied at a time when cutting a block's rows out of its window's prediction
-COPY_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -129,26 +125,20 @@ def assign(parts: Sequence[Part], world_size: int) -> list[list[Part]]:
     return [[parts[i] for i in sorted(idx)] for idx in ranks]
 
 
-#: ``predict_one(input, out_dir, stem)`` writes ``<out_dir>/<stem>_<kind>.tif`` files
-PredictOne = Callable[[Path, Path, str], Any]
+#: ``predict_one(input, out_dir, stem, **options)`` writes ``<out_dir>/<stem>_<kind>.tif``
+#: files (a row block passes ``rows=``) and returns the `PredictionResult`
+PredictOne = Callable[..., Any]
 
 
 def predict_part(
-    part: Part,
-    predict_one: PredictOne,
-    output_dir: Path,
-    tile_size: int,
-    overlap: int,
-    overviews: bool = False,
+    part: Part, predict_one: PredictOne, output_dir: Path, tile_size: int, overlap: int
 ) -> list[Path]:
     """Predict ``part`` into ``output_dir``; returns the files written.
 
-    A whole image goes straight to ``predict_one``. A row block is predicted in a scratch
-    folder from a VRT window with its context rows (`context_rows`), and its own rows are
-    cut out into ``<stem>_part-XXXX_<kind>.tif``; all of a block's files are committed
-    together, and the scratch folder is removed whatever happens. ``overviews``: the part
-    files get their overviews (the scratch prediction is asked for none: ``predict_one``
-    then takes ``overviews=False``)."""
+    A whole image goes straight to ``predict_one``. A row block is predicted from a VRT
+    window of the image with its context rows (`context_rows`, in a scratch folder removed
+    whatever happens), and ``predict_one(..., rows=own rows)`` writes only its own rows, to
+    ``<stem>_part-XXXX_<kind>.tif``; all of a block's files are committed together."""
     if part.whole:
         predict_one(part.image, output_dir, part.image.stem)
         return [output_dir / f"{part.image.stem}_classes.tif"]
@@ -158,69 +148,14 @@ def predict_part(
     stem = part.stem()
     with Staging(output_dir / stem) as scratch:
         window = write_window_vrt(part.image, scratch.path(f"{stem}.vrt"), a, b)
-        predict_one(
-            window, scratch.root, part.image.stem, **({"overviews": False} if overviews else {})
-        )
-        prefix = f"{part.image.stem}_"
-        made = sorted(p for p in scratch.root.glob(f"{prefix}*.tif"))
-        targets = [output_dir / f"{stem}_{p.name[len(prefix) :]}" for p in made]
-        return _crop_all(made, targets, part.row0 - a, part.row1 - a, overviews)
-
-
-def _crop_all(
-    sources: list[Path], targets: list[Path], row0: int, row1: int, overviews: bool = False
-) -> list[Path]:
-    """Rows ``[row0, row1)`` of each source into its target; all committed at the end."""
-    with ExitStack() as stack:
-        writers = []
-        for source, target in zip(sources, targets, strict=True):
-            writers.append(_cropped(source, target, row0, row1, overviews))
-            stack.callback(writers[-1].abort)  # a no-op once committed
-        for writer in writers:
-            writer.close()
-        return [writer.commit() for writer in writers]
-
-
-def _cropped(
-    source: Path, target: Path, row0: int, row1: int, overviews: bool = False
-) -> AtomicGeoTiff:
-    """An open `AtomicGeoTiff` at ``target`` holding rows ``[row0, row1)`` of ``source``
-    (same bands, data type, nodata, colour table and band names; ``overviews`` built at
-    its commit, by the most frequent class for a class map)."""
-    with rasterio.open(source) as src:
-        profile = src.profile.copy()
-        profile.update(height=row1 - row0, transform=src.window_transform(_rows(src, row0, row1)))
-        if profile.get("compress") == "deflate":  # a file's profile does not keep its level
-            profile["zlevel"] = DEFLATE_LEVEL
-        if src.crs is None and src.transform.is_identity:
-            profile.pop("transform")
-        resampling = OVERVIEW_RESAMPLING[_has_colormap(src)] if overviews else None
-        writer = AtomicGeoTiff(target, profile, overviews=resampling).__enter__()
-        try:
-            dst = writer.dataset
-            if _has_colormap(src):
-                dst.write_colormap(1, src.colormap(1))
-            dst.descriptions = src.descriptions
-            dst.update_tags(**src.tags())
-            for r in range(row0, row1, COPY_ROWS):
-                block = src.read(window=_rows(src, r, min(r + COPY_ROWS, row1)))
-                writer.write(block, r - row0)
-        except BaseException:
-            writer.abort()
-            raise
-    return writer
-
-
-def _rows(src: Any, row0: int, row1: int) -> Window:
-    return Window(0, row0, src.width, row1 - row0)
-
-
-def _has_colormap(src: Any) -> bool:
-    try:
-        src.colormap(1)
-    except ValueError:
-        return False
-    return True
+        result = predict_one(window, output_dir, stem, rows=(part.row0 - a, part.row1 - a))
+    paths = (
+        result.class_map_path,
+        result.probabilities_path,
+        result.uncertainty_path,
+        result.spread_path,
+    )
+    return [path for path in paths if path is not None]
 
 
 def write_mosaics(
@@ -302,13 +237,11 @@ def run_parts(
     tile_size: int,
     overlap: int,
     after_class_map: Callable[[Path], Any] | None = None,
-    overviews: bool = False,
 ) -> list[Path]:
     """Predict this rank's share of ``parts``, then (rank 0, once every rank succeeded) the
     mosaics of split images. Returns every image's class map (``.tif`` or ``.vrt``), in
     input order, on every rank. ``after_class_map(path)`` runs on each finished class map
-    (a whole image's on the rank that predicted it, a mosaic on rank 0). ``overviews``: row
-    block files get overviews (a whole image's come from ``predict_one``).
+    (a whole image's on the rank that predicted it, a mosaic on rank 0).
 
     A rank that fails raises its own error after the others have finished theirs; the others
     raise `PolyheadError` saying how many failed, and no mosaic is written."""
@@ -317,7 +250,7 @@ def run_parts(
     kinds: dict[str, list[str]] = {}  # kinds of file written per row block (``image|index``)
     try:
         for part in mine:
-            files = predict_part(part, predict_one, output_dir, tile_size, overlap, overviews)
+            files = predict_part(part, predict_one, output_dir, tile_size, overlap)
             if part.whole and after_class_map is not None:
                 after_class_map(output_dir / f"{part.image.stem}_classes.tif")
             elif not part.whole:

@@ -340,7 +340,6 @@ def predict_files(
         tile_size,
         overlap,
         after_class_map=after,
-        overviews=overviews,
     )
     if preview and group.rank == 0:
         _write_previews(written, images, classes)  # the new ones: a skipped image has its own

@@ -212,10 +212,26 @@ def open_raster(stack: ExitStack, path: Path, io_threads: int = 1) -> Any:
         return stack.enter_context(rasterio.open(path))
 
 
-def georeference(src: Any) -> tuple[Any, Any]:
-    """``(crs, transform)`` of an open raster; the transform is None when it has neither."""
+def georeference(src: Any, row0: int = 0, row1: int | None = None) -> tuple[Any, Any]:
+    """``(crs, transform)`` of an open raster (of its rows ``row0 .. row1`` when given); the
+    transform is None when it has neither."""
     crs = src.crs
-    return crs, None if src.transform.is_identity and crs is None else src.transform
+    if src.transform.is_identity and crs is None:
+        return crs, None
+    if row0 == 0 and row1 in (None, src.height):
+        return crs, src.transform
+    stop = src.height if row1 is None else row1
+    return crs, src.window_transform(Window(0, row0, src.width, stop - row0))
+
+
+def _check_rows(rows: tuple[int, int] | None, height: int, path: Path) -> tuple[int, int]:
+    """``rows`` (all of them when None); ConfigError unless ``0 <= r0 < r1 <= height``."""
+    if rows is None:
+        return 0, height
+    r0, r1 = rows
+    if not 0 <= r0 < r1 <= height:
+        raise ConfigError(f"{path}: rows must satisfy 0 <= r0 < r1 <= {height}, got {rows}")
+    return r0, r1
 
 
 def predict_raster(
@@ -243,6 +259,7 @@ def predict_raster(
     spread_path: str | Path | None = None,
     io_threads: int | None = None,
     overviews: bool = False,
+    rows: tuple[int, int] | None = None,
 ) -> PredictionResult:
     """Predict a class map (uint8 GeoTIFF) for a raster of any size in bounded memory.
 
@@ -270,7 +287,10 @@ def predict_raster(
     Reads run ahead and writes behind the compute in background threads; ``io_threads``
     GDAL worker threads decode the input and compress the outputs (None: 1 on a CPU, the
     CPUs of the process on an accelerator; `polyhead.inference.pipeline.auto_io_threads`).
-    Streaming by bands of ``block_size`` columns bounds memory (see the module docstring). The bands read must be as many as the model's
+    Streaming by bands of ``block_size`` columns bounds memory (see the module docstring).
+    ``rows=(r0, r1)``: the outputs hold raster rows ``r0 .. r1`` only (georeferenced
+    there); the whole raster is still predicted, the other rows being context for the
+    blend (a row block of `polyhead.inference.distributed`). The bands read must be as many as the model's
     ``in_channels`` (DataError naming the file, before any tile runs); the input's nodata
     pixels are nodata in every output, and tiles of nodata only are not run.
     """
@@ -292,18 +312,20 @@ def predict_raster(
     with ExitStack() as stack:
         src = open_raster(stack, image_path, threads)
         height, width = src.height, src.width
+        r0, r1 = _check_rows(rows, height, image_path)
         tiles_per_band(tile_size, overlap, block_size)  # validates block_size
         indexes = band_indexes(bands, src.count)
         check_bands(image_path, len(indexes), model)
         nodata = NodataMask(src, indexes)
         files = stack.enter_context(ExitStack())  # closed after the writer thread stopped
         writers = MapWriters(
-            files, outputs, (height, width), *georeference(src), probabilities_dtype, classes,
-            spread, overviews,
+            files, outputs, (r1 - r0, width), *georeference(src, r0, r1), probabilities_dtype,
+            classes, spread, overviews,
         )  # fmt: skip
         finish = _DeviceFinish(outputs)
         mask = NodataMask(open_raster(stack, image_path, threads), indexes)  # the writer thread's
-        background = stack.enter_context(_block_writer(writers, mask, finish, waits))
+        writer = _block_writer(writers, mask, finish, waits, (r0, r1))
+        background = stack.enter_context(writer)
         total = n_tiles(height, width, tile_size, overlap)
         bar, advance = _progress(progress, total, image_path.name)
         stack.enter_context(bar)
@@ -338,7 +360,7 @@ def predict_raster(
     return PredictionResult(
         class_map_path=out_path,
         probabilities_path=outputs.get("proba"),
-        shape=(height, width),
+        shape=(r1 - r0, width),
         n_classes=writers.n_classes,
         n_tiles=total,
         seconds=time.perf_counter() - start,
@@ -363,15 +385,26 @@ def _spread_path(
 
 
 def _block_writer(
-    writers: MapWriters, mask: NodataMask, finish: _DeviceFinish, waits: Waits
+    writers: MapWriters,
+    mask: NodataMask,
+    finish: _DeviceFinish,
+    waits: Waits,
+    rows: tuple[int, int],
 ) -> BackgroundWriter:
-    """The writer thread: each finished `HostBlock` into ``writers``, its nodata pixels
-    (``mask``, the thread's own open dataset) marked."""
+    """The writer thread: the rows ``rows`` of each finished `HostBlock` into ``writers``
+    (shifted to start at 0), its nodata pixels (``mask``, the thread's own open dataset)
+    marked."""
+    r0, r1 = rows
 
     def write(y: int, x: int, block: HostBlock) -> None:
         maps = block.maps()
         h, w = maps["classes"].shape[1:]
-        writers.write(maps, y, x, mask(y, x, h, w), finish.n_classes)
+        lo, hi = max(y, r0), min(y + h, r1)
+        if hi <= lo:
+            return
+        if (lo, hi) != (y, y + h):
+            maps = {name: m[:, lo - y : hi - y] for name, m in maps.items()}
+        writers.write(maps, lo - r0, x, mask(lo, x, hi - lo, w), finish.n_classes)
 
     return BackgroundWriter(write, WRITE_AHEAD, waits)
 
