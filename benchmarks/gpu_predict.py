@@ -37,7 +37,7 @@ from sliding_window import write_raster  # benchmarks/ (this script's folder) is
 
 from polyhead.inference import n_tiles, predict_raster
 from polyhead.inference.pipeline import auto_io_threads
-from polyhead.inference.rasters import gdal_env
+from polyhead.inference.raster_inputs import gdal_env
 from polyhead.inference.tiling import band_layout, tile_starts
 from polyhead.models import UPerNetDualHead
 

@@ -35,7 +35,7 @@ from rasterio.windows import Window
 from sliding_window import write_raster  # benchmarks/ (this script's folder) is on sys.path
 
 from polyhead.inference import predict_raster
-from polyhead.inference.rasters import gdal_env
+from polyhead.inference.raster_inputs import gdal_env
 from polyhead.inference.tiling import band_layout, tile_starts
 from polyhead.io import DEFLATE_LEVEL, geotiff_profile
 

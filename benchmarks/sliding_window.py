@@ -128,7 +128,7 @@ def child(kind: str, path: Path, threads: int, block_size: int) -> None:
 
     torch.set_num_threads(threads)
     from polyhead.inference import n_tiles, predict_raster
-    from polyhead.inference.rasters import gdal_env
+    from polyhead.inference.raster_inputs import gdal_env
 
     model = None if kind == "read" else _model(kind.rstrip("1")).eval()
     base = _hwm_mib()

@@ -21,7 +21,7 @@ from torch import nn
 from polyhead.data import raster_io
 from polyhead.data.validation import DataSummary
 from polyhead.errors import ConfigError, DataError
-from polyhead.inference.rasters import model_in_channels
+from polyhead.inference.raster_inputs import model_in_channels
 
 SPLITS = ("train_dataset", "val_dataset", "test_dataset")
 #: attributes of a loss module holding one weight per class

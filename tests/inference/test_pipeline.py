@@ -20,7 +20,7 @@ from polyhead.inference import Predictor, n_tiles, predict_array, predict_maps, 
 from polyhead.inference.pipeline import DeviceNormalize, argmax_classes, auto_batch_size
 from polyhead.inference.pipeline_threads import BackgroundWriter, Waits, prefetch
 from polyhead.inference.pipeline_writers import MapWriters
-from polyhead.inference.rasters import NodataMask
+from polyhead.inference.raster_inputs import NodataMask
 
 C, K, T, OV = 3, 4, 32, 8
 

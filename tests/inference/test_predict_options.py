@@ -14,10 +14,10 @@ from rasterio.transform import from_origin
 from torch import nn
 
 from polyhead.errors import ConfigError, PolyheadError
-from polyhead.inference import pipeline_writers, predict_raster, rasters
+from polyhead.inference import pipeline_writers, predict_raster, raster_inputs
 from polyhead.inference.pipeline import auto_io_threads
 from polyhead.inference.predict import predict_files
-from polyhead.inference.rasters import gdal_env
+from polyhead.inference.raster_inputs import gdal_env
 
 C, K = 3, 4
 
@@ -75,7 +75,7 @@ def test_threads_reach_the_reader_and_writer_and_outputs_are_unchanged(
     monkeypatch.delenv("GDAL_NUM_THREADS", raising=False)
     image = _deflate_raster(tmp_path / "in.tif")
     seen: dict[str, list] = {"read": [], "write": []}
-    read, write = rasters.NodataMask.read, pipeline_writers.MapWriters.write
+    read, write = raster_inputs.NodataMask.read, pipeline_writers.MapWriters.write
 
     def reading(self, *args):
         seen["read"].append(get_gdal_config("GDAL_NUM_THREADS"))
@@ -85,7 +85,7 @@ def test_threads_reach_the_reader_and_writer_and_outputs_are_unchanged(
         seen["write"].append(get_gdal_config("GDAL_NUM_THREADS"))
         return write(self, *args, **kwargs)
 
-    monkeypatch.setattr(rasters.NodataMask, "read", reading)
+    monkeypatch.setattr(raster_inputs.NodataMask, "read", reading)
     monkeypatch.setattr(pipeline_writers.MapWriters, "write", writing)
     outs = {}
     for threads in (1, 3):

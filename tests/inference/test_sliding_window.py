@@ -22,7 +22,7 @@ from polyhead.inference import (
     predict_raster,
     tile_starts,
 )
-from polyhead.inference.rasters import GDAL_CACHE_BYTES
+from polyhead.inference.raster_inputs import GDAL_CACHE_BYTES
 from polyhead.inference.tiling import band_layout, n_tiles_run, tiles_per_band
 
 C, K, T, OV = 3, 4, 32, 8

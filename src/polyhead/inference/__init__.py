@@ -1,13 +1,8 @@
 """Prediction: the one Predictor (head or blend, TTA), sliding windows over large rasters."""
 
 from polyhead.inference.boundary_metrics import BoundaryF1, boundary_f1, boundary_mask
-from polyhead.inference.crf import (
-    CRF_MAX_PIXELS,
-    PermutohedralLattice,
-    check_crf_size,
-    dense_crf,
-    predict_raster_crf,
-)
+from polyhead.inference.crf import PermutohedralLattice, dense_crf
+from polyhead.inference.crf_raster import CRF_MAX_PIXELS, check_crf_size, predict_raster_crf
 from polyhead.inference.predictor import Predictor, head_outputs
 from polyhead.inference.rasters import PredictionResult, predict_raster
 from polyhead.inference.sliding_window import predict_array, predict_maps

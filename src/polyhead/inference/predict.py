@@ -15,12 +15,13 @@ from rasterio.errors import RasterioError
 from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError, DataError
 from polyhead.inference import distributed
-from polyhead.inference.crf import check_crf_size, predict_raster_crf
+from polyhead.inference.crf_raster import check_crf_size, predict_raster_crf
 from polyhead.inference.image_level import predict_image_level
 from polyhead.inference.pipeline import auto_io_threads
 from polyhead.inference.pipeline_writers import PROBABILITY_DTYPES
 from polyhead.inference.predictor import Predictor, has_uncertainty_head
-from polyhead.inference.rasters import check_bands, open_raster, predict_raster
+from polyhead.inference.raster_inputs import check_bands, open_raster
+from polyhead.inference.rasters import predict_raster
 from polyhead.inference.tiling import Normalize
 from polyhead.paths import open_csv, resolve_cell
 
