@@ -23,7 +23,7 @@ from polyhead.inference.pipeline import auto_io_threads
 from polyhead.inference.pipeline_writers import MapWriters
 from polyhead.inference.predictor import PROBABILITIES
 from polyhead.inference.raster_inputs import NodataMask, band_indexes, georeference, open_raster
-from polyhead.inference.rasters import PredictionResult, output_paths
+from polyhead.inference.rasters import PredictionResult, output_paths, spread_output_path
 from polyhead.inference.sliding_window import as_predictor, predict_maps
 from polyhead.inference.tiling import n_tiles
 
@@ -88,6 +88,7 @@ def predict_raster_crf(
         write_uncertainty,
         uncertainty_path,
     )
+    spread = spread_output_path(image_path, out_path, outputs, spread_path)
     height, width = check_crf_size(image_path, max_pixels)
     with ExitStack() as stack:
         src = open_raster(stack, image_path, threads)
@@ -97,9 +98,6 @@ def predict_raster_crf(
         bad = NodataMask(src, indexes)(0, 0, height, width, pixels)
         if bad is not None:
             pixels[:, bad] = 0.0  # nodata pixels read as 0, as when tiling
-        spread = (
-            Path(spread_path) if spread_path else out_path.with_name(f"{out_path.stem}_spread.tif")
-        )
         writers = MapWriters(
             stack, outputs, (height, width), *georeference(src), probabilities_dtype,
             table=classes, spread_path=spread, overviews=overviews,

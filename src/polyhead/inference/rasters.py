@@ -182,7 +182,7 @@ def predict_raster(
         write_uncertainty,
         uncertainty_path,
     )
-    spread = _spread_path(image_path, out_path, outputs, spread_path)
+    spread = spread_output_path(image_path, out_path, outputs, spread_path)
     start = time.perf_counter()
     counts, waits = TileCounts(), Waits()
     with ExitStack() as stack:
@@ -249,7 +249,7 @@ def predict_raster(
     )
 
 
-def _spread_path(
+def spread_output_path(
     image_path: Path, out_path: Path, outputs: Mapping[str, Path], spread_path: str | Path | None
 ) -> Path:
     """Where a ``spread`` map goes (default ``<out stem>_spread.tif``); ConfigError when that
