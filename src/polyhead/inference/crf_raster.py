@@ -23,7 +23,7 @@ from polyhead.inference.pipeline import auto_io_threads
 from polyhead.inference.pipeline_writers import MapWriters
 from polyhead.inference.predictor import PROBABILITIES
 from polyhead.inference.raster_inputs import NodataMask, band_indexes, georeference, open_raster
-from polyhead.inference.rasters import PredictionResult, output_paths, spread_output_path
+from polyhead.inference.rasters import PredictionResult, output_paths
 from polyhead.inference.sliding_window import as_predictor, predict_maps
 from polyhead.inference.tiling import n_tiles
 
@@ -80,15 +80,10 @@ def predict_raster_crf(
     start = time.perf_counter()
     threads = auto_io_threads(io_threads, torch.device(predict_kwargs.get("device", "cpu")))
     image_path, out_path = Path(image_path), Path(out_path)
-    outputs = output_paths(
-        image_path,
-        out_path,
-        write_probabilities,
-        probabilities_path,
-        write_uncertainty,
-        uncertainty_path,
-    )
-    spread = spread_output_path(image_path, out_path, outputs, spread_path)
+    outputs, spread = output_paths(
+        image_path, out_path, write_probabilities, probabilities_path, write_uncertainty,
+        uncertainty_path, spread_path,
+    )  # fmt: skip
     height, width = check_crf_size(image_path, max_pixels)
     with ExitStack() as stack:
         src = open_raster(stack, image_path, threads)

@@ -31,7 +31,7 @@ SPREAD = "spread"
 class MapWriters:
     """The rasters of a prediction, written block by block from blended maps.
 
-    ``outputs`` is `output_paths`'s dict. ``classes``: the maps' own ``classes`` block when
+    ``outputs`` is the dict of `output_paths`. ``classes``: the maps' own ``classes`` block when
     given (the arg-max taken on the device), else the arg-max of ``probabilities`` (uint8,
     with ``table``'s colours); ``proba``: the probabilities (``float32``, or ``uint8``
     scaled 0-255; bands named by ``table``); ``uncertainty``: the maps' own ``uncertainty``

@@ -81,10 +81,13 @@ def output_paths(
     probabilities_path: str | Path | None = None,
     write_uncertainty: bool = False,
     uncertainty_path: str | Path | None = None,
-) -> dict[str, Path]:
-    """``{"classes", "proba", "uncertainty"}`` output paths (the last two when wanted; default
-    ``<out stem>_proba.tif`` / ``<out stem>_uncertainty.tif``); ConfigError when two coincide
-    or one is the input, DataError when the input is missing."""
+    spread_path: str | Path | None = None,
+) -> tuple[dict[str, Path], Path]:
+    """``({"classes", "proba", "uncertainty"} output paths, spread path)``: the last two
+    outputs when wanted (default ``<out stem>_proba.tif`` / ``<out stem>_uncertainty.tif``),
+    and where a ``spread`` map goes if the predictor returns one (default ``<out
+    stem>_spread.tif``); ConfigError when two coincide or one is the input, DataError when
+    the input is missing."""
     if not image_path.is_file():
         raise DataError(f"input raster not found: {image_path}")
     outputs = {"classes": out_path}
@@ -97,7 +100,10 @@ def output_paths(
     paths = [p.resolve() for p in (image_path, *outputs.values())]
     if len(set(paths)) != len(paths):
         raise ConfigError(f"output paths must differ from each other and the input {image_path}")
-    return outputs
+    spread = Path(spread_path) if spread_path else out_path.with_name(f"{out_path.stem}_spread.tif")
+    if spread.resolve() in paths:
+        raise ConfigError(f"spread_path {spread} must differ from the input and other outputs")
+    return outputs, spread
 
 
 def _check_rows(rows: tuple[int, int] | None, height: int, path: Path) -> tuple[int, int]:
@@ -174,15 +180,10 @@ def predict_raster(
     check_precision(precision, torch.device(device))
     threads = auto_io_threads(io_threads, torch.device(device))
     image_path, out_path = Path(image_path), Path(out_path)
-    outputs = output_paths(
-        image_path,
-        out_path,
-        write_probabilities,
-        probabilities_path,
-        write_uncertainty,
-        uncertainty_path,
-    )
-    spread = spread_output_path(image_path, out_path, outputs, spread_path)
+    outputs, spread = output_paths(
+        image_path, out_path, write_probabilities, probabilities_path, write_uncertainty,
+        uncertainty_path, spread_path,
+    )  # fmt: skip
     start = time.perf_counter()
     counts, waits = TileCounts(), Waits()
     with ExitStack() as stack:
@@ -247,17 +248,6 @@ def predict_raster(
         n_tiles_nodata=counts.nodata,
         waits=waits,
     )
-
-
-def spread_output_path(
-    image_path: Path, out_path: Path, outputs: Mapping[str, Path], spread_path: str | Path | None
-) -> Path:
-    """Where a ``spread`` map goes (default ``<out stem>_spread.tif``); ConfigError when that
-    is the input or another output."""
-    spread = Path(spread_path) if spread_path else out_path.with_name(f"{out_path.stem}_spread.tif")
-    if spread.resolve() in {p.resolve() for p in (image_path, *outputs.values())}:
-        raise ConfigError(f"spread_path {spread} must differ from the input and other outputs")
-    return spread
 
 
 def _block_writer(
