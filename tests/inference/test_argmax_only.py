@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from polyhead.inference import Predictor, predict_array, predict_raster, tile_starts
-from polyhead.inference.pipeline_blend import add_scores, own_span
+from polyhead.inference.blend_tiles import add_tile, add_weights, own_span, rect_minus
 from polyhead.models import MultiHeadSegmentationModel
 
 from .test_pipeline import _read, _write
@@ -38,12 +38,43 @@ def test_own_span_is_covered_by_no_other_tile() -> None:
             np.testing.assert_array_equal(own, cover[s : s + tile] == 1)
 
 
-def test_add_scores_keeps_the_argmax_of_the_weighted_softmax() -> None:
+def test_rect_minus_tiles_the_outer_rectangle() -> None:
+    outer, inner = (1, 9, 2, 8), (3, 6, 2, 5)
+    cover = np.zeros((10, 10), int)
+    for y0, y1, x0, x1 in [*rect_minus(outer, inner), inner]:
+        cover[y0:y1, x0:x1] += 1
+    expected = np.zeros((10, 10), int)
+    expected[1:9, 2:8] = 1
+    np.testing.assert_array_equal(cover, expected)
+    assert rect_minus(outer, (4, 4, 2, 5)) == [outer]  # an empty inner rectangle
+
+
+def test_add_tile_sets_fresh_pixels_and_adds_to_the_rest() -> None:
+    rng = np.random.default_rng(0)
+    values = torch.from_numpy(rng.normal(size=(K, 12, 10)).astype(np.float32))
+    weights = torch.from_numpy(rng.random((12, 10)).astype(np.float32) + 0.1)
+    before = torch.from_numpy(rng.normal(size=(K, 12, 10)).astype(np.float32))
+    fresh = (4, 12, 3, 10)  # below the tile above, right of the tile to the left
+    acc = before.clone()
+    acc[:, 4:, 3:] = float("nan")  # what an earlier band or strip left there
+    add_tile(acc, values, weights, fresh)
+    expected = before + values * weights
+    expected[:, 4:, 3:] = values[:, 4:, 3:] * weights[4:, 3:]
+    np.testing.assert_allclose(acc.numpy(), expected.numpy(), rtol=1e-6, atol=1e-6)
+    wsum = torch.ones((12, 10))
+    wsum[4:, 3:] = float("nan")
+    add_weights(wsum, weights, fresh)
+    expected_w = 1 + weights
+    expected_w[4:, 3:] = weights[4:, 3:]
+    np.testing.assert_allclose(wsum.numpy(), expected_w.numpy(), rtol=1e-6)
+
+
+def test_add_tile_keeps_the_argmax_of_the_weighted_softmax() -> None:
     rng = np.random.default_rng(0)
     scores = torch.from_numpy(rng.normal(size=(K, 12, 10)).astype(np.float32))
     weights = torch.from_numpy(rng.random((12, 10)).astype(np.float32) + 0.1)
-    acc = torch.zeros((K, 12, 10))
-    add_scores(acc, scores, weights, (3, 9), (2, 7))
+    acc = torch.full((K, 12, 10), float("nan"))
+    add_tile(acc, scores, weights, (0, 12, 0, 10), (3, 9, 2, 7))
     probs = torch.softmax(scores, 0)
     np.testing.assert_array_equal(acc[:, 3:9, 2:7], scores[:, 3:9, 2:7])  # own pixels: scores
     frame = np.ones((12, 10), bool)
@@ -51,7 +82,7 @@ def test_add_scores_keeps_the_argmax_of_the_weighted_softmax() -> None:
     expected = (probs * weights).numpy()
     np.testing.assert_allclose(acc.numpy()[:, frame], expected[:, frame], rtol=1e-6)
     whole = torch.zeros_like(acc)
-    add_scores(whole, scores, weights, (5, 5), (2, 7))  # no own pixel: all blended
+    add_tile(whole, scores, weights, (12, 12, 0, 10), (5, 5, 2, 7))  # nothing fresh or own
     np.testing.assert_allclose(whole.numpy(), expected, rtol=1e-6)
 
 

@@ -5,6 +5,7 @@ tiles of one strip and the first of the next, so the model always sees ``batch_s
 (only a band's last batch may be short). The accumulators of a band are as deep as the
 strips still open; rows are finished (divided and handed out) once every tile of their
 strips has run, in order, so each pixel sums the same tiles in the same order as before.
+The sums are never zeroed: each tile sets the pixels no earlier tile wrote (`blend_tiles`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from polyhead.errors import ConfigError
+from polyhead.inference.blend_tiles import add_tile, add_weights, at, own_span, uninitialized
 from polyhead.inference.pipeline import (
     DeviceNormalize,
     auto_batch_size,
@@ -79,9 +81,12 @@ class _Blender:
     """Weighted sums ``[K, depth, span]`` and weights of one band, rows ``top ..`` on."""
 
     def __init__(self, k: int, depth: int, span: int, device: torch.device) -> None:
-        self.acc = torch.zeros((k, depth, span), device=device)
-        self.wsum = torch.zeros((depth, span), device=device)
-        self._spare = (torch.empty_like(self.acc), torch.empty_like(self.wsum))
+        self.acc = uninitialized((k, depth, span), device)
+        self.wsum = uninitialized((depth, span), device)
+        self._spare = (
+            uninitialized(self.acc.shape, device),
+            uninitialized(self.wsum.shape, device),
+        )
         self.top = 0  # raster row of buffer row 0
 
     def ensure(self, first: int, end: int) -> None:
@@ -91,19 +96,22 @@ class _Blender:
             return
         if end - first > depth:  # deeper than ever (batches across many strips): grow
             depth = end - first
+            device = self.acc.device
             self._spare = (
-                self.acc.new_empty((self.acc.shape[0], depth, self.acc.shape[2])),
-                self.wsum.new_empty((depth, self.acc.shape[2])),
+                uninitialized((self.acc.shape[0], depth, self.acc.shape[2]), device),
+                uninitialized((depth, self.acc.shape[2]), device),
             )
         acc, wsum = self._spare
-        live = self.acc.shape[1] - (first - self.top)
-        acc[:, live:].zero_(), wsum[live:].zero_()
+        live = self.acc.shape[1] - (first - self.top)  # the rows after are set by their tiles
         acc[:, :live].copy_(self.acc[:, first - self.top :])
         wsum[:live].copy_(self.wsum[first - self.top :])
         if acc.shape == self.acc.shape:
             self._spare = (self.acc, self.wsum)
         else:
-            self._spare = (torch.empty_like(acc), torch.empty_like(wsum))
+            self._spare = (
+                uninitialized(acc.shape, acc.device),
+                uninitialized(wsum.shape, acc.device),
+            )
         self.acc, self.wsum, self.top = acc, wsum, first
 
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,41 +142,14 @@ def run_batch(maps_fn: MapsFn, batch: torch.Tensor, precision: str) -> tuple[Lay
         return layout, values[0] if len(values) == 1 else torch.cat(values, dim=1)
 
 
-def own_span(starts: list[int], i: int, size: int) -> tuple[int, int]:
-    """``(lo, hi)``, in tile coordinates, of the span of tile ``i`` (of ``size`` pixels at
-    ``starts``) that no other tile of its axis covers (empty when ``hi <= lo``)."""
-    lo = starts[i - 1] + size - starts[i] if i > 0 else 0
-    hi = starts[i + 1] - starts[i] if i + 1 < len(starts) else size
-    return max(lo, 0), min(hi, size)
-
-
-def add_scores(
-    acc: torch.Tensor,
-    scores: torch.Tensor,
-    weights: torch.Tensor,
-    own_y: tuple[int, int],
-    own_x: tuple[int, int],
-) -> None:
-    """Add one tile's class ``scores [K, h, w]`` to its sums ``acc`` for an arg-max: its own
-    pixels (no other tile covers them; rows ``own_y`` x columns ``own_x``) get the scores
-    themselves, whose arg-max is their softmax's; the rest, where tiles blend, the weighted
-    softmax. Every pixel's sums then have the arg-max of the blended probabilities."""
-    (y0, y1), (x0, x1) = own_y, own_x
-    if y1 <= y0 or x1 <= x0:
-        acc.addcmul_(torch.softmax(scores, dim=0), weights)
-        return
-    acc[:, y0:y1, x0:x1].copy_(scores[:, y0:y1, x0:x1])
-    every = slice(None)
-    frame = (
-        (slice(0, y0), every),
-        (slice(y1, None), every),
-        (slice(y0, y1), slice(0, x0)),
-        (slice(y0, y1), slice(x1, None)),
-    )
-    for rows, cols in frame:
-        part = scores[:, rows, cols]
-        if part.numel():
-            acc[:, rows, cols].addcmul_(torch.softmax(part, dim=0), weights[rows, cols])
+def _take(pending: list, n: int) -> tuple[list, list]:
+    """``pending`` split after its ``n``-th tile with pixels (all of it when it has fewer)."""
+    seen = 0
+    for i, (_, _, pixels) in enumerate(pending):
+        seen += pixels is not None
+        if seen == n:
+            return pending[: i + 1], pending[i + 1 :]
+    return pending, []
 
 
 def _scores_fn(maps_fn: Any, finish: Any, device: torch.device) -> Callable | None:
@@ -245,22 +226,30 @@ class BandBlender:
         self.maps_layout, probs = run_batch(fn, tiles, self.opt.precision)
         return probs
 
-    def _accumulate(self, pending: list, probs: torch.Tensor, blender: _Blender, a0: int) -> None:
-        """Add the weighted maps of ``pending``'s tiles to ``blender``."""
-        tw = self.tw
-        divide = self._divide()
-        for (si, x0, _), p in zip(pending, probs, strict=True):  # fused: acc += p * w
-            acc, wsum = blender.rows(self.ys[si], self.ys[si] + self.th)
-            tile = acc[:, :, x0 - a0 : x0 - a0 + tw]
-            if self.scores_fn is not None:
-                add_scores(tile, p[:, : self.th, :tw], self.w_tile, self.own_y[si], self.own_x[x0])
+    def _accumulate(
+        self, batch: list, probs: torch.Tensor | None, blender: _Blender, a0: int, fresh_x: dict
+    ) -> None:
+        """Add the weighted maps of ``batch``'s tiles to ``blender``, in order; a nodata tile
+        (no pixels) zeroes its fresh pixels instead."""
+        th, tw, divide = self.th, self.tw, self._divide()
+        maps = iter(probs if probs is not None else ())
+        for si, x0, pixels in batch:
+            acc, wsum = blender.rows(self.ys[si], self.ys[si] + th)
+            cols = slice(x0 - a0, x0 - a0 + tw)
+            fresh = (self.own_y[si][0], th, fresh_x[x0], tw)
+            if pixels is None:
+                at(acc[:, :, cols], fresh).zero_()
+                at(wsum[:, cols], fresh).zero_()
                 continue
-            tile.addcmul_(p[:, : self.th, :tw], self.w_tile)
-            if divide:
-                wsum[:, x0 - a0 : x0 - a0 + tw] += self.w_tile
-        self.counts.run += len(pending)
+            p = next(maps)[:, :th, :tw]
+            own = (*self.own_y[si], *self.own_x[x0]) if self.scores_fn is not None else None
+            add_tile(acc[:, :, cols], p, self.w_tile, fresh, own)
+            if divide and own is None:
+                add_weights(wsum[:, cols], self.w_tile, fresh)
+        ran = sum(pixels is not None for _, _, pixels in batch)
+        self.counts.run += ran
         if self.on_tiles is not None:
-            self.on_tiles(len(pending))
+            self.on_tiles(ran)
 
     def _divide(self) -> bool:
         """Whether the sums are divided by the weights (not when the finish only takes the
@@ -302,7 +291,9 @@ class BandBlender:
         ys, th, opt = self.ys, self.th, self.opt
         stride = opt.tile_size - opt.overlap
         blender: _Blender | None = None
-        pending: list[tuple[int, int, torch.Tensor]] = []
+        # tiles in raster order, ``None`` pixels for a nodata tile (it zeroes its fresh pixels)
+        pending: list[tuple[int, int, torch.Tensor | None]] = []
+        fresh_x = {x: max(bxs[i - 1] + self.tw - x, 0) if i else 0 for i, x in enumerate(bxs)}
         done = 0  # strips whose rows have been handed out
         for si in range(len(ys)):
             chunk = next(chunks)
@@ -321,23 +312,25 @@ class BandBlender:
             if skipped and self.on_tiles is not None:
                 self.on_tiles(skipped)
             pending += [
-                (si, x0, x[:, :, x0 - a0 : x0 - a0 + self.tw])
+                (si, x0, x[:, :, x0 - a0 : x0 - a0 + self.tw] if keep else None)
                 for x0, keep in zip(bxs, chunk.keep, strict=True)
-                if keep
             ]
             # a short batch rather than strips held open without end (sparse nodata tiles)
-            flush = si + 1 == len(ys) or (pending and si - pending[0][0] >= lag)
-            while pending and (len(pending) >= opt.batch_size or flush):
-                batch, pending = pending[: opt.batch_size], pending[opt.batch_size :]
-                probs = self._run(batch)
+            kept = sum(t is not None for _, _, t in pending)
+            flush = si + 1 == len(ys) or not kept or si - pending[0][0] >= lag
+            while pending and (kept >= opt.batch_size or flush):
+                batch, pending = _take(pending, opt.batch_size)
+                runs = [entry for entry in batch if entry[2] is not None]
+                kept -= len(runs)
+                probs = self._run(runs) if runs else None
                 if blender is None:
-                    blender = _Blender(probs.shape[1], th + stride, span, opt.device)
+                    k = probs.shape[1] if probs is not None else self._k()
+                    blender = _Blender(k, th + stride, span, opt.device)
                 blender.ensure(ys[done], ys[batch[-1][0]] + th)
-                self._accumulate(batch, probs, blender, a0)
+                self._accumulate(batch, probs, blender, a0, fresh_x)
             ready = pending[0][0] if pending else si + 1
-            if ready > done and blender is None:  # every tile so far was nodata
-                blender = _Blender(self._k(), th + stride, span, opt.device)
             for strip in range(done, ready):
+                assert blender is not None  # every tile of the strip went through a batch
                 stop = ys[strip + 1] if strip + 1 < len(ys) else self.height
                 yield self._finished(band, blender, ys[strip], stop, carry_in)
             done = ready
