@@ -150,3 +150,60 @@ def test_tiles_stream_one_batch_at_a_time(model, tmp_path, monkeypatch):
     )
     assert seen == [(2, 2), (4, 2), (5, 1)]  # tiles read so far, batch size
     assert len(list(csv.DictReader(open(out)))) == 1
+
+
+class _Rank:
+    """Rank ``rank`` of 2 in one process: `exchange` returns the other rank's report, taken
+    from ``reports`` (where this rank's is stored for the other)."""
+
+    world_size, device = 2, None
+
+    def __init__(self, rank, reports):
+        self.rank, self.reports = rank, reports
+
+    def exchange(self, report):
+        self.reports[self.rank] = report
+        return [self.reports.get(r, (False, {})) for r in range(2)]
+
+
+def test_image_level_rows_are_shared_between_ranks(model, tmp_path):
+    """Each rank runs its images (the largest to the least loaded rank); rank 0 writes
+    every row, in input order, the rows one process writes."""
+    from polyhead.inference.predict import _image_level_csv
+
+    rng = np.random.default_rng(2)
+    sizes = {"a": 64, "b": 128, "c": 64}
+    paths = [
+        _tif(tmp_path / f"{s}.tif", rng.random((2, n, 64), np.float32)) for s, n in sizes.items()
+    ]
+    ran = []
+    forward = type(model).forward_heads
+
+    def spying(self, x, names):
+        ran.append(len(x))
+        return forward(self, x, names)
+
+    options = dict(normalize=None, tile_size=64, batch_size=4, device="cpu", progress=False)
+    names = model.image_level_heads()
+    reports: dict = {}
+    out = tmp_path / "two.csv"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(model), "forward_heads", spying)
+        _image_level_csv(model, paths, names, out, _Rank(1, reports), options)
+        assert sum(ran) == 2 and not out.exists()  # rank 1: a and c (b alone on rank 0)
+        _image_level_csv(model, paths, names, out, _Rank(0, reports), options)
+        assert sum(ran) == 4
+    one = predict_image_level(model, paths, tmp_path / "one.csv", tile_size=64, progress=False)
+    assert out.read_text() == one.read_text()
+
+
+def test_a_failed_rank_fails_the_others_without_a_csv(model, tmp_path):
+    from polyhead.errors import PolyheadError
+    from polyhead.inference.predict import _image_level_csv
+
+    path = _tif(tmp_path / "a.tif", np.zeros((2, 64, 64), np.float32))
+    options = dict(normalize=None, tile_size=64, batch_size=4, device="cpu", progress=False)
+    out = tmp_path / "two.csv"
+    with pytest.raises(PolyheadError, match="1 of 2 prediction processes failed"):
+        _image_level_csv(model, [path], ["land"], out, _Rank(0, {1: (True, None)}), options)
+    assert not out.exists()

@@ -229,6 +229,26 @@ def launch(devices: int = 1, num_nodes: int = 1, accelerator: str = "auto") -> G
     return FabricGroup(fabric)
 
 
+def gather(group: Group, work: Callable[[], Any]) -> list[Any]:
+    """``work()`` on this rank, then every rank's result, in rank order.
+
+    A rank whose work failed raises its own error once every rank has finished; the others
+    raise `PolyheadError` saying how many failed (no rank waits for ever on a failed one)."""
+    error: BaseException | None = None
+    result = None
+    try:
+        result = work()
+    except Exception as err:  # reported after the others have been told
+        error = err
+    reports = group.exchange((error is not None, result))
+    if error is not None:
+        raise error
+    failed = sum(bad for bad, _ in reports)
+    if failed:
+        raise PolyheadError(f"{failed} of {group.world_size} prediction processes failed")
+    return [result for _, result in reports]
+
+
 def run_parts(
     parts: Sequence[Part],
     group: Group,
@@ -245,26 +265,19 @@ def run_parts(
 
     A rank that fails raises its own error after the others have finished theirs; the others
     raise `PolyheadError` saying how many failed, and no mosaic is written."""
-    mine = assign(parts, group.world_size)[group.rank]
-    error: BaseException | None = None
-    kinds: dict[str, list[str]] = {}  # kinds of file written per row block (``image|index``)
-    try:
-        for part in mine:
+
+    def predict_mine() -> dict[str, list[str]]:
+        kinds: dict[str, list[str]] = {}  # kinds of file written per row block (image|index)
+        for part in assign(parts, group.world_size)[group.rank]:
             files = predict_part(part, predict_one, output_dir, tile_size, overlap)
             if part.whole and after_class_map is not None:
                 after_class_map(output_dir / f"{part.image.stem}_classes.tif")
             elif not part.whole:
                 cut = len(part.stem()) + 1
                 kinds[f"{part.image}|{part.index}"] = [f.name[cut:-4] for f in files]
-    except Exception as err:  # reported after the others have been told
-        error = err
-    reports = group.exchange((error is not None, kinds))
-    if error is not None:
-        raise error
-    failed = sum(bad for bad, _ in reports)
-    if failed:
-        raise PolyheadError(f"{failed} of {group.world_size} prediction processes failed")
-    written = {key: value for _, done in reports for key, value in done.items()}
+        return kinds
+
+    written = {key: value for done in gather(group, predict_mine) for key, value in done.items()}
     by_image: dict[Path, list[Part]] = {}
     for part in parts:
         by_image.setdefault(part.image, []).append(part)

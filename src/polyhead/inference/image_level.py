@@ -154,19 +154,58 @@ def predict_image_level(
     temp name and moved into place, so a failure leaves no partial file.
     """
     images = [Path(p) for p in image_paths]
+    names = check_image_level(model, heads, images, bands, tile_size, batch_size)
+    rows = image_level_rows(
+        model, images, names, normalize, tile_size, batch_size, device, bands, progress
+    )
+    return write_image_level_csv(out_csv, model, names, rows)
+
+
+def check_image_level(
+    model: Any,
+    heads: Sequence[str] | None,
+    images: Sequence[Path],
+    bands: Sequence[int] | None = None,
+    tile_size: int = 512,
+    batch_size: int = 4,
+) -> list[str]:
+    """The image-level heads to run; one-line errors for unknown heads, unreadable or
+    mismatched images, or bad sizes."""
     names = _check(model, heads, images, bands)
     if tile_size < 1 or batch_size < 1:
         raise ConfigError(f"tile_size and batch_size must be >= 1, got {tile_size}, {batch_size}")
+    return names
+
+
+def image_level_rows(
+    model: Any,
+    images: Sequence[Path],
+    names: Sequence[str],
+    normalize: Normalize | None = None,
+    tile_size: int = 512,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    bands: Sequence[int] | None = None,
+    progress: bool = True,
+) -> list[list]:
+    """The CSV row of each image (`predict_image_level`, checked inputs)."""
     model = model.eval().to(device)
     cache = raster_io.HandleCache()
     rows = []
     try:
-        for path in _progress(images, progress):
+        for path in _progress(list(images), progress):
             tiles = _tiles(path, tile_size, bands, cache)
             means = _image_means(model, names, tiles, normalize, batch_size, device, path)
             rows.append(_row(model, names, path, means))
     finally:
         cache.close()
+    return rows
+
+
+def write_image_level_csv(
+    out_csv: str | Path, model: Any, names: Sequence[str], rows: Sequence[list]
+) -> Path:
+    """``rows`` under their header (`columns_for`), written whole or not at all."""
     out_csv = Path(out_csv)
     with atomic_write(out_csv) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)

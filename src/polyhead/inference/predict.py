@@ -16,7 +16,11 @@ from polyhead.classes import ClassTable
 from polyhead.errors import ConfigError, DataError
 from polyhead.inference import distributed
 from polyhead.inference.crf_raster import check_crf_size, predict_raster_crf
-from polyhead.inference.image_level import predict_image_level
+from polyhead.inference.image_level import (
+    check_image_level,
+    image_level_rows,
+    write_image_level_csv,
+)
 from polyhead.inference.pipeline import auto_io_threads
 from polyhead.inference.pipeline_writers import PROBABILITY_DTYPES
 from polyhead.inference.predictor import Predictor, has_uncertainty_head
@@ -135,6 +139,30 @@ def _raster_sizes(images: Sequence[Path]) -> list[tuple[Path, int, int]]:
             src = open_raster(stack, image)
             sizes.append((image, src.height, src.width))
     return sizes
+
+
+def _image_level_csv(
+    model: Any,
+    images: Sequence[Path],
+    names: list[str],
+    out_csv: Path,
+    group: distributed.Group,
+    options: dict,
+) -> None:
+    """``image_level.csv`` of every image: each rank runs its share of the images (whole
+    images balanced by pixels, as `distributed.assign` shares rasters) and rank 0 writes the
+    rows in input order."""
+    whole = [distributed.Part(i, 0, 1, 0, h, w) for i, h, w in _raster_sizes(images)]
+    mine = [p.image for p in distributed.assign(whole, group.world_size)[group.rank]]
+
+    def rows() -> dict[str, list]:
+        return dict(
+            zip(map(str, mine), image_level_rows(model, mine, names, **options), strict=True)
+        )
+
+    by_image = {key: row for done in distributed.gather(group, rows) for key, row in done.items()}
+    if group.rank == 0:
+        write_image_level_csv(out_csv, model, names, [by_image[str(i)] for i in images])
 
 
 #: ``run``'s keyword for each output file other than the class map, by file kind
@@ -302,6 +330,9 @@ def predict_files(
     images = expand_inputs(inputs)  # fail on bad input before any tile runs
     check_inputs(model, images)
     _check_options(images, device, io_threads, probabilities_dtype, crf)
+    image_heads = []  # image_level.csv's heads, checked before any tile runs
+    if hasattr(model, "image_level_heads") and model.image_level_heads():
+        image_heads = check_image_level(model, None, images)
     run = predict_raster_crf if crf else predict_raster
     after = vector_writer(vector, classes, min_area, simplify)
     group = distributed.launch(devices, num_nodes, accelerator)
@@ -344,17 +375,10 @@ def predict_files(
     )
     if preview and group.rank == 0:
         _write_previews(written, images, classes)  # the new ones: a skipped image has its own
-    image_level = model.image_level_heads() if hasattr(model, "image_level_heads") else []
-    if image_level and group.rank == 0:
-        predict_image_level(
-            model,
-            images,
-            output_dir / IMAGE_LEVEL_CSV,
-            normalize=normalize,
-            tile_size=tile_size,
-            batch_size=batch_size or 4,
-            device=group.device or device,
-            progress=progress,
-        )
+    if image_heads:
+        image_options = dict(normalize=normalize, tile_size=tile_size, batch_size=batch_size or 4)
+        image_options.update(device=group.device or device, progress=progress and group.rank == 0)
+        csv_path = output_dir / IMAGE_LEVEL_CSV
+        _image_level_csv(model, images, image_heads, csv_path, group, image_options)
     by_image = {**dict(zip(todo, written, strict=True)), **skipped}
     return [by_image[image] for image in images]
