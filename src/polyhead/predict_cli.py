@@ -108,12 +108,7 @@ def _spread_options(args: argparse.Namespace) -> dict:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from polyhead.checkpoint import load_checkpoint
-    from polyhead.inference.predict import (
-        expand_inputs,
-        finished_outputs,
-        predict_files,
-        vector_writer,
-    )
+    from polyhead.inference.predict import expand_inputs, predict_files, vector_writer
     from polyhead.inference.predictor import has_uncertainty_head
     from polyhead.inference.tta import tta_from_config
 
@@ -135,10 +130,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"uncertainty head); {args.checkpoint} is not one"
         )
     options = {**_predict_options(args), **_spread_options(args)}
-    there = {}
-    if args.skip_existing:  # for the message; predict_files decides on its own
-        kinds = (args.probabilities, args.uncertainty, args.vector, args.preview)
-        there = finished_outputs(expand_inputs(args.inputs), args.output, *kinds)
+    there: list[Path] = []  # images skipped by --skip-existing
     written = predict_files(
         loaded.model,
         args.inputs,
@@ -146,6 +138,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         normalize=loaded.normalize,
         write_uncertainty=args.uncertainty,
         classes=_class_table(loaded),
+        on_skipped=there.extend,
         **options,
     )
     if _rank() == 0:  # one line for all processes

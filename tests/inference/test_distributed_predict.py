@@ -136,6 +136,7 @@ def test_row_blocks_and_their_mosaic_equal_the_whole_prediction(tmp_path: Path, 
     model = load_checkpoint(ckpt).model
     image = _tif(tmp_path / "in" / "big.tif", 150, 70, 2, nodata=True)
     opts = dict(tile_size=TILE, overlap=OVERLAP, progress=False, write_probabilities=True)
+    opts["tags"] = {"POLYHEAD_RUN": "abc"}
     whole = predict_raster(model, image, tmp_path / "whole" / "big_classes.tif", **opts)
 
     def predict_one(src: Path, out: Path, stem: str, **rows):
@@ -170,6 +171,7 @@ def test_row_blocks_and_their_mosaic_equal_the_whole_prediction(tmp_path: Path, 
         assert (vrt.read() == 255).any()  # the input's nodata pixels stay nodata
         np.testing.assert_array_equal(vrt.read(), ref.read())
         assert vrt.colormap(1) == ref.colormap(1)
+        assert vrt.tags()["POLYHEAD_RUN"] == ref.tags()["POLYHEAD_RUN"] == "abc"
     np.testing.assert_array_equal(_read(mosaics["proba"]), _read(whole.probabilities_path))
     with rasterio.open(mosaics["proba"]) as vrt, rasterio.open(whole.probabilities_path) as ref:
         assert (

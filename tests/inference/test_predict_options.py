@@ -163,7 +163,7 @@ def test_overviews_in_every_output_and_in_row_block_parts(tmp_path: Path) -> Non
 
 
 def test_skip_existing_predicts_only_the_images_with_missing_outputs(tmp_path: Path) -> None:
-    from polyhead.inference.predict import finished_outputs
+    from polyhead.inference.resume import finished_outputs
 
     images = [_deflate_raster(tmp_path / f"{name}.tif", size=40) for name in ("a", "b", "c")]
     out = tmp_path / "out"
@@ -212,3 +212,59 @@ def test_rows_writes_only_those_rows_of_the_whole_prediction(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=r"rows must satisfy 0 <= r0 < r1 <= 96, got \(50, 50\)"):
         predict_raster(_model(), image, tmp_path / "bad.tif", rows=(50, 50), **opts)
     assert not (tmp_path / "bad.tif").exists()
+
+
+def test_skip_existing_predicts_again_what_another_model_or_option_wrote(tmp_path: Path) -> None:
+    """Every raster carries the run's tag; an output of other weights, another overlap or
+    another class table is not taken for this run's."""
+    from polyhead.classes import ClassTable
+    from polyhead.inference.resume import RUN_TAG, finished_outputs, read_run_tag
+
+    images = [_deflate_raster(tmp_path / f"{name}.tif", size=40) for name in ("a", "b")]
+    out = tmp_path / "out"
+    kw = dict(tile_size=32, overlap=8, write_probabilities=True, progress=False)
+    predict_files(_model(), images, out, **kw)
+    tag = read_run_tag(out / "a_classes.tif")
+    assert tag and read_run_tag(out / "a_proba.tif") == tag
+    assert sorted(finished_outputs(images, out, True, tag=tag)) == images
+    assert finished_outputs(images, out, True, tag="other") == {}
+
+    def skipped(model: nn.Module, **options) -> list[Path]:
+        seen: list[Path] = []
+        predict_files(model, images, out, skip_existing=True, on_skipped=seen.extend, **options)
+        return seen
+
+    assert skipped(_model(), **kw) == images  # the same run: nothing to do
+    other = _model()
+    with torch.no_grad():
+        other[0].bias.add_(1.0)
+    assert skipped(other, **kw) == []  # other weights: predicted again, with their tag
+    assert read_run_tag(out / "a_classes.tif") not in (None, tag)
+    assert skipped(other, **kw) == images
+    assert skipped(other, **{**kw, "overlap": 4}) == []
+    table = ClassTable(tuple(f"c{k}" for k in range(K)), ((0, 0, 0),) * K)
+    assert skipped(other, **{**kw, "overlap": 4}, classes=table) == []
+    with rasterio.open(out / "b_classes.tif") as src:
+        assert RUN_TAG in src.tags()
+
+
+def test_run_tag_follows_weights_and_options_not_the_objects() -> None:
+    import albumentations as A
+
+    from polyhead.classes import ClassTable
+    from polyhead.inference.resume import run_tag
+
+    def norm(mean: float) -> A.Compose:
+        return A.Compose([A.Normalize(mean=(mean,) * 3, std=(0.5,) * 3)])
+
+    table = ClassTable.default(K)
+    options = dict(tile_size=32, normalize=norm(0.5), classes=table, head=None)
+    first = run_tag(_model(), options)
+    assert run_tag(_model(), {**options, "normalize": norm(0.5)}) == first  # equal, new objects
+    assert run_tag(_model(), {**options, "normalize": norm(0.4)}) != first
+    assert run_tag(_model(), {**options, "classes": ClassTable.default(K + 1)}) != first
+    assert run_tag(_model(), {**options, "tile_size": 64}) != first
+    changed = _model()
+    with torch.no_grad():
+        changed[2].weight[0, 0, 0, 0] += 1e-3
+    assert run_tag(changed, options) != first

@@ -63,6 +63,7 @@ def predict_raster_crf(
     io_threads: int | None = None,
     overviews: bool = False,
     probabilities_dtype: str = "float32",
+    tags: Mapping[str, str] | None = None,
     **predict_kwargs: Any,
 ) -> PredictionResult:
     """`predict_raster` for an image that fits in memory, refined by `dense_crf`.
@@ -75,7 +76,7 @@ def predict_raster_crf(
     `predict_raster` does (same georeferencing, class table ``classes``, a ``spread`` map
     to ``spread_path``, atomic). Rasters above ``max_pixels``
     raise `ConfigError` (see `check_crf_size`). ``io_threads`` (GDAL's worker threads),
-    ``overviews`` and ``probabilities_dtype`` as for `predict_raster`.
+    ``overviews``, ``probabilities_dtype`` and ``tags`` as for `predict_raster`.
     """
     start = time.perf_counter()
     threads = auto_io_threads(io_threads, torch.device(predict_kwargs.get("device", "cpu")))
@@ -95,7 +96,7 @@ def predict_raster_crf(
             pixels[:, bad] = 0.0  # nodata pixels read as 0, as when tiling
         writers = MapWriters(
             stack, outputs, (height, width), *georeference(src), probabilities_dtype,
-            table=classes, spread_path=spread, overviews=overviews,
+            table=classes, spread_path=spread, overviews=overviews, tags=tags,
         )  # fmt: skip
         maps = predict_maps(as_predictor(model), pixels, **predict_kwargs)
         maps[PROBABILITIES] = dense_crf(maps[PROBABILITIES], image, **dict(crf_kwargs or {}))

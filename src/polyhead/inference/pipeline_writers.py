@@ -40,7 +40,7 @@ class MapWriters:
     rows of the files' blocks (`polyhead.io.BlockRows`): GDAL then compresses them as they
     are written, in the writer's thread, not all at the close. ``overviews``: each file
     gets internal overviews at `commit` (the class map's by the most frequent class, the
-    others' by the mean). Pixels marked in ``write``'s ``nodata`` are written
+    others' by the mean). ``tags``: metadata every file gets (`polyhead.inference.resume`). Pixels marked in ``write``'s ``nodata`` are written
     as nodata (see the module docstring). The files open on the first block (K is known
     then); `commit` checks every file before moving any into place. Use inside an
     ``ExitStack``.
@@ -57,6 +57,7 @@ class MapWriters:
         table: ClassTable | None = None,
         spread_path: Path | None = None,
         overviews: bool = False,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         if probabilities_dtype not in PROBABILITY_DTYPES:
             raise ConfigError(
@@ -65,6 +66,7 @@ class MapWriters:
         self.stack, self.outputs, self.shape = stack, dict(outputs), shape
         self.crs, self.transform, self.dtype = crs, transform, probabilities_dtype
         self.table, self.spread_path, self.overviews = table, spread_path, overviews
+        self.tags = dict(tags or {})
         self.writers: dict[str, AtomicGeoTiff] = {}
         self.rows: dict[str, BlockRows] = {}  # each file's writes, in whole block rows
         self.n_classes = 0
@@ -90,6 +92,8 @@ class MapWriters:
             resampling = OVERVIEW_RESAMPLING[key == "classes"] if self.overviews else None
             writer = AtomicGeoTiff(path, profile, overviews=resampling)
             self.writers[key] = self.stack.enter_context(writer)
+            if self.tags:
+                writer.dataset.update_tags(**self.tags)
             self.rows[key] = BlockRows(
                 self.writers[key].write, profile["blockysize"], self.shape[0]
             )

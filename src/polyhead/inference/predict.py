@@ -26,6 +26,7 @@ from polyhead.inference.pipeline_writers import PROBABILITY_DTYPES
 from polyhead.inference.predictor import Predictor, has_uncertainty_head
 from polyhead.inference.raster_inputs import check_bands, open_raster
 from polyhead.inference.rasters import predict_raster
+from polyhead.inference.resume import RUN_TAG, finished_by_rank0, run_tag
 from polyhead.inference.tiling import Normalize
 from polyhead.paths import open_csv, resolve_cell
 
@@ -188,34 +189,6 @@ def _predict_one(
     return run(predictor, image, out / f"{stem}_classes.tif", **paths, **{**options, **override})
 
 
-def finished_outputs(
-    images: Sequence[Path],
-    output_dir: str | Path,
-    write_probabilities: bool = False,
-    write_uncertainty: bool = False,
-    vector: str | None = None,
-    preview: bool = False,
-) -> dict[Path, Path]:
-    """The images whose every requested output is already in ``output_dir``, with their
-    class map (``<stem>_classes.tif``, or ``.vrt`` for a raster split across processes):
-    what ``predict_files(skip_existing=True)`` skips. Outputs are written whole or not at
-    all, so an existing one is complete (but may come from another model or options)."""
-    output_dir, done = Path(output_dir), {}
-    for image in images:
-        for suffix in (".tif", ".vrt"):
-            kinds = ["classes"]
-            kinds += ["proba"] * write_probabilities + ["uncertainty"] * write_uncertainty
-            wanted = [output_dir / f"{image.stem}_{kind}{suffix}" for kind in kinds]
-            if vector:
-                wanted.append(output_dir / f"{image.stem}_classes.{vector}")
-            if preview:
-                wanted.append(output_dir / f"{image.stem}_preview.png")
-            if all(path.is_file() for path in wanted):
-                done[image] = wanted[0]
-                break
-    return done
-
-
 def _check_options(
     images: Sequence[Path], device: str, io_threads: int | None, dtype: str, crf: bool
 ) -> None:
@@ -228,16 +201,6 @@ def _check_options(
     if crf:
         for image in images:
             check_crf_size(image)
-
-
-def _skipped(
-    group: distributed.Group, images: Sequence[Path], output_dir: Path, kinds: tuple
-) -> dict[Path, Path]:
-    """`finished_outputs` as rank 0 sees them before any rank writes, so that every
-    process plans the same parts."""
-    found = finished_outputs(images, output_dir, *kinds)
-    report = group.exchange({str(k): str(v) for k, v in found.items()})[0]
-    return {Path(k): Path(v) for k, v in report.items()}
 
 
 def _write_previews(
@@ -283,6 +246,7 @@ def predict_files(
     overviews: bool = False,
     probabilities_dtype: str = "float32",
     skip_existing: bool = False,
+    on_skipped: Callable[[list[Path]], Any] | None = None,
 ) -> list[Path]:
     """Write ``<stem>_classes.tif`` (and ``_proba.tif``, ``_uncertainty.tif``) per image;
     returns the class maps' paths. A model with image-level heads also gets
@@ -307,10 +271,13 @@ def predict_files(
     and compressing the outputs (default: 1 on a CPU, the process's CPUs on a GPU;
     `polyhead.inference.pipeline.auto_io_threads`). ``overviews``: every GeoTIFF written
     gets internal overviews (`predict_raster`). ``probabilities_dtype``: ``float32``, or
-    ``uint8`` (x 255: 4x smaller, written about 4x faster). ``skip_existing``: images whose
-    every requested output is already in ``output_dir`` are not predicted again
-    (`finished_outputs`; to resume a long run), and their class maps are returned with the
-    others; image-level CSVs are still computed for every image.
+    ``uint8`` (x 255: 4x smaller, written about 4x faster). Every raster written carries
+    the run's tag (`polyhead.inference.resume`: the model's weights and these options).
+    ``skip_existing``: images whose every requested output is already in ``output_dir``,
+    written by a run with the same tag, are not predicted again (`finished_outputs`; to
+    resume a long run), and their class maps are returned with the others
+    (``on_skipped(images)`` is told which); image-level CSVs are still computed for every
+    image.
 
     ``devices`` x ``num_nodes`` > 1: several processes (Lightning Fabric, DDP; see
     `polyhead.inference.distributed`) share the files by pixel count; a raster larger than
@@ -356,10 +323,18 @@ def predict_files(
         overviews=overviews,
         probabilities_dtype=probabilities_dtype,
     )
+    shaping = dict(head=predictor.head, tta=tta, crf=crf, tile_size=tile_size, overlap=overlap)
+    shaping.update(normalize=normalize, precision=precision, channels_last=channels_last)
+    shaping.update(classes=classes, min_area=min_area, simplify=simplify, overviews=overviews)
+    shaping.update(probabilities_dtype=probabilities_dtype)
+    tag = run_tag(model, shaping)
+    options["tags"] = {RUN_TAG: tag}
     skipped: dict[Path, Path] = {}
     if skip_existing:
         kinds = (write_probabilities, write_uncertainty, vector, preview)
-        skipped = _skipped(group, images, output_dir, kinds)
+        skipped = finished_by_rank0(group, images, output_dir, kinds, tag)
+        if on_skipped is not None:
+            on_skipped(list(skipped))
     todo = [image for image in images if image not in skipped]
     parts = distributed.plan_parts(
         _raster_sizes(todo), group.world_size, tile_size, overlap, split=not crf

@@ -142,6 +142,7 @@ def predict_raster(
     io_threads: int | None = None,
     overviews: bool = False,
     rows: tuple[int, int] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> PredictionResult:
     """Predict a class map (uint8 GeoTIFF) for a raster of any size in bounded memory.
 
@@ -172,7 +173,8 @@ def predict_raster(
     Streaming by bands of ``block_size`` columns bounds memory (see the module docstring).
     ``rows=(r0, r1)``: the outputs hold raster rows ``r0 .. r1`` only (georeferenced
     there); the whole raster is still predicted, the other rows being context for the
-    blend (a row block of `polyhead.inference.distributed`). The bands read must be as many as the model's
+    blend (a row block of `polyhead.inference.distributed`). ``tags``: metadata written
+    into every output (the run tag of `polyhead.inference.resume`). The bands read must be as many as the model's
     ``in_channels`` (DataError naming the file, before any tile runs); the input's nodata
     pixels are nodata in every output, and tiles of nodata only are not run.
     """
@@ -197,7 +199,7 @@ def predict_raster(
         files = stack.enter_context(ExitStack())  # closed after the writer thread stopped
         writers = MapWriters(
             files, outputs, (r1 - r0, width), *georeference(src, r0, r1), probabilities_dtype,
-            classes, spread, overviews,
+            classes, spread, overviews, tags,
         )  # fmt: skip
         finish = _DeviceFinish(outputs)
         mask = NodataMask(open_raster(stack, image_path, threads), indexes)  # the writer thread's

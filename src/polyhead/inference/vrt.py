@@ -133,7 +133,8 @@ def _color_table(node: ET.Element, colormap: dict[int, Sequence[int]]) -> None:
 def write_mosaic_vrt(parts: Sequence[Path], rows: Sequence[int], vrt_path: Path) -> Path:
     """A VRT stacking ``parts`` (GeoTIFFs of the same width, bands and data type) top to
     bottom: part ``i`` fills rows ``rows[i]`` to ``rows[i] + its height``. Georeference,
-    nodata, band descriptions and the colour table come from the first part; when it has
+    nodata, band descriptions, the colour table and the metadata (run tag) come from the
+    first part; when it has
     overviews (``predict --overviews``), the VRT declares its own (GDAL reads them from the
     parts' overviews). The result is checked to open before it is moved into place."""
     if not parts or len(parts) != len(rows):
@@ -145,6 +146,7 @@ def write_mosaic_vrt(parts: Sequence[Path], rows: Sequence[int], vrt_path: Path)
         georeferenced = crs is not None or not transform.is_identity
         colormap = _colormap(first)
         resampling = first.tags(ns="rio_overview").get("resampling") if first.overviews(1) else None
+        tags = first.tags()
         shapes = []
         for part in parts:
             with rasterio.open(part) as src:
@@ -154,6 +156,10 @@ def write_mosaic_vrt(parts: Sequence[Path], rows: Sequence[int], vrt_path: Path)
     height = rows[-1] + shapes[-1]
     origin = transform * transform.translation(0, -rows[0]) if georeferenced else None
     root = _dataset(width, height, crs, origin)
+    if tags:
+        metadata = ET.SubElement(root, "Metadata")
+        for key, value in tags.items():
+            ET.SubElement(metadata, "MDI", key=key).text = value
     for band in range(1, count + 1):
         node = ET.SubElement(
             root, "VRTRasterBand", dataType=_gdal_type(dtypes[band - 1]), band=str(band)
