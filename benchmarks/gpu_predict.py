@@ -38,6 +38,7 @@ import torch
 from rasterio.windows import Window
 from sliding_window import write_raster  # benchmarks/ (this script's folder) is on sys.path
 
+from polyhead.allocator import keep_freed_memory
 from polyhead.inference import n_tiles, predict_raster
 from polyhead.inference.pipeline import argmax_classes, auto_io_threads
 from polyhead.inference.raster_inputs import gdal_env
@@ -168,10 +169,23 @@ def main() -> None:
         help="folder: one more ResNet-34 predict per variant under torch.profiler "
         "(op table by device time and a Chrome trace)",
     )  # fmt: skip
+    parser.add_argument(
+        "--cli-allocator", action="store_true",
+        help="glibc's raised mmap/trim thresholds, as `polyhead predict` sets them "
+        "(polyhead.allocator; default: the allocator a Python caller of predict_raster has)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-mkldnn",
+        action="store_true",
+        help="oneDNN off (at 2+ CPU threads it runs the 4-channel 1x1 conv ~20x slower)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cli_allocator:
+        keep_freed_memory()
+    torch.backends.mkldnn.enabled = not args.no_mkldnn
     if args.smoke:
         args.conv_size, args.real_size, args.rounds = 1024, 512, min(args.rounds, 2)
     batch = args.batch_size or (16 if device.type == "cuda" else 4)
@@ -273,7 +287,8 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     lines = [
         f"predict_raster throughput on {gpu} (torch {torch.__version__}, threads "
-        f"{torch.get_num_threads()}): 1x1-conv raster {args.conv_size}^2, ResNet-34 raster "
+        f"{torch.get_num_threads()}{', oneDNN off' if args.no_mkldnn else ''}"
+        f"{', the CLI allocator' if args.cli_allocator else ''}): 1x1-conv raster {args.conv_size}^2, ResNet-34 raster "
         f"{args.real_size}^2, 4-band uint8 ({'deflate' if args.compress else 'uncompressed'}), "
         f"tiles {TILE}, overlap {OVERLAP}, batch {batch}, io_threads "
         f"{auto_io_threads(None, device)}, "
