@@ -129,3 +129,26 @@ def test_scores_path_matches_predict_array(tmp_path: Path) -> None:
     res = predict_raster(model, src, tmp_path / "c.tif", tile_size=T, overlap=OV, progress=False)
     ref = predict_array(model, image, tile_size=T, overlap=OV)
     np.testing.assert_array_equal(_read(res.class_map_path)[0], ref.argmax(0))
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_zeroed_sums_give_the_same_maps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probabilities: bool
+) -> None:
+    """A GPU adds every tile into zeroed sums (one kernel per tile); a CPU sets the pixels
+    no earlier tile wrote: the same sums, to the bit (several bands, nodata tiles)."""
+    from polyhead.inference import pipeline_blend
+
+    image = np.random.default_rng(7).random((C, 201, 133), dtype=np.float32)
+    image[:, 40:80, :50] = np.nan  # tall enough for the sums' buffers to be reused
+    src = _write(tmp_path / "in.tif", image, nodata=None)
+    common = dict(tile_size=T, overlap=OV, batch_size=3, progress=False, block_size=40)
+    common["write_probabilities"] = probabilities
+    sets = predict_raster(_conv3(1), src, tmp_path / "sets.tif", **common)
+    monkeypatch.setattr(pipeline_blend, "SETS_FRESH", ())
+    zeroed = predict_raster(_conv3(1), src, tmp_path / "zeroed.tif", **common)
+    pairs = [(sets.class_map_path, zeroed.class_map_path)]
+    if probabilities:
+        pairs.append((sets.probabilities_path, zeroed.probabilities_path))
+    for a, b in pairs:
+        np.testing.assert_array_equal(_read(a), _read(b))

@@ -5,6 +5,8 @@ Tiles are added in raster order (strips top to bottom, a band's columns left to 
 a tile knows which of its pixels no earlier tile wrote: its *fresh* rectangle, below the
 tile above and right of the tile to its left. It sets those and adds to the rest, and the
 sums never need zeroing (a tile skipped as nodata zeroes its fresh rectangle in its turn).
+On a GPU, where zeroing costs almost nothing and every op is a kernel launch, the sums are
+zeroed instead and each tile is one weighted add (`pipeline_blend.SETS_FRESH`).
 """
 
 from __future__ import annotations

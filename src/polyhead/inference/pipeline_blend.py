@@ -10,7 +10,7 @@ The sums are never zeroed: each tile sets the pixels no earlier tile wrote (`ble
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,17 +77,27 @@ class HostBlock:
         return {name: m.numpy() for name, m in self._maps.items()}
 
 
-class _Blender:
-    """Weighted sums ``[K, depth, span]`` and weights of one band, rows ``top ..`` on."""
+#: devices whose tiles set their fresh pixels (`blend_tiles`) rather than adding into zeroed
+#: sums: a CPU, where zeroing is a pass over memory; a GPU zeroes for almost nothing and
+#: prefers one kernel per tile to three
+SETS_FRESH = ("cpu",)
 
-    def __init__(self, k: int, depth: int, span: int, device: torch.device) -> None:
-        self.acc = uninitialized((k, depth, span), device)
-        self.wsum = uninitialized((depth, span), device)
-        self._spare = (
-            uninitialized(self.acc.shape, device),
-            uninitialized(self.wsum.shape, device),
-        )
+
+class _Blender:
+    """Weighted sums ``[K, depth, span]`` and weights of one band, rows ``top ..`` on;
+    zeroed as rows come in (``zeroed``), else left for the tiles to set."""
+
+    def __init__(self, k: int, depth: int, span: int, device: torch.device, zeroed: bool) -> None:
+        self.zeroed = zeroed
+        self.acc = self._new((k, depth, span), device)
+        self.wsum = self._new((depth, span), device)
+        self._spare = (self._new(self.acc.shape, device), self._new(self.wsum.shape, device))
         self.top = 0  # raster row of buffer row 0
+
+    def _new(self, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+        if self.zeroed:
+            return torch.zeros(tuple(shape), device=device)
+        return uninitialized(shape, device)
 
     def ensure(self, first: int, end: int) -> None:
         """Make raster rows ``first .. end`` addressable; rows before ``first`` are done."""
@@ -98,20 +108,19 @@ class _Blender:
             depth = end - first
             device = self.acc.device
             self._spare = (
-                uninitialized((self.acc.shape[0], depth, self.acc.shape[2]), device),
-                uninitialized((depth, self.acc.shape[2]), device),
+                self._new((self.acc.shape[0], depth, self.acc.shape[2]), device),
+                self._new((depth, self.acc.shape[2]), device),
             )
         acc, wsum = self._spare
-        live = self.acc.shape[1] - (first - self.top)  # the rows after are set by their tiles
+        live = self.acc.shape[1] - (first - self.top)
+        if self.zeroed:  # else the rows after are set by their tiles
+            acc[:, live:].zero_(), wsum[live:].zero_()
         acc[:, :live].copy_(self.acc[:, first - self.top :])
         wsum[:live].copy_(self.wsum[first - self.top :])
         if acc.shape == self.acc.shape:
             self._spare = (self.acc, self.wsum)
         else:
-            self._spare = (
-                uninitialized(acc.shape, acc.device),
-                uninitialized(wsum.shape, acc.device),
-            )
+            self._spare = (self._new(acc.shape, acc.device), self._new(wsum.shape, acc.device))
         self.acc, self.wsum, self.top = acc, wsum, first
 
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,13 +245,15 @@ class BandBlender:
         for si, x0, pixels in batch:
             acc, wsum = blender.rows(self.ys[si], self.ys[si] + th)
             cols = slice(x0 - a0, x0 - a0 + tw)
+            own = (*self.own_y[si], *self.own_x[x0]) if self.scores_fn is not None else None
             fresh = (self.own_y[si][0], th, fresh_x[x0], tw)
+            if blender.zeroed:  # added to everywhere, but own pixels are still set
+                fresh = own or (0, 0, 0, 0)
             if pixels is None:
                 at(acc[:, :, cols], fresh).zero_()
                 at(wsum[:, cols], fresh).zero_()
                 continue
             p = next(maps)[:, :th, :tw]
-            own = (*self.own_y[si], *self.own_x[x0]) if self.scores_fn is not None else None
             add_tile(acc[:, :, cols], p, self.w_tile, fresh, own)
             if divide and own is None:
                 add_weights(wsum[:, cols], self.w_tile, fresh)
@@ -325,7 +336,8 @@ class BandBlender:
                 probs = self._run(runs) if runs else None
                 if blender is None:
                     k = probs.shape[1] if probs is not None else self._k()
-                    blender = _Blender(k, th + stride, span, opt.device)
+                    zeroed = opt.device.type not in SETS_FRESH
+                    blender = _Blender(k, th + stride, span, opt.device, zeroed)
                 blender.ensure(ys[done], ys[batch[-1][0]] + th)
                 self._accumulate(batch, probs, blender, a0, fresh_x)
             ready = pending[0][0] if pending else si + 1
