@@ -40,8 +40,9 @@ class MapWriters:
     rows of the files' blocks (`polyhead.io.BlockRows`): GDAL then compresses them as they
     are written, in the writer's thread, not all at the close. ``overviews``: each file
     gets internal overviews at `commit` (the class map's by the most frequent class, the
-    others' by the mean). ``tags``: metadata every file gets (`polyhead.inference.resume`). Pixels marked in ``write``'s ``nodata`` are written
-    as nodata (see the module docstring). The files open on the first block (K is known
+    others' by the mean). ``tags``: metadata every file gets (the run tag of
+    `polyhead.inference.resume`). Pixels marked in ``write``'s ``nodata`` are written as
+    nodata (see the module docstring). The files open on the first block (K is known
     then); `commit` checks every file before moving any into place. Use inside an
     ``ExitStack``.
     """

@@ -166,6 +166,13 @@ def _image_level_csv(
         write_image_level_csv(out_csv, model, names, [by_image[str(i)] for i in images])
 
 
+#: `predict_raster`'s options that change what is written (not where, or how fast): with
+#: the head, TTA, CRF and vector options, they make the run tag (`polyhead.inference.resume`)
+SHAPING_OPTIONS = (
+    "tile_size", "overlap", "normalize", "precision", "channels_last", "classes", "overviews",
+    "probabilities_dtype",
+)  # fmt: skip
+
 #: ``run``'s keyword for each output file other than the class map, by file kind
 OUTPUT_KEYWORDS = {
     "proba": "probabilities_path",
@@ -323,10 +330,8 @@ def predict_files(
         overviews=overviews,
         probabilities_dtype=probabilities_dtype,
     )
-    shaping = dict(head=predictor.head, tta=tta, crf=crf, tile_size=tile_size, overlap=overlap)
-    shaping.update(normalize=normalize, precision=precision, channels_last=channels_last)
-    shaping.update(classes=classes, min_area=min_area, simplify=simplify, overviews=overviews)
-    shaping.update(probabilities_dtype=probabilities_dtype)
+    shaping = {k: options[k] for k in SHAPING_OPTIONS}
+    shaping.update(head=predictor.head, tta=tta, crf=crf, min_area=min_area, simplify=simplify)
     tag = run_tag(model, shaping)
     options["tags"] = {RUN_TAG: tag}
     skipped: dict[Path, Path] = {}
