@@ -1,46 +1,43 @@
-"""Prediction: the one Predictor (head or blend, TTA), sliding windows over large rasters."""
+"""Prediction: the one Predictor (head or blend, TTA), sliding windows over large rasters.
 
-from polyhead.inference.boundary_metrics import BoundaryF1, boundary_f1, boundary_mask
-from polyhead.inference.crf import PermutohedralLattice, dense_crf
-from polyhead.inference.crf_raster import CRF_MAX_PIXELS, check_crf_size, predict_raster_crf
-from polyhead.inference.predictor import Predictor, head_outputs
-from polyhead.inference.rasters import PredictionResult, predict_raster
-from polyhead.inference.sliding_window import predict_array, predict_maps
-from polyhead.inference.tiling import blend_window, n_tiles, tile_starts
-from polyhead.inference.tta import Augmentation, TTAModel, augmentations, build_tta, tta_from_config
-from polyhead.inference.uncertainty import (
-    max_prob_uncertainty,
-    predictive_entropy,
-    uncertainty_map,
-)
-from polyhead.io import AtomicGeoTiff, geotiff_profile
+Names here are imported on first use, so a light submodule (``polyhead.inference.vector``,
+which polygonising worker processes import) starts without torch.
+"""
 
-__all__ = [
-    "CRF_MAX_PIXELS",
-    "AtomicGeoTiff",
-    "BoundaryF1",
-    "PermutohedralLattice",
-    "Augmentation",
-    "PredictionResult",
-    "Predictor",
-    "TTAModel",
-    "blend_window",
-    "boundary_f1",
-    "boundary_mask",
-    "build_tta",
-    "check_crf_size",
-    "dense_crf",
-    "geotiff_profile",
-    "max_prob_uncertainty",
-    "n_tiles",
-    "augmentations",
-    "head_outputs",
-    "predict_array",
-    "predict_maps",
-    "predict_raster",
-    "predict_raster_crf",
-    "predictive_entropy",
-    "tile_starts",
-    "tta_from_config",
-    "uncertainty_map",
-]
+from __future__ import annotations
+
+from polyhead.lazy import lazy_exports
+
+_LAZY = {
+    "AtomicGeoTiff": "polyhead.io",
+    "Augmentation": "polyhead.inference.tta",
+    "BoundaryF1": "polyhead.inference.boundary_metrics",
+    "CRF_MAX_PIXELS": "polyhead.inference.crf_raster",
+    "PermutohedralLattice": "polyhead.inference.crf",
+    "PredictionResult": "polyhead.inference.rasters",
+    "Predictor": "polyhead.inference.predictor",
+    "TTAModel": "polyhead.inference.tta",
+    "augmentations": "polyhead.inference.tta",
+    "blend_window": "polyhead.inference.tiling",
+    "boundary_f1": "polyhead.inference.boundary_metrics",
+    "boundary_mask": "polyhead.inference.boundary_metrics",
+    "build_tta": "polyhead.inference.tta",
+    "check_crf_size": "polyhead.inference.crf_raster",
+    "dense_crf": "polyhead.inference.crf",
+    "geotiff_profile": "polyhead.io",
+    "head_outputs": "polyhead.inference.predictor",
+    "max_prob_uncertainty": "polyhead.inference.uncertainty",
+    "n_tiles": "polyhead.inference.tiling",
+    "predict_array": "polyhead.inference.sliding_window",
+    "predict_maps": "polyhead.inference.sliding_window",
+    "predict_raster": "polyhead.inference.rasters",
+    "predict_raster_crf": "polyhead.inference.crf_raster",
+    "predictive_entropy": "polyhead.inference.uncertainty",
+    "tile_starts": "polyhead.inference.tiling",
+    "tta_from_config": "polyhead.inference.tta",
+    "uncertainty_map": "polyhead.inference.uncertainty",
+}
+
+__all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
