@@ -102,6 +102,7 @@ def _spread_options(args: argparse.Namespace) -> dict:
         vector=args.vector,
         min_area=args.min_area,
         simplify=args.simplify,
+        vector_workers=args.vector_workers,
         preview=args.preview,
     )
 
@@ -119,6 +120,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     vector_writer(args.vector, None, args.min_area, args.simplify)  # vector module present
     if args.io_threads is not None and args.io_threads < 1:
         raise PolyheadError(f"--io-threads must be at least 1, got {args.io_threads}")
+    if args.vector_workers is not None and args.vector_workers < 0:
+        raise PolyheadError(f"--vector-workers must be at least 0, got {args.vector_workers}")
     loaded = load_checkpoint(args.checkpoint, list(args.set or []))
     if args.head:
         loaded.model.heads_for(args.head)  # an unknown head fails before any tile runs
@@ -275,4 +278,12 @@ def _add_scale_arguments(p: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="TOL",
         help="--vector: simplify polygons with tolerance TOL (CRS units; 0: off)",
+    )
+    p.add_argument(
+        "--vector-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="--vector: processes that polygonise while the next files are predicted "
+        "(default: 0 on a CPU, half the CPUs of the process on a GPU)",
     )

@@ -119,30 +119,35 @@ def test_bad_io_threads_fail_before_the_checkpoint_is_read(
     assert not out.exists()
 
 
-def test_vector_polygons_written_beside_each_class_map(tmp_path: Path, ckpt: Path) -> None:
-    pytest.importorskip("polyhead.inference.vector")  # written by another change
+@pytest.mark.parametrize("workers", [0, 1])
+def test_vector_polygons_written_beside_each_class_map(
+    tmp_path: Path, ckpt: Path, workers: int
+) -> None:
+    """At once, or by a worker process while the next image is predicted."""
     import pyogrio
     import shapely
 
     from polyhead.checkpoint import load_checkpoint
 
-    image = _tif(tmp_path / "x.tif")
+    images = [_tif(tmp_path / "x.tif"), _tif(tmp_path / "y.tif")]
     out = tmp_path / "out"
     written = predict_files(
         load_checkpoint(ckpt).model,
-        [image],
+        images,
         out,
         tile_size=32,
         overlap=8,
         progress=False,
         vector="gpkg",
         classes=ClassTable.default(3),
+        vector_workers=workers,
     )
-    assert written == [out / "x_classes.tif"]
-    _, _, geometry, _ = pyogrio.raw.read(out / "x_classes.gpkg")
-    with rasterio.open(written[0]) as src:  # the polygons tile the whole map (1 m pixels)
-        area = shapely.area(shapely.from_wkb(geometry)).sum()
-        assert area == pytest.approx(src.width * src.height)
+    assert written == [out / "x_classes.tif", out / "y_classes.tif"]
+    for class_map in written:
+        _, _, geometry, _ = pyogrio.raw.read(class_map.with_suffix(".gpkg"))
+        with rasterio.open(class_map) as src:  # the polygons tile the whole map (1 m pixels)
+            area = shapely.area(shapely.from_wkb(geometry)).sum()
+            assert area == pytest.approx(src.width * src.height)
 
 
 def test_cli_predict_one_process_writes_class_maps(tmp_path: Path, ckpt: Path, capsys) -> None:

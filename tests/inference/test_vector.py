@@ -167,3 +167,49 @@ def test_merge_pieces_equals_a_general_union(monkeypatch) -> None:
     assert len(shapely.get_parts(got)) == 2  # the corner piece stays apart (4-connected)
     overlapping = [shapely.box(0, 0, 8, 8), shapely.box(4, 0, 10, 8)]  # no coverage: fallback
     assert shapely.equals(merge_pieces(overlapping, 8, (16, 16)), shapely.box(0, 0, 10, 8))
+
+
+def test_worker_processes_write_what_this_process_writes(tmp_path: Path) -> None:
+    """`VectorJobs` with spawned workers: the same GeoPackages as at once; a failure in a
+    worker is raised by `wait`, and leaves no file."""
+    from functools import partial
+
+    from polyhead.inference.vector_jobs import VectorJobs, polygonize_beside
+
+    table = ClassTable(("ground", "roof", "road"), ((0, 0, 0), (255, 0, 0), (0, 0, 255)))
+    write = partial(polygonize_beside, classes=table, min_area=8.0)
+    maps = []
+    for i, folder in enumerate(("here", "here", "workers", "workers")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        maps.append(
+            _write(tmp_path / folder / f"m{i % 2}_classes.tif", np.roll(_class_map(), i % 2))
+        )
+    with VectorJobs(write) as jobs:  # no workers: at once
+        jobs(maps[0]), jobs(maps[1])
+        jobs.wait()
+    with VectorJobs(write, workers=2) as jobs:
+        jobs(maps[2]), jobs(maps[3])
+        assert jobs._pool is not None
+        jobs.wait()
+    for name in ("m0", "m1"):
+        here = _read(tmp_path / "here" / f"{name}_classes.gpkg")
+        there = _read(tmp_path / "workers" / f"{name}_classes.gpkg")
+        assert _signature(here[1], here[2]) == _signature(there[1], there[2])
+        assert here[3] == there[3]
+    bad = _write(tmp_path / "bad_classes.tif", _class_map().astype(np.float32))
+    with VectorJobs(write, workers=1) as jobs:
+        jobs(bad)
+        with pytest.raises(DataError, match="expected one integer band"):
+            jobs.wait()
+    assert not (tmp_path / "bad_classes.gpkg").exists()
+
+
+def test_vector_workers_default_to_none_on_a_cpu() -> None:
+    import torch
+
+    from polyhead.inference.pipeline import auto_vector_workers
+
+    assert auto_vector_workers(None, torch.device("cpu")) == 0
+    assert auto_vector_workers(3, torch.device("cpu")) == 3
+    with pytest.raises(ConfigError, match="vector_workers must be an integer >= 0"):
+        auto_vector_workers(-1, torch.device("cpu"))

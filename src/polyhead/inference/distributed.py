@@ -261,7 +261,9 @@ def run_parts(
     """Predict this rank's share of ``parts``, then (rank 0, once every rank succeeded) the
     mosaics of split images. Returns every image's class map (``.tif`` or ``.vrt``), in
     input order, on every rank. ``after_class_map(path)`` runs on each finished class map
-    (a whole image's on the rank that predicted it, a mosaic on rank 0).
+    (a whole image's on the rank that predicted it, a mosaic on rank 0); when it has a
+    ``wait`` (work queued in the background), that is awaited before the rank reports and
+    before returning.
 
     A rank that fails raises its own error after the others have finished theirs; the others
     raise `PolyheadError` saying how many failed, and no mosaic is written."""
@@ -275,6 +277,7 @@ def run_parts(
             elif not part.whole:
                 cut = len(part.stem()) + 1
                 kinds[f"{part.image}|{part.index}"] = [f.name[cut:-4] for f in files]
+        _wait(after_class_map)
         return kinds
 
     written = {key: value for done in gather(group, predict_mine) for key, value in done.items()}
@@ -293,4 +296,13 @@ def run_parts(
             if after_class_map is not None:
                 after_class_map(vrt)
         results.append(vrt)
+    _wait(after_class_map)
     return results
+
+
+def _wait(after_class_map: Callable[[Path], Any] | None) -> None:
+    """Wait for ``after_class_map``'s work when it runs in the background (it has ``wait``:
+    `polyhead.inference.vector_jobs.VectorJobs`); its first error is raised here."""
+    wait = getattr(after_class_map, "wait", None)
+    if wait is not None:
+        wait()

@@ -53,6 +53,20 @@ def auto_io_threads(io_threads: int | None, device: torch.device) -> int:
     return max(1, (cpus or 1) // local)
 
 
+def auto_vector_workers(workers: int | None, device: torch.device) -> int:
+    """Worker processes that polygonise class maps (`polyhead.inference.vector_jobs`):
+    ``workers`` when given (0: in the calling process). None: 0 on a CPU, whose cores run
+    the model; on an accelerator, half the CPUs `auto_io_threads` gives the process (the
+    other half decode and compress)."""
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ConfigError(f"vector_workers must be an integer >= 0, got {workers!r}")
+        return workers
+    if device.type == "cpu":
+        return 0
+    return max(1, auto_io_threads(None, device) // 2)
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """ConfigError for an unknown precision, or fp16 off CUDA."""
     if precision not in PRECISIONS:

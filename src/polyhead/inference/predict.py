@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,14 @@ from polyhead.inference.image_level import (
     image_level_rows,
     write_image_level_csv,
 )
-from polyhead.inference.pipeline import auto_io_threads
+from polyhead.inference.pipeline import auto_io_threads, auto_vector_workers
 from polyhead.inference.pipeline_writers import PROBABILITY_DTYPES
 from polyhead.inference.predictor import Predictor, has_uncertainty_head
 from polyhead.inference.raster_inputs import check_bands, open_raster
 from polyhead.inference.rasters import predict_raster
 from polyhead.inference.resume import RUN_TAG, finished_by_rank0, run_tag
 from polyhead.inference.tiling import Normalize
+from polyhead.inference.vector_jobs import VectorJobs, polygonize_beside
 from polyhead.paths import open_csv, resolve_cell
 
 #: the image-level heads' outputs, one row per image, beside the rasters
@@ -118,18 +119,10 @@ def vector_writer(
     if vector != "gpkg":
         raise ConfigError(f"vector output must be 'gpkg', got {vector!r}")
     try:
-        from polyhead.inference.vector import polygonize_raster
+        import polyhead.inference.vector  # noqa: F401  (polygonize_beside imports it)
     except ImportError as err:
         raise ConfigError(f"vector output needs polyhead.inference.vector ({err})") from None
-
-    def write(class_map: Path) -> Any:
-        stem = class_map.name.removesuffix(class_map.suffix).removesuffix("_classes")
-        out = class_map.with_name(f"{stem}_classes.gpkg")
-        return polygonize_raster(
-            class_map, out_path=out, classes=classes, min_area=min_area, simplify=simplify
-        )
-
-    return write
+    return partial(polygonize_beside, classes=classes, min_area=min_area, simplify=simplify)
 
 
 def _raster_sizes(images: Sequence[Path]) -> list[tuple[Path, int, int]]:
@@ -254,6 +247,7 @@ def predict_files(
     probabilities_dtype: str = "float32",
     skip_existing: bool = False,
     on_skipped: Callable[[list[Path]], Any] | None = None,
+    vector_workers: int | None = 0,
 ) -> list[Path]:
     """Write ``<stem>_classes.tif`` (and ``_proba.tif``, ``_uncertainty.tif``) per image;
     returns the class maps' paths. A model with image-level heads also gets
@@ -272,7 +266,10 @@ def predict_files(
     ``precision`` (``fp32``, ``bf16``, ``fp16``), ``channels_last`` and ``classes`` (names
     and colours of the class map and probability bands) reach `predict_raster`. ``vector="gpkg"``:
     also polygonise each class map into ``<stem>_classes.gpkg`` (``min_area``, ``simplify``
-    in CRS units; `polyhead.inference.vector`). ``preview``: also ``<stem>_preview.png``, a
+    in CRS units; `polyhead.inference.vector`), in ``vector_workers`` spawned processes
+    while the next files are predicted (0: in this process, between files; None: 0 on a
+    CPU, half the process's CPUs on a GPU; a script calling this with workers needs the
+    ``if __name__ == "__main__":`` guard of any spawned process). ``preview``: also ``<stem>_preview.png``, a
     quick look of each class map with class names beside the image's RGB stretch
     (`polyhead.inference.preview`). ``io_threads``: GDAL worker threads decoding the inputs
     and compressing the outputs (default: 1 on a CPU, the process's CPUs on a GPU;
@@ -309,7 +306,9 @@ def predict_files(
         image_heads = check_image_level(model, None, images)
     run = predict_raster_crf if crf else predict_raster
     after = vector_writer(vector, classes, min_area, simplify)
+    auto_vector_workers(vector_workers, torch.device(device))  # a bad count fails here
     group = distributed.launch(devices, num_nodes, accelerator)
+    workers = auto_vector_workers(vector_workers, group.device or torch.device(device))
     own_uncertainty = write_uncertainty and has_uncertainty_head(model)
     predictor = Predictor(model, head=head, tta=tta, uncertainty=own_uncertainty)
     output_dir = Path(output_dir)
@@ -344,15 +343,16 @@ def predict_files(
     parts = distributed.plan_parts(
         _raster_sizes(todo), group.world_size, tile_size, overlap, split=not crf
     )
-    written = distributed.run_parts(
-        parts,
-        group,
-        partial(_predict_one, run, predictor, options),
-        output_dir,
-        tile_size,
-        overlap,
-        after_class_map=after,
-    )
+    with VectorJobs(after, workers) if after is not None else nullcontext() as jobs:
+        written = distributed.run_parts(
+            parts,
+            group,
+            partial(_predict_one, run, predictor, options),
+            output_dir,
+            tile_size,
+            overlap,
+            after_class_map=jobs,
+        )
     if preview and group.rank == 0:
         _write_previews(written, images, classes)  # the new ones: a skipped image has its own
     if image_heads:
