@@ -30,6 +30,13 @@ CUDA_MEMORY_SHARE = 0.5
 MAX_AUTO_BATCH = 64
 
 
+def checked_count(value: Any, name: str, least: int) -> int:
+    """``value`` when it is an integer of at least ``least``, else ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+    return value
+
+
 def auto_io_threads(io_threads: int | None, device: torch.device) -> int:
     """GDAL worker threads that decode the input's blocks and compress the outputs'.
 
@@ -40,9 +47,7 @@ def auto_io_threads(io_threads: int | None, device: torch.device) -> int:
     a compressed input (about 80 MP/s) or deflating probabilities (5-20 MP/s) runs below a
     GPU's pace (`benchmarks/results/io_threads_cpu.md`)."""
     if io_threads is not None:
-        if isinstance(io_threads, bool) or not isinstance(io_threads, int) or io_threads < 1:
-            raise ConfigError(f"io_threads must be an integer >= 1, got {io_threads!r}")
-        return io_threads
+        return checked_count(io_threads, "io_threads", 1)
     if device.type == "cpu":
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -59,9 +64,7 @@ def auto_vector_workers(workers: int | None, device: torch.device) -> int:
     the model; on an accelerator, half the CPUs `auto_io_threads` gives the process (the
     other half decode and compress)."""
     if workers is not None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise ConfigError(f"vector_workers must be an integer >= 0, got {workers!r}")
-        return workers
+        return checked_count(workers, "vector_workers", 0)
     if device.type == "cpu":
         return 0
     return max(1, auto_io_threads(None, device) // 2)
