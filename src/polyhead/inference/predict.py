@@ -269,9 +269,9 @@ def predict_files(
     in CRS units; `polyhead.inference.vector`), in ``vector_workers`` spawned processes
     while the next files are predicted (0: in this process, between files; None: 0 on a
     CPU, half the process's CPUs on a GPU; a script calling this with workers needs the
-    ``if __name__ == "__main__":`` guard of any spawned process). ``preview``: also ``<stem>_preview.png``, a
-    quick look of each class map with class names beside the image's RGB stretch
-    (`polyhead.inference.preview`). ``io_threads``: GDAL worker threads decoding the inputs
+    ``if __name__ == "__main__":`` guard of any spawned process). ``preview``: also
+    ``<stem>_preview.png``, a quick look of each class map with class names beside the
+    image's RGB stretch (`polyhead.inference.preview`). ``io_threads``: GDAL worker threads decoding the inputs
     and compressing the outputs (default: 1 on a CPU, the process's CPUs on a GPU;
     `polyhead.inference.pipeline.auto_io_threads`). ``overviews``: every GeoTIFF written
     gets internal overviews (`predict_raster`). ``probabilities_dtype``: ``float32``, or
